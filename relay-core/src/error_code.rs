@@ -1,0 +1,153 @@
+//! Machine-readable error codes of the client API (`{"error": "<code>", ...}`).
+//!
+//! The code names the problem in the request; the HTTP status is derived from it in one
+//! place ([`ErrorCode::status`]) so both transports answer identically.
+
+/// Every error the client API can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidBody,
+    InvalidMls,
+    EnvelopeTooLarge,
+    BodyTooLarge,
+    NoRecipients,
+    TooManyRecipients,
+    DuplicateRecipient,
+    InvalidAddress,
+    UnknownRecipient,
+    UnknownDevice,
+    InvalidClientMessageId,
+    ClientMessageIdConflict,
+    InvalidServerId,
+    Unauthorized,
+    InvalidProvisioningToken,
+    ProvisioningTokenExpired,
+    ProvisioningTokenUsed,
+    TooManyDevices,
+    UnsupportedMediaType,
+    UnsupportedContentEncoding,
+    InvalidCursor,
+    InvalidLimit,
+    InvalidWait,
+    RateLimited,
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidMls => "invalid_mls",
+            Self::EnvelopeTooLarge => "envelope_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::NoRecipients => "no_recipients",
+            Self::TooManyRecipients => "too_many_recipients",
+            Self::DuplicateRecipient => "duplicate_recipient",
+            Self::InvalidAddress => "invalid_address",
+            Self::UnknownRecipient => "unknown_recipient",
+            Self::UnknownDevice => "unknown_device",
+            Self::InvalidClientMessageId => "invalid_client_message_id",
+            Self::ClientMessageIdConflict => "client_message_id_conflict",
+            Self::InvalidServerId => "invalid_server_id",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidProvisioningToken => "invalid_provisioning_token",
+            Self::ProvisioningTokenExpired => "provisioning_token_expired",
+            Self::ProvisioningTokenUsed => "provisioning_token_used",
+            Self::TooManyDevices => "too_many_devices",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedContentEncoding => "unsupported_content_encoding",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::InvalidLimit => "invalid_limit",
+            Self::InvalidWait => "invalid_wait",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status code that goes with the error.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidBody
+            | Self::InvalidMls
+            | Self::NoRecipients
+            | Self::DuplicateRecipient
+            | Self::InvalidAddress
+            | Self::InvalidClientMessageId
+            | Self::InvalidServerId
+            | Self::InvalidCursor
+            | Self::InvalidLimit
+            | Self::InvalidWait => 400,
+            Self::Unauthorized | Self::InvalidProvisioningToken | Self::ProvisioningTokenExpired => 401,
+            Self::TooManyDevices => 403,
+            Self::UnknownRecipient | Self::UnknownDevice | Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Timeout => 408,
+            Self::ClientMessageIdConflict | Self::ProvisioningTokenUsed => 409,
+            Self::EnvelopeTooLarge | Self::BodyTooLarge | Self::TooManyRecipients => 413,
+            Self::UnsupportedMediaType | Self::UnsupportedContentEncoding => 415,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// Parses a code received from a server (client side).
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+const ALL: [ErrorCode; 29] = [
+    ErrorCode::InvalidBody,
+    ErrorCode::InvalidMls,
+    ErrorCode::EnvelopeTooLarge,
+    ErrorCode::BodyTooLarge,
+    ErrorCode::NoRecipients,
+    ErrorCode::TooManyRecipients,
+    ErrorCode::DuplicateRecipient,
+    ErrorCode::InvalidAddress,
+    ErrorCode::UnknownRecipient,
+    ErrorCode::UnknownDevice,
+    ErrorCode::InvalidClientMessageId,
+    ErrorCode::ClientMessageIdConflict,
+    ErrorCode::InvalidServerId,
+    ErrorCode::Unauthorized,
+    ErrorCode::InvalidProvisioningToken,
+    ErrorCode::ProvisioningTokenExpired,
+    ErrorCode::ProvisioningTokenUsed,
+    ErrorCode::TooManyDevices,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::UnsupportedContentEncoding,
+    ErrorCode::InvalidCursor,
+    ErrorCode::InvalidLimit,
+    ErrorCode::InvalidWait,
+    ErrorCode::RateLimited,
+    ErrorCode::NotFound,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::Timeout,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL {
+            assert!(seen.insert(c.as_str()));
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+            assert!((400..600).contains(&c.status()));
+        }
+    }
+}

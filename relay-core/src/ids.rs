@@ -1,0 +1,103 @@
+//! Identifiers. None of them reveals an address: `Rid` is a keyed hash, and every
+//! `Debug` impl prints at most a short prefix.
+
+use std::fmt;
+
+use crate::Address;
+
+/// The secret key of the recipient hash (K_rid, DESIGN.md section 2).
+///
+/// An unkeyed hash of a phone number is brute-forced in minutes; with a 256-bit key
+/// held by the key provider, a stolen database reveals nothing.
+#[derive(Clone)]
+pub struct RidKey([u8; 32]);
+
+impl RidKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// `rid = BLAKE3-keyed(K_rid, canonical address)`.
+    pub fn rid(&self, address: &Address) -> Rid {
+        Rid(*blake3::keyed_hash(&self.0, address.as_str().as_bytes()).as_bytes())
+    }
+}
+
+impl fmt::Debug for RidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RidKey(<secret>)")
+    }
+}
+
+/// Recipient id: the keyed hash of an address. The only form an address takes at rest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rid(pub [u8; 32]);
+
+impl fmt::Debug for Rid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rid({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// A device of an address, unique among that address's devices.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct DeviceId(pub u32);
+
+/// Server-assigned id of one envelope, shared by all its recipients; used to
+/// de-duplicate (delivery is at-least-once) and to acknowledge.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub [u8; 16]);
+
+impl ServerId {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl fmt::Debug for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerId({self})")
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Optional 16-byte id a client puts on a send so a retry is idempotent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ClientMessageId(pub [u8; 16]);
+
+impl ClientMessageId {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rid_depends_on_key_and_canonical_address() {
+        let k1 = RidKey::from_bytes([1; 32]);
+        let k2 = RidKey::from_bytes([2; 32]);
+        let a = Address::parse("tel:+15550100001").unwrap();
+        let b = Address::parse("tel:+1-555-010-0001").unwrap();
+        assert_eq!(k1.rid(&a), k1.rid(&b));
+        assert_ne!(k1.rid(&a), k2.rid(&a));
+        assert_eq!(k1.rid(&a).0, *blake3::keyed_hash(&[1; 32], b"tel:+15550100001").as_bytes());
+    }
+
+    #[test]
+    fn server_id_displays_as_hex() {
+        let id = ServerId([0xab; 16]);
+        assert_eq!(id.to_string(), "ab".repeat(16));
+        assert_eq!(ServerId::from_slice(&[0; 15]), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! Durable stores of rcs-relay.
+//!
+//! The [`Store`] trait is the contract every backend keeps; [`SledStore`] is the
+//! embedded default. Stores take and return only ids ([`Rid`], [`DeviceId`],
+//! [`ServerId`]) and [`Ciphertext`]: no API here accepts an address, a credential or
+//! plaintext, so none can reach the disk.
+//!
+//! # Durability
+//! Every mutating call returns only after a flush that started after its write has
+//! completed ("ack ⇒ durable"). [`SledStore`] batches those flushes: one flusher
+//! thread loops `Db::flush()` while writers wait ([`group_commit`]). sled 0.34's
+//! `flush_async` is never used: it hangs when many tasks call it (sled#1308).
+//!
+//! # Layout
+//! - [`model`]: request, result and record types shared by all backends.
+//! - [`sled_store`]: the sled backend and its key layout (DESIGN.md section 4).
+//! - [`group_commit`]: the flusher thread.
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+
+pub use relay_core::{Ciphertext, ClientMessageId, DeviceId, Rid, ServerId};
+
+pub mod group_commit;
+pub mod model;
+pub mod sled_store;
+
+pub use model::*;
+pub use sled_store::{SledConfig, SledStore};
+
+/// The storage contract. Every method is atomic: it either applies completely or
+/// changes nothing, and a mutating method's future resolves only once the change is
+/// durable.
+pub trait Store: Send + Sync + 'static {
+    /// Registers a device for `rid`; consumes the provisioning nonce (single use).
+    fn register_device(
+        &self,
+        req: NewDevice,
+    ) -> impl Future<Output = Result<DeviceId, RegisterError>> + Send;
+
+    /// Finds the device a credential lookup id belongs to.
+    fn device_by_lookup(
+        &self,
+        lookup: [u8; 16],
+    ) -> impl Future<Output = Result<Option<DeviceAuth>, StoreError>> + Send;
+
+    /// Active devices of an address.
+    fn devices(&self, rid: Rid) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+
+    /// Removes a device, its credential and its whole mailbox.
+    fn delete_device(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores one message once and queues it for every recipient device.
+    fn send(&self, req: SendRequest) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
+
+    /// Reads up to `limit` envelopes with `seq > after`.
+    fn receive(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Deletes acknowledged mailbox entries; unknown ids are ignored (idempotent).
+    fn ack(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        ack: Ack,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes everything whose time to live has passed.
+    fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
+
+    /// Counts of stored records (tests, metrics).
+    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+}

@@ -1,0 +1,794 @@
+//! The sled backend.
+//!
+//! # Key layout (one tree, DESIGN.md section 4)
+//! ```text
+//! d/{rid:32}{dev:4}            -> DeviceRecord
+//! c/{lookup:16}                -> {rid:32}{dev:4}             credential lookup
+//! n/{rid:32}                   -> next device id (u32)        ids are never reused
+//! b/{server_id:16}             -> BlobRecord (message bytes, stored once per send)
+//! m/{rid:32}{dev:4}{seq:8}     -> MailboxEntry
+//! i/{rid:32}{dev:4}{server_id} -> seq                         ack by server id
+//! e/{expires_at:8}{server_id}  -> idempotency key or empty    blob expiry index
+//! k/{rid:32}{dev:4}{cmid:16}   -> {server_id:16}{digest:32}   idempotent sends
+//! p/{nonce:16}                 -> expires_at                  used provisioning tokens
+//! ```
+//! Integers are big-endian so ranges scan in order.
+//!
+//! # Atomicity
+//! All records live in one tree, so each operation is one `Tree::apply_batch`, which
+//! sled applies atomically (also across a crash). Read-modify-write sequences run
+//! under `write_lock`; readers do not take it. The flush that makes a batch durable
+//! happens after the lock is released ([`crate::group_commit`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use rand::RngCore as _;
+use relay_core::credential::CredentialHash;
+
+use crate::group_commit::GroupCommit;
+use crate::model::flags;
+use crate::{
+    Ack, Ciphertext, DeviceAuth, DeviceId, NewDevice, Page, Rid, RegisterError, SendError,
+    SendOutcome, SendRequest, ServerId, Stats, Store, StoreError, StoredEnvelope, SweepStats,
+};
+
+/// Configuration of the sled backend.
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    pub path: PathBuf,
+    /// sled page cache, bytes.
+    pub cache_capacity: u64,
+}
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    commit: GroupCommit,
+    write_lock: Mutex<()>,
+}
+
+const DEVICE_ACTIVE: u8 = 1;
+const RECORD_VERSION: u8 = 1;
+/// Operations per batch when sweeping, so the write lock is never held for long.
+const SWEEP_CHUNK: usize = 1_000;
+
+impl SledStore {
+    pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .open()
+            .map_err(backend)?;
+        let tree = db.open_tree("relay-v1").map_err(backend)?;
+        let commit = GroupCommit::start(db.clone());
+        Ok(Self { db, tree, commit, write_lock: Mutex::new(()) })
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Flushes and stops the flusher thread.
+    pub fn close(&self) {
+        self.commit.stop();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave a half-applied batch behind
+        // (batches are atomic), so a poisoned lock is safe to reuse.
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = self.commit.ticket();
+        self.commit.wait(ticket).await
+    }
+
+    fn device_record(&self, rid: &Rid, dev: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        match self.tree.get(device_key(rid, dev)).map_err(backend)? {
+            Some(v) => DeviceRecord::decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn active_devices(&self, rid: &Rid) -> Result<Vec<DeviceId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefixed(b"d/", &rid.0)) {
+            let (k, v) = item.map_err(backend)?;
+            let rec = DeviceRecord::decode(&v)?;
+            if rec.status == DEVICE_ACTIVE {
+                out.push(DeviceId(be_u32(&k[34..38])?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn send_locked(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
+        let (sender_rid, sender_dev) = req.sender;
+        let idem_key = req.client_message_id.map(|c| {
+            let mut k = device_key_with(b"k/", &sender_rid, sender_dev);
+            k.extend_from_slice(&c.0);
+            k
+        });
+        if let Some(k) = &idem_key
+            && let Some(v) = self.tree.get(k).map_err(backend)?
+        {
+            if v.len() != 48 {
+                return Err(StoreError::Corrupt("idempotency record").into());
+            }
+            if v[16..48] != req.request_digest {
+                return Err(SendError::ClientMessageIdConflict);
+            }
+            let server_id = ServerId(v[..16].try_into().map_err(|_| StoreError::Corrupt("idem"))?);
+            return Ok(SendOutcome { server_id, delivered_to: Vec::new(), duplicate: true });
+        }
+
+        // Resolve every recipient device before writing anything.
+        let mut targets: Vec<(Rid, DeviceId, DeviceRecord)> = Vec::new();
+        for (index, r) in req.recipients.iter().enumerate() {
+            let active = self.active_devices(&r.rid)?;
+            if active.is_empty() {
+                return Err(SendError::UnknownRecipient { index });
+            }
+            let chosen: Vec<DeviceId> = match &r.devices {
+                None => active,
+                Some(wanted) => {
+                    if wanted.iter().any(|d| !active.contains(d)) {
+                        return Err(SendError::UnknownDevice { index });
+                    }
+                    wanted.clone()
+                }
+            };
+            for dev in chosen {
+                if targets.iter().any(|(rid, d, _)| *rid == r.rid && *d == dev) {
+                    continue;
+                }
+                let rec = self
+                    .device_record(&r.rid, dev)?
+                    .ok_or(StoreError::Corrupt("device vanished under write lock"))?;
+                targets.push((r.rid, dev, rec));
+            }
+        }
+
+        let server_id = self.new_server_id()?;
+        let size = req.message.len() as u64;
+        let expires_at = req.now_ms.saturating_add(req.ttl_ms);
+        let entry_flags = if req.urgent { flags::URGENT } else { 0 };
+        let mut batch = sled::Batch::default();
+        let mut blobs = BlobCounts::default();
+        blobs.insert_new(server_id, targets.len() as u32, expires_at, req.message.as_bytes().clone());
+        let mut delivered_to = Vec::with_capacity(targets.len());
+        for (rid, dev, mut rec) in targets {
+            self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut rec, size, req.max_queue_bytes)?;
+            let seq = rec.next_seq;
+            rec.next_seq += 1;
+            rec.queued_bytes += size;
+            let entry = MailboxEntry {
+                flags: entry_flags,
+                server_id,
+                received_at_ms: req.now_ms,
+                expires_at_ms: expires_at,
+                size: size as u32,
+                dropped: 0,
+            };
+            batch.insert(mailbox_key(&rid, dev, seq), entry.encode());
+            batch.insert(ack_index_key(&rid, dev, &server_id), &seq.to_be_bytes());
+            batch.insert(device_key(&rid, dev), rec.encode());
+            delivered_to.push((rid, dev));
+        }
+        let mut exp_key = Vec::with_capacity(26);
+        exp_key.extend_from_slice(b"e/");
+        exp_key.extend_from_slice(&expires_at.to_be_bytes());
+        exp_key.extend_from_slice(&server_id.0);
+        batch.insert(exp_key, idem_key.clone().unwrap_or_default());
+        if let Some(k) = idem_key {
+            let mut v = Vec::with_capacity(48);
+            v.extend_from_slice(&server_id.0);
+            v.extend_from_slice(&req.request_digest);
+            batch.insert(k, v);
+        }
+        blobs.write(&mut batch);
+        self.tree.apply_batch(batch).map_err(backend)?;
+        metrics::counter!("relay_mailbox_ops_total", "op" => "enqueue").increment(delivered_to.len() as u64);
+        Ok(SendOutcome { server_id, delivered_to, duplicate: false })
+    }
+
+    /// Drops the oldest entries of a device until `incoming` more bytes fit, leaving one
+    /// gap marker (at the seq of the newest dropped entry) that counts what was dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn trim_for_quota(
+        &self,
+        batch: &mut sled::Batch,
+        blobs: &mut BlobCounts,
+        rid: &Rid,
+        dev: DeviceId,
+        rec: &mut DeviceRecord,
+        incoming: u64,
+        quota: u64,
+    ) -> Result<(), StoreError> {
+        if rec.queued_bytes + incoming <= quota {
+            return Ok(());
+        }
+        let mut dropped = 0u64;
+        let mut last: Option<(Vec<u8>, MailboxEntry)> = None;
+        for item in self.tree.scan_prefix(device_key_with(b"m/", rid, dev)) {
+            if rec.queued_bytes + incoming <= quota {
+                break;
+            }
+            let (k, v) = item.map_err(backend)?;
+            let entry = MailboxEntry::decode(&v)?;
+            batch.remove(k.to_vec());
+            if entry.flags & flags::GAP != 0 {
+                dropped += entry.dropped;
+            } else {
+                dropped += 1;
+                rec.queued_bytes = rec.queued_bytes.saturating_sub(u64::from(entry.size));
+                batch.remove(ack_index_key(rid, dev, &entry.server_id));
+                blobs.release(&self.tree, entry.server_id)?;
+            }
+            last = Some((k.to_vec(), entry));
+        }
+        if let Some((key, entry)) = last {
+            let gap = MailboxEntry {
+                flags: flags::GAP,
+                server_id: ServerId([0; 16]),
+                received_at_ms: entry.received_at_ms,
+                expires_at_ms: entry.expires_at_ms,
+                size: 0,
+                dropped,
+            };
+            batch.insert(key, gap.encode());
+            metrics::counter!("relay_mailbox_ops_total", "op" => "trim").increment(dropped);
+        }
+        Ok(())
+    }
+
+    fn new_server_id(&self) -> Result<ServerId, StoreError> {
+        // sled's id generator is monotonic and never repeats across restarts; the
+        // random half keeps ids unguessable.
+        let id = self.db.generate_id().map_err(backend)?;
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&id.to_be_bytes());
+        rand::rng().fill_bytes(&mut out[8..]);
+        Ok(ServerId(out))
+    }
+
+    fn remove_entries(
+        &self,
+        batch: &mut sled::Batch,
+        blobs: &mut BlobCounts,
+        rid: &Rid,
+        dev: DeviceId,
+        entries: &[(u64, MailboxEntry)],
+    ) -> Result<u64, StoreError> {
+        let mut freed = 0u64;
+        for (seq, entry) in entries {
+            batch.remove(mailbox_key(rid, dev, *seq));
+            if entry.flags & flags::GAP == 0 {
+                batch.remove(ack_index_key(rid, dev, &entry.server_id));
+                blobs.release(&self.tree, entry.server_id)?;
+                freed += u64::from(entry.size);
+            }
+        }
+        Ok(freed)
+    }
+
+    fn ack_locked(&self, rid: &Rid, dev: DeviceId, ack: &Ack) -> Result<u64, StoreError> {
+        let Some(mut rec) = self.device_record(rid, dev)? else {
+            return Ok(0);
+        };
+        let mut entries: Vec<(u64, MailboxEntry)> = Vec::new();
+        if let Some(up_to) = ack.up_to {
+            let start = mailbox_key(rid, dev, 0);
+            let end = mailbox_key(rid, dev, up_to);
+            for item in self.tree.range(start..=end) {
+                let (k, v) = item.map_err(backend)?;
+                entries.push((be_u64(&k[38..46])?, MailboxEntry::decode(&v)?));
+            }
+        }
+        for id in &ack.server_ids {
+            if let Some(seq) = self.tree.get(ack_index_key(rid, dev, id)).map_err(backend)? {
+                let seq = be_u64(&seq)?;
+                if entries.iter().any(|(s, _)| *s == seq) {
+                    continue;
+                }
+                if let Some(v) = self.tree.get(mailbox_key(rid, dev, seq)).map_err(backend)? {
+                    entries.push((seq, MailboxEntry::decode(&v)?));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut blobs = BlobCounts::default();
+        let freed = self.remove_entries(&mut batch, &mut blobs, rid, dev, &entries)?;
+        rec.queued_bytes = rec.queued_bytes.saturating_sub(freed);
+        batch.insert(device_key(rid, dev), rec.encode());
+        blobs.write(&mut batch);
+        self.tree.apply_batch(batch).map_err(backend)?;
+        metrics::counter!("relay_mailbox_ops_total", "op" => "ack").increment(entries.len() as u64);
+        Ok(entries.len() as u64)
+    }
+
+    fn sweep_mailbox_chunk(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let devices: Vec<(Rid, DeviceId)> = self
+            .tree
+            .scan_prefix(b"d/")
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                Ok((Rid(k[2..34].try_into().map_err(|_| StoreError::Corrupt("device key"))?), DeviceId(be_u32(&k[34..38])?)))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let mut removed = 0u64;
+        for (rid, dev) in devices {
+            let _guard = self.lock();
+            let Some(mut rec) = self.device_record(&rid, dev)? else { continue };
+            let mut expired = Vec::new();
+            for item in self.tree.scan_prefix(device_key_with(b"m/", &rid, dev)) {
+                let (k, v) = item.map_err(backend)?;
+                let entry = MailboxEntry::decode(&v)?;
+                if entry.expires_at_ms > now_ms || expired.len() >= SWEEP_CHUNK {
+                    break;
+                }
+                expired.push((be_u64(&k[38..46])?, entry));
+            }
+            if expired.is_empty() {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            let mut blobs = BlobCounts::default();
+            let freed = self.remove_entries(&mut batch, &mut blobs, &rid, dev, &expired)?;
+            rec.queued_bytes = rec.queued_bytes.saturating_sub(freed);
+            batch.insert(device_key(&rid, dev), rec.encode());
+            blobs.write(&mut batch);
+            self.tree.apply_batch(batch).map_err(backend)?;
+            removed += expired.len() as u64;
+        }
+        Ok(removed)
+    }
+
+    fn sweep_blobs(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
+        loop {
+            let _guard = self.lock();
+            let mut batch = sled::Batch::default();
+            let mut n = 0usize;
+            let end = prefixed(b"e/", &now_ms.to_be_bytes());
+            for item in self.tree.range(b"e/".to_vec()..=end) {
+                let (k, idem) = item.map_err(backend)?;
+                if k.len() != 26 {
+                    return Err(StoreError::Corrupt("expiry key"));
+                }
+                batch.remove(prefixed(b"b/", &k[10..26]));
+                if !idem.is_empty() {
+                    batch.remove(idem.to_vec());
+                }
+                batch.remove(k.to_vec());
+                n += 1;
+                if n >= SWEEP_CHUNK {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.tree.apply_batch(batch).map_err(backend)?;
+            removed += n as u64;
+        }
+    }
+
+    fn sweep_nonces(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.scan_prefix(b"p/") {
+            let (k, v) = item.map_err(backend)?;
+            if be_u64(&v)? <= now_ms {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        self.tree.apply_batch(batch).map_err(backend)?;
+        Ok(n)
+    }
+}
+
+impl Store for SledStore {
+    async fn register_device(&self, req: NewDevice) -> Result<DeviceId, RegisterError> {
+        let device = {
+            let _guard = self.lock();
+            let nonce_key = prefixed(b"p/", &req.provisioning_nonce);
+            if self.tree.contains_key(&nonce_key).map_err(backend)? {
+                return Err(RegisterError::TokenUsed);
+            }
+            let active = self.active_devices(&req.rid)?;
+            if active.len() >= req.max_devices {
+                return Err(RegisterError::TooManyDevices(active.len()));
+            }
+            let lookup_key = prefixed(b"c/", &req.credential_lookup);
+            if self.tree.contains_key(&lookup_key).map_err(backend)? {
+                return Err(RegisterError::LookupCollision);
+            }
+            let counter_key = prefixed(b"n/", &req.rid.0);
+            let next = match self.tree.get(&counter_key).map_err(backend)? {
+                Some(v) => be_u32(&v)?,
+                None => 1,
+            };
+            let device = DeviceId(next);
+            let rec = DeviceRecord {
+                status: DEVICE_ACTIVE,
+                created_day: (req.now_ms / 86_400_000) as u32,
+                next_seq: 1,
+                queued_bytes: 0,
+                credential: req.credential_hash,
+                lookup: req.credential_lookup,
+            };
+            let mut batch = sled::Batch::default();
+            batch.insert(counter_key, &(next + 1).to_be_bytes());
+            batch.insert(device_key(&req.rid, device), rec.encode());
+            let mut lookup_val = req.rid.0.to_vec();
+            lookup_val.extend_from_slice(&device.0.to_be_bytes());
+            batch.insert(lookup_key, lookup_val);
+            batch.insert(nonce_key, &req.provisioning_expires_at_ms.to_be_bytes());
+            self.tree.apply_batch(batch).map_err(backend)?;
+            device
+        };
+        self.durable().await?;
+        Ok(device)
+    }
+
+    async fn device_by_lookup(&self, lookup: [u8; 16]) -> Result<Option<DeviceAuth>, StoreError> {
+        let Some(v) = self.tree.get(prefixed(b"c/", &lookup)).map_err(backend)? else {
+            return Ok(None);
+        };
+        if v.len() != 36 {
+            return Err(StoreError::Corrupt("credential index"));
+        }
+        let rid = Rid(v[..32].try_into().map_err(|_| StoreError::Corrupt("rid"))?);
+        let device = DeviceId(be_u32(&v[32..36])?);
+        let Some(rec) = self.device_record(&rid, device)? else {
+            return Ok(None);
+        };
+        if rec.status != DEVICE_ACTIVE || rec.lookup != lookup {
+            return Ok(None);
+        }
+        Ok(Some(DeviceAuth { rid, device, credential_hash: rec.credential }))
+    }
+
+    async fn devices(&self, rid: Rid) -> Result<Vec<DeviceId>, StoreError> {
+        self.active_devices(&rid)
+    }
+
+    async fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<bool, StoreError> {
+        {
+            let _guard = self.lock();
+            let Some(rec) = self.device_record(&rid, device)? else {
+                return Ok(false);
+            };
+            let mut entries = Vec::new();
+            for item in self.tree.scan_prefix(device_key_with(b"m/", &rid, device)) {
+                let (k, v) = item.map_err(backend)?;
+                entries.push((be_u64(&k[38..46])?, MailboxEntry::decode(&v)?));
+            }
+            let mut batch = sled::Batch::default();
+            let mut blobs = BlobCounts::default();
+            self.remove_entries(&mut batch, &mut blobs, &rid, device, &entries)?;
+            blobs.write(&mut batch);
+            batch.remove(device_key(&rid, device));
+            batch.remove(prefixed(b"c/", &rec.lookup));
+            self.tree.apply_batch(batch).map_err(backend)?;
+        }
+        self.durable().await?;
+        Ok(true)
+    }
+
+    async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
+        let outcome = {
+            let _guard = self.lock();
+            self.send_locked(&req)?
+        };
+        // A duplicate is durable already, or its first send is still waiting for the
+        // same flush; waiting here keeps "2xx means durable" true in both cases.
+        self.durable().await?;
+        Ok(outcome)
+    }
+
+    async fn receive(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Page, StoreError> {
+        let start = mailbox_key(&rid, device, after.saturating_add(1));
+        let end = mailbox_key(&rid, device, u64::MAX);
+        let mut envelopes = Vec::new();
+        let mut next_cursor = after;
+        let mut queue_empty = true;
+        for item in self.tree.range(start..=end) {
+            let (k, v) = item.map_err(backend)?;
+            let seq = be_u64(&k[38..46])?;
+            if envelopes.len() >= limit as usize {
+                queue_empty = false;
+                break;
+            }
+            next_cursor = seq;
+            let entry = MailboxEntry::decode(&v)?;
+            if entry.expires_at_ms <= now_ms {
+                continue;
+            }
+            let message = if entry.flags & flags::GAP != 0 {
+                Ciphertext::from_stored(Bytes::new())
+            } else {
+                match self.tree.get(prefixed(b"b/", &entry.server_id.0)).map_err(backend)? {
+                    Some(blob) => Ciphertext::from_stored(BlobRecord::payload(&blob)?),
+                    // Blob expired before the sweeper reached this entry.
+                    None => continue,
+                }
+            };
+            envelopes.push(StoredEnvelope {
+                server_id: entry.server_id,
+                seq,
+                received_at_ms: entry.received_at_ms,
+                expires_at_ms: entry.expires_at_ms,
+                flags: entry.flags,
+                message,
+                dropped: entry.dropped,
+            });
+        }
+        metrics::counter!("relay_mailbox_ops_total", "op" => "read").increment(envelopes.len() as u64);
+        Ok(Page { envelopes, next_cursor, queue_empty })
+    }
+
+    async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
+        let n = {
+            let _guard = self.lock();
+            self.ack_locked(&rid, device, &ack)?
+        };
+        self.durable().await?;
+        Ok(n)
+    }
+
+    async fn sweep(&self, now_ms: u64) -> Result<SweepStats, StoreError> {
+        let mailbox_entries = self.sweep_mailbox_chunk(now_ms)?;
+        let blobs = self.sweep_blobs(now_ms)?;
+        let nonces = self.sweep_nonces(now_ms)?;
+        metrics::counter!("relay_mailbox_ops_total", "op" => "expire").increment(mailbox_entries);
+        Ok(SweepStats { blobs, mailbox_entries, nonces })
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let mut s = Stats::default();
+        s.devices = self.tree.scan_prefix(b"d/").count() as u64;
+        s.mailbox_entries = self.tree.scan_prefix(b"m/").count() as u64;
+        for item in self.tree.scan_prefix(b"b/") {
+            let (_, v) = item.map_err(backend)?;
+            s.blobs += 1;
+            s.blob_bytes += BlobRecord::payload(&v)?.len() as u64;
+        }
+        Ok(s)
+    }
+}
+
+/// Remaining-recipient counts of blobs touched by one operation, so a blob released
+/// twice in one batch is counted correctly.
+#[derive(Default)]
+struct BlobCounts {
+    touched: HashMap<ServerId, BlobState>,
+}
+
+enum BlobState {
+    New { remaining: u32, expires_at: u64, payload: Bytes },
+    Existing { remaining: u32, raw: sled::IVec },
+    Gone,
+}
+
+impl BlobCounts {
+    fn insert_new(&mut self, id: ServerId, remaining: u32, expires_at: u64, payload: Bytes) {
+        self.touched.insert(id, BlobState::New { remaining, expires_at, payload });
+    }
+
+    fn release(&mut self, tree: &sled::Tree, id: ServerId) -> Result<(), StoreError> {
+        if !self.touched.contains_key(&id) {
+            let state = match tree.get(prefixed(b"b/", &id.0)).map_err(backend)? {
+                Some(raw) => BlobState::Existing { remaining: BlobRecord::remaining(&raw)?, raw },
+                None => BlobState::Gone,
+            };
+            self.touched.insert(id, state);
+        }
+        match self.touched.get_mut(&id) {
+            Some(BlobState::New { remaining, .. } | BlobState::Existing { remaining, .. }) => {
+                *remaining = remaining.saturating_sub(1);
+            }
+            Some(BlobState::Gone) | None => {}
+        }
+        Ok(())
+    }
+
+    fn write(self, batch: &mut sled::Batch) {
+        for (id, state) in self.touched {
+            let key = prefixed(b"b/", &id.0);
+            match state {
+                BlobState::New { remaining: 0, .. } | BlobState::Existing { remaining: 0, .. } => {
+                    batch.remove(key);
+                }
+                BlobState::New { remaining, expires_at, payload } => {
+                    batch.insert(key, BlobRecord::encode(remaining, expires_at, &payload));
+                }
+                BlobState::Existing { remaining, raw } => {
+                    let mut v = raw.to_vec();
+                    v[1..5].copy_from_slice(&remaining.to_be_bytes());
+                    batch.insert(key, v);
+                }
+                BlobState::Gone => {}
+            }
+        }
+    }
+}
+
+/// `version:1 remaining:4 expires_at:8 payload`
+struct BlobRecord;
+
+impl BlobRecord {
+    fn encode(remaining: u32, expires_at: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(13 + payload.len());
+        v.push(RECORD_VERSION);
+        v.extend_from_slice(&remaining.to_be_bytes());
+        v.extend_from_slice(&expires_at.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn remaining(raw: &[u8]) -> Result<u32, StoreError> {
+        if raw.len() < 13 || raw[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("blob record"));
+        }
+        be_u32(&raw[1..5])
+    }
+
+    fn payload(raw: &sled::IVec) -> Result<Bytes, StoreError> {
+        if raw.len() < 13 || raw[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("blob record"));
+        }
+        Ok(Bytes::copy_from_slice(&raw[13..]))
+    }
+}
+
+/// `version:1 status:1 created_day:4 next_seq:8 queued_bytes:8 salt:16 hash:32 lookup:16`
+#[derive(Debug, Clone)]
+struct DeviceRecord {
+    status: u8,
+    created_day: u32,
+    next_seq: u64,
+    queued_bytes: u64,
+    credential: CredentialHash,
+    lookup: [u8; 16],
+}
+
+const DEVICE_RECORD_LEN: usize = 86;
+
+impl DeviceRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(DEVICE_RECORD_LEN);
+        v.push(RECORD_VERSION);
+        v.push(self.status);
+        v.extend_from_slice(&self.created_day.to_be_bytes());
+        v.extend_from_slice(&self.next_seq.to_be_bytes());
+        v.extend_from_slice(&self.queued_bytes.to_be_bytes());
+        v.extend_from_slice(&self.credential.salt);
+        v.extend_from_slice(&self.credential.hash);
+        v.extend_from_slice(&self.lookup);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, StoreError> {
+        if v.len() != DEVICE_RECORD_LEN || v[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("device record"));
+        }
+        let arr = |r: std::ops::Range<usize>| v[r].to_vec();
+        Ok(Self {
+            status: v[1],
+            created_day: be_u32(&v[2..6])?,
+            next_seq: be_u64(&v[6..14])?,
+            queued_bytes: be_u64(&v[14..22])?,
+            credential: CredentialHash {
+                salt: arr(22..38).try_into().map_err(|_| StoreError::Corrupt("salt"))?,
+                hash: arr(38..70).try_into().map_err(|_| StoreError::Corrupt("hash"))?,
+            },
+            lookup: arr(70..86).try_into().map_err(|_| StoreError::Corrupt("lookup"))?,
+        })
+    }
+}
+
+/// `version:1 flags:1 server_id:16 received_at:8 expires_at:8 size:4 dropped:8`
+#[derive(Debug, Clone)]
+struct MailboxEntry {
+    flags: u32,
+    server_id: ServerId,
+    received_at_ms: u64,
+    expires_at_ms: u64,
+    size: u32,
+    dropped: u64,
+}
+
+const MAILBOX_ENTRY_LEN: usize = 46;
+
+impl MailboxEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(MAILBOX_ENTRY_LEN);
+        v.push(RECORD_VERSION);
+        v.push(self.flags as u8);
+        v.extend_from_slice(&self.server_id.0);
+        v.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        v.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.dropped.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, StoreError> {
+        if v.len() != MAILBOX_ENTRY_LEN || v[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("mailbox entry"));
+        }
+        Ok(Self {
+            flags: u32::from(v[1]),
+            server_id: ServerId(v[2..18].try_into().map_err(|_| StoreError::Corrupt("server id"))?),
+            received_at_ms: be_u64(&v[18..26])?,
+            expires_at_ms: be_u64(&v[26..34])?,
+            size: be_u32(&v[34..38])?,
+            dropped: be_u64(&v[38..46])?,
+        })
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn be_u32(b: &[u8]) -> Result<u32, StoreError> {
+    b.try_into().map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt("u32"))
+}
+
+fn be_u64(b: &[u8]) -> Result<u64, StoreError> {
+    b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("u64"))
+}
+
+fn prefixed(prefix: &[u8; 2], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn device_key_with(prefix: &[u8; 2], rid: &Rid, dev: DeviceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(62);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&rid.0);
+    k.extend_from_slice(&dev.0.to_be_bytes());
+    k
+}
+
+fn device_key(rid: &Rid, dev: DeviceId) -> Vec<u8> {
+    device_key_with(b"d/", rid, dev)
+}
+
+fn mailbox_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {
+    let mut k = device_key_with(b"m/", rid, dev);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn ack_index_key(rid: &Rid, dev: DeviceId, id: &ServerId) -> Vec<u8> {
+    let mut k = device_key_with(b"i/", rid, dev);
+    k.extend_from_slice(&id.0);
+    k
+}

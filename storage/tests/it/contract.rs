@@ -1,0 +1,308 @@
+use bytes::Bytes;
+use relay_core::credential::DeviceCredential;
+use storage::model::flags;
+use storage::*;
+
+use crate::Harness;
+
+const NOW: u64 = 1_800_000_000_000;
+const TTL: u64 = 30 * 24 * 3600 * 1000;
+const QUOTA: u64 = 1 << 30;
+
+fn rid(n: u8) -> Rid {
+    Rid([n; 32])
+}
+
+fn new_device(rid: Rid, seed: u8) -> (NewDevice, DeviceCredential) {
+    let mut random = [seed; 48];
+    random[0] = rid.0[0];
+    let cred = DeviceCredential::from_random(random);
+    let req = NewDevice {
+        rid,
+        credential_lookup: cred.lookup(),
+        credential_hash: cred.hash([seed; 16]),
+        provisioning_nonce: {
+            let mut n = [0; 16];
+            n[0] = rid.0[0];
+            n[1] = seed;
+            n
+        },
+        provisioning_expires_at_ms: NOW + 60_000,
+        max_devices: 6,
+        now_ms: NOW,
+    };
+    (req, cred)
+}
+
+async fn register<S: Store>(s: &S, rid: Rid, seed: u8) -> DeviceId {
+    s.register_device(new_device(rid, seed).0).await.unwrap()
+}
+
+fn msg(tag: &str) -> Ciphertext {
+    Ciphertext::from_stored(Bytes::from(format!("mls-bytes-{tag}")))
+}
+
+fn send_req(to: &[Rid], m: Ciphertext) -> SendRequest {
+    SendRequest {
+        sender: (rid(200), DeviceId(1)),
+        recipients: to.iter().map(|r| RecipientSpec { rid: *r, devices: None }).collect(),
+        message: m,
+        client_message_id: None,
+        request_digest: [0; 32],
+        urgent: false,
+        now_ms: NOW,
+        ttl_ms: TTL,
+        max_queue_bytes: QUOTA,
+    }
+}
+
+async fn page<S: Store>(s: &S, r: Rid, d: DeviceId) -> Page {
+    s.receive(r, d, 0, 1000, NOW).await.unwrap()
+}
+
+pub(crate) async fn register_and_authenticate<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let (req, cred) = new_device(rid(1), 1);
+    let d1 = s.register_device(req).await.unwrap();
+    let d2 = register(s, rid(1), 2).await;
+    assert_ne!(d1, d2);
+    let auth = s.device_by_lookup(cred.lookup()).await.unwrap().unwrap();
+    assert_eq!((auth.rid, auth.device), (rid(1), d1));
+    assert!(cred.verify(&auth.credential_hash));
+    assert!(s.device_by_lookup([0xee; 16]).await.unwrap().is_none());
+    assert_eq!(s.devices(rid(1)).await.unwrap(), vec![d1, d2]);
+}
+
+pub(crate) async fn provisioning_nonce_is_single_use<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let (req, _) = new_device(rid(1), 1);
+    s.register_device(req.clone()).await.unwrap();
+    let mut again = req;
+    again.credential_lookup = [0x55; 16];
+    assert!(matches!(s.register_device(again).await, Err(RegisterError::TokenUsed)));
+    assert_eq!(s.stats().await.unwrap().devices, 1);
+}
+
+pub(crate) async fn device_cap_per_address<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    for seed in 1..=6 {
+        register(s, rid(1), seed).await;
+    }
+    let err = s.register_device(new_device(rid(1), 7).0).await.unwrap_err();
+    assert!(matches!(err, RegisterError::TooManyDevices(6)));
+    assert_eq!(s.stats().await.unwrap().devices, 6);
+}
+
+pub(crate) async fn fan_out_stores_message_once<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let mut rids = Vec::new();
+    for n in 1..=50u8 {
+        register(s, rid(n), 1).await;
+        register(s, rid(n), 2).await;
+        rids.push(rid(n));
+    }
+    let m = msg("fan-out");
+    let out = s.send(send_req(&rids, m.clone())).await.unwrap();
+    assert_eq!(out.delivered_to.len(), 100);
+    let stats = s.stats().await.unwrap();
+    assert_eq!(stats.blobs, 1, "one blob for any number of recipients");
+    assert_eq!(stats.blob_bytes, m.len() as u64);
+    assert_eq!(stats.mailbox_entries, 100);
+    let p = page(s, rid(7), DeviceId(2)).await;
+    assert_eq!(p.envelopes.len(), 1);
+    assert_eq!(p.envelopes[0].message, m);
+    assert_eq!(p.envelopes[0].server_id, out.server_id);
+}
+
+pub(crate) async fn receive_pages_in_order<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    for i in 0..10 {
+        s.send(send_req(&[rid(1)], msg(&i.to_string()))).await.unwrap();
+    }
+    let p1 = s.receive(rid(1), d, 0, 4, NOW).await.unwrap();
+    assert_eq!(p1.envelopes.len(), 4);
+    assert!(!p1.queue_empty);
+    let p2 = s.receive(rid(1), d, p1.next_cursor, 100, NOW).await.unwrap();
+    assert_eq!(p2.envelopes.len(), 6);
+    assert!(p2.queue_empty);
+    let all: Vec<_> = p1.envelopes.iter().chain(&p2.envelopes).collect();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.message, msg(&i.to_string()));
+    }
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let p3 = s.receive(rid(1), d, p2.next_cursor, 100, NOW).await.unwrap();
+    assert!(p3.envelopes.is_empty() && p3.queue_empty);
+    assert_eq!(p3.next_cursor, p2.next_cursor);
+}
+
+pub(crate) async fn ack_by_id_and_cursor_is_idempotent<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(s.send(send_req(&[rid(1)], msg(&i.to_string()))).await.unwrap().server_id);
+    }
+    let p = page(s, rid(1), d).await;
+    let n = s.ack(rid(1), d, Ack { server_ids: vec![ids[3]], up_to: None }).await.unwrap();
+    assert_eq!(n, 1);
+    let n = s.ack(rid(1), d, Ack { server_ids: vec![ids[3]], up_to: None }).await.unwrap();
+    assert_eq!(n, 0, "second ack of the same id is a no-op");
+    let n = s.ack(rid(1), d, Ack { server_ids: vec![], up_to: Some(p.envelopes[1].seq) }).await.unwrap();
+    assert_eq!(n, 2);
+    let left: Vec<_> = page(s, rid(1), d).await.envelopes.into_iter().map(|e| e.server_id).collect();
+    assert_eq!(left, vec![ids[2], ids[4]]);
+    let n = s.ack(rid(1), d, Ack { server_ids: vec![ServerId([9; 16])], up_to: Some(0) }).await.unwrap();
+    assert_eq!(n, 0);
+}
+
+pub(crate) async fn blob_deleted_after_last_ack<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let a = register(s, rid(1), 1).await;
+    let b = register(s, rid(2), 1).await;
+    let out = s.send(send_req(&[rid(1), rid(2)], msg("x"))).await.unwrap();
+    let ack = || Ack { server_ids: vec![out.server_id], up_to: None };
+    s.ack(rid(1), a, ack()).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().blobs, 1, "rid 2 has not acknowledged yet");
+    s.ack(rid(2), b, ack()).await.unwrap();
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.blobs, st.mailbox_entries), (0, 0));
+}
+
+pub(crate) async fn idempotent_send<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    register(s, rid(1), 1).await;
+    let mut req = send_req(&[rid(1)], msg("a"));
+    req.client_message_id = Some(ClientMessageId([3; 16]));
+    req.request_digest = [1; 32];
+    let first = s.send(req.clone()).await.unwrap();
+    let again = s.send(req.clone()).await.unwrap();
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!(again.server_id, first.server_id);
+    assert_eq!(s.stats().await.unwrap().mailbox_entries, 1);
+    req.request_digest = [2; 32];
+    assert!(matches!(s.send(req).await, Err(SendError::ClientMessageIdConflict)));
+    assert_eq!(s.stats().await.unwrap().mailbox_entries, 1);
+}
+
+pub(crate) async fn unknown_recipient_changes_nothing<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    register(s, rid(1), 1).await;
+    let before = s.stats().await.unwrap();
+    let err = s.send(send_req(&[rid(1), rid(99)], msg("x"))).await.unwrap_err();
+    assert!(matches!(err, SendError::UnknownRecipient { index: 1 }));
+    assert_eq!(s.stats().await.unwrap(), before);
+}
+
+pub(crate) async fn unknown_device_changes_nothing<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    register(s, rid(1), 1).await;
+    let before = s.stats().await.unwrap();
+    let mut req = send_req(&[rid(1)], msg("x"));
+    req.recipients[0].devices = Some(vec![DeviceId(42)]);
+    assert!(matches!(s.send(req).await, Err(SendError::UnknownDevice { index: 0 })));
+    assert_eq!(s.stats().await.unwrap(), before);
+}
+
+pub(crate) async fn quota_trims_oldest_with_gap_marker<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let m = |i: u32| Ciphertext::from_stored(Bytes::from(vec![i as u8; 100]));
+    for i in 0..10 {
+        let mut req = send_req(&[rid(1)], m(i));
+        req.max_queue_bytes = 350;
+        s.send(req).await.unwrap();
+    }
+    let p = page(s, rid(1), d).await;
+    let gap = &p.envelopes[0];
+    assert_eq!(gap.flags & flags::GAP, flags::GAP);
+    assert!(gap.message.is_empty());
+    assert_eq!(gap.dropped, 7);
+    let kept: Vec<_> = p.envelopes[1..].iter().map(|e| e.message.clone()).collect();
+    assert_eq!(kept, vec![m(7), m(8), m(9)]);
+    assert_eq!(s.stats().await.unwrap().blobs, 3, "trimmed blobs are released");
+    s.ack(rid(1), d, Ack { server_ids: vec![], up_to: Some(gap.seq) }).await.unwrap();
+    assert_eq!(page(s, rid(1), d).await.envelopes.len(), 3);
+}
+
+pub(crate) async fn ttl_sweep_removes_everything<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let mut req = send_req(&[rid(1)], msg("x"));
+    req.client_message_id = Some(ClientMessageId([4; 16]));
+    s.send(req.clone()).await.unwrap();
+    let later = NOW + TTL + 1;
+    assert!(s.receive(rid(1), d, 0, 10, later).await.unwrap().envelopes.is_empty(), "expired is never served");
+    let swept = s.sweep(later).await.unwrap();
+    assert_eq!((swept.mailbox_entries, swept.blobs), (1, 1));
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.blobs, st.mailbox_entries, st.devices), (0, 0, 1));
+    // The idempotency record expired with the blob: the same id stores anew.
+    assert!(!s.send(req).await.unwrap().duplicate);
+}
+
+pub(crate) async fn delete_device_removes_mailbox<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let (req, cred) = new_device(rid(1), 1);
+    let d = s.register_device(req).await.unwrap();
+    s.send(send_req(&[rid(1)], msg("x"))).await.unwrap();
+    assert!(s.delete_device(rid(1), d).await.unwrap());
+    assert!(!s.delete_device(rid(1), d).await.unwrap());
+    assert!(s.device_by_lookup(cred.lookup()).await.unwrap().is_none());
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.blobs, st.mailbox_entries, st.devices), (0, 0, 0));
+    let err = s.send(send_req(&[rid(1)], msg("y"))).await.unwrap_err();
+    assert!(matches!(err, SendError::UnknownRecipient { index: 0 }));
+}
+
+pub(crate) async fn writes_survive_reopen<H: Harness>() {
+    let h = H::new();
+    let d = register(h.store(), rid(1), 1).await;
+    let out = h.store().send(send_req(&[rid(1)], msg("keep"))).await.unwrap();
+    let h = h.reopen();
+    let p = page(h.store(), rid(1), d).await;
+    assert_eq!(p.envelopes[0].server_id, out.server_id);
+    assert_eq!(p.envelopes[0].message, msg("keep"));
+    // Sequence numbers continue after a restart.
+    h.store().send(send_req(&[rid(1)], msg("next"))).await.unwrap();
+    let p = page(h.store(), rid(1), d).await;
+    assert!(p.envelopes[1].seq > p.envelopes[0].seq);
+}
+
+pub(crate) async fn concurrent_sends_are_all_durable<H: Harness>() {
+    let h = H::new();
+    let d = register(h.store(), rid(1), 1).await;
+    let store = std::sync::Arc::new(h);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..32 {
+        let h = std::sync::Arc::clone(&store);
+        tasks.spawn(async move {
+            for i in 0..20 {
+                h.store().send(send_req(&[rid(1)], msg(&format!("{t}-{i}")))).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let h = std::sync::Arc::into_inner(store).unwrap().reopen();
+    let p = page(h.store(), rid(1), d).await;
+    assert_eq!(p.envelopes.len(), 640);
+    let mut seen: Vec<_> = p.envelopes.iter().map(|e| e.server_id).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 640, "server ids are unique");
+}

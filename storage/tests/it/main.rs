@@ -1,0 +1,94 @@
+//! Storage contract: every backend must pass every test in `contract`.
+//!
+//! A backend is added by one line in `backends!`; the tests are written once against
+//! the [`storage::Store`] trait.
+
+#![allow(clippy::unwrap_used)]
+
+mod contract;
+
+use storage::{SledConfig, SledStore};
+
+/// A fresh store of one backend, plus whatever keeps it alive.
+pub(crate) trait Harness: Sized + Send + Sync + 'static {
+    type S: storage::Store;
+    fn new() -> Self;
+    fn store(&self) -> &Self::S;
+    /// Closes and reopens the same data (crash-free restart).
+    fn reopen(self) -> Self;
+}
+
+pub(crate) struct Sled {
+    dir: tempfile::TempDir,
+    store: Option<SledStore>,
+}
+
+impl Harness for Sled {
+    type S = SledStore;
+
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        Self { dir, store: Some(store) }
+    }
+
+    fn store(&self) -> &SledStore {
+        self.store.as_ref().unwrap()
+    }
+
+    fn reopen(mut self) -> Self {
+        let store = self.store.take().unwrap();
+        store.close();
+        drop(store);
+        self.store = Some(open(self.dir.path()));
+        self
+    }
+}
+
+fn open(path: &std::path::Path) -> SledStore {
+    SledStore::open(&SledConfig { path: path.to_path_buf(), cache_capacity: 16 << 20 }).unwrap()
+}
+
+macro_rules! backends {
+    ($($backend:ident => $harness:ty),* $(,)?) => {
+        $(
+            mod $backend {
+                contract_tests!($harness);
+            }
+        )*
+    };
+}
+
+macro_rules! contract_tests {
+    ($harness:ty) => {
+        contract_tests!(@each $harness;
+            register_and_authenticate,
+            provisioning_nonce_is_single_use,
+            device_cap_per_address,
+            fan_out_stores_message_once,
+            receive_pages_in_order,
+            ack_by_id_and_cursor_is_idempotent,
+            blob_deleted_after_last_ack,
+            idempotent_send,
+            unknown_recipient_changes_nothing,
+            unknown_device_changes_nothing,
+            quota_trims_oldest_with_gap_marker,
+            ttl_sweep_removes_everything,
+            delete_device_removes_mailbox,
+            writes_survive_reopen,
+            concurrent_sends_are_all_durable,
+        );
+    };
+    (@each $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::contract::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+backends! {
+    sled => crate::Sled,
+}
