@@ -1,0 +1,377 @@
+//! Gateway configuration: one TOML file, with a few command-line overrides.
+//!
+//! Everything is parsed into typed values at start-up ([`Settings`]); an invalid file
+//! is reported and the process exits 64 (`EX_USAGE`). Unknown keys are errors, so a
+//! typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relay_core::Limits;
+use serde::Deserialize;
+
+/// The configuration file, as written by an operator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where sled, generated keys and the dev certificate live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Client API listener (TLS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin listener: `/metrics`, `/healthz`. Loopback unless you mean it.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Without `cert` and `key`, a development CA and
+    /// certificate are generated in `data_dir/tls/` on first run.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<PathBuf>,
+    /// Extra DNS names for the generated development certificate.
+    #[serde(default)]
+    pub dev_cert_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "d_envelope")]
+    pub max_envelope_bytes: usize,
+    #[serde(default = "d_recipients")]
+    pub max_recipients: usize,
+    #[serde(default = "d_devices")]
+    pub max_devices_per_address: usize,
+    #[serde(default = "d_queue")]
+    pub max_queue_bytes_per_device: u64,
+    #[serde(default = "d_ttl")]
+    pub ttl_secs: u64,
+    #[serde(default = "d_page")]
+    pub max_page: u32,
+    #[serde(default = "d_wait")]
+    pub max_wait_secs: u32,
+    /// Concurrent TLS connections on the client listener.
+    #[serde(default = "d_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "d_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per device credential.
+    #[serde(default = "d_rps")]
+    pub requests_per_second: u32,
+    /// Burst per device credential.
+    #[serde(default = "d_burst")]
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default = "d_10")]
+    pub tls_handshake_secs: u64,
+    /// Time from TLS handshake to the first request (HTTP/2 preface and settings included).
+    #[serde(default = "d_10")]
+    pub first_request_secs: u64,
+    #[serde(default = "d_10")]
+    pub header_read_secs: u64,
+    #[serde(default = "d_30")]
+    pub body_read_secs: u64,
+    /// Handler time limit, on top of a long-poll's `wait`.
+    #[serde(default = "d_30")]
+    pub request_secs: u64,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "d_10")]
+    pub shutdown_grace_secs: u64,
+    /// Idle HTTP/2 connections are pinged at this interval and closed if silent.
+    #[serde(default = "d_30")]
+    pub keepalive_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Ed25519 public key (32 raw bytes, or a file written by the gateway) that verifies
+    /// provisioning tokens. Default: `data_dir/keys/provisioning.pub`, generated with its
+    /// signing key on first run (development).
+    pub provisioning_public_key: Option<PathBuf>,
+    /// Registration without a provisioning token. Refused unless every listener is on
+    /// loopback: it lets anyone claim any number.
+    #[serde(default)]
+    pub danger_open_registration: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "d_cache")]
+    pub cache_capacity_mb: u64,
+    /// Interval of the TTL sweeper.
+    #[serde(default = "d_sweep")]
+    pub sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// JSON lines instead of human-readable logs.
+    #[serde(default)]
+    pub json: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./relay-data")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn d_envelope() -> usize {
+    Limits::default().max_envelope_bytes
+}
+fn d_recipients() -> usize {
+    Limits::default().max_recipients
+}
+fn d_devices() -> usize {
+    Limits::default().max_devices_per_address
+}
+fn d_queue() -> u64 {
+    Limits::default().max_queue_bytes_per_device
+}
+fn d_ttl() -> u64 {
+    Limits::default().ttl_ms / 1000
+}
+fn d_page() -> u32 {
+    Limits::default().max_page
+}
+fn d_wait() -> u32 {
+    Limits::default().max_wait_secs
+}
+fn d_connections() -> usize {
+    10_000
+}
+fn d_streams() -> u32 {
+    256
+}
+fn d_rps() -> u32 {
+    100
+}
+fn d_burst() -> u32 {
+    200
+}
+fn d_10() -> u64 {
+    10
+}
+fn d_30() -> u64 {
+    30
+}
+fn d_cache() -> u64 {
+    256
+}
+fn d_sweep() -> u64 {
+    60
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid: every field has a default")
+    }
+}
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+/// A configuration problem; the binary prints it and exits 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("parsing {path}: {cause}")]
+    Parse { path: PathBuf, cause: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line overrides of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Parses a configuration from TOML text (no I/O, for tests and `deploy/` checks).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), cause: Box::new(e) })
+    }
+
+    /// Reads `path` (if any), applies `overrides`, and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|cause| ConfigError::Read { path: p.to_path_buf(), cause })?;
+                Self::from_toml(&text, p)?
+            }
+            None => Self::default(),
+        };
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir.clone_from(d);
+        }
+        if let Some(l) = overrides.listen {
+            config.listen = l;
+        }
+        if let Some(l) = overrides.admin_listen {
+            config.admin_listen = l;
+        }
+        config.validate()
+    }
+
+    /// Checks cross-field rules and produces typed settings.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let l = &self.limits;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if l.max_envelope_bytes == 0 || l.max_envelope_bytes > 16 << 20 {
+            return invalid("limits.max_envelope_bytes must be between 1 and 16 MiB");
+        }
+        if l.max_queue_bytes_per_device < l.max_envelope_bytes as u64 {
+            return invalid("limits.max_queue_bytes_per_device must hold at least one envelope");
+        }
+        if l.max_recipients == 0 || l.max_devices_per_address == 0 || l.max_page == 0 {
+            return invalid("limits must be positive");
+        }
+        if l.max_connections == 0 || l.max_concurrent_streams == 0 {
+            return invalid("limits.max_connections and max_concurrent_streams must be positive");
+        }
+        if l.ttl_secs == 0 {
+            return invalid("limits.ttl_secs must be positive");
+        }
+        if self.rate_limit.requests_per_second == 0 || self.rate_limit.burst == 0 {
+            return invalid("rate_limit values must be positive");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key go together");
+        }
+        if self.registration.danger_open_registration
+            && !(self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback())
+        {
+            return invalid("registration.danger_open_registration is only allowed when every listener is on loopback");
+        }
+        let limits = Limits {
+            max_envelope_bytes: l.max_envelope_bytes,
+            max_recipients: l.max_recipients,
+            max_devices_per_address: l.max_devices_per_address,
+            max_queue_bytes_per_device: l.max_queue_bytes_per_device,
+            ttl_ms: l.ttl_secs.saturating_mul(1000),
+            max_page: l.max_page,
+            max_wait_secs: l.max_wait_secs,
+        };
+        let t = &self.timeouts;
+        let timeouts = Timeouts {
+            tls_handshake: Duration::from_secs(t.tls_handshake_secs),
+            first_request: Duration::from_secs(t.first_request_secs),
+            header_read: Duration::from_secs(t.header_read_secs),
+            body_read: Duration::from_secs(t.body_read_secs),
+            request: Duration::from_secs(t.request_secs),
+            shutdown_grace: Duration::from_secs(t.shutdown_grace_secs),
+            keepalive: Duration::from_secs(t.keepalive_secs.max(1)),
+        };
+        Ok(Settings { limits, timeouts, config: self })
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub tls_handshake: Duration,
+    pub first_request: Duration,
+    pub header_read: Duration,
+    pub body_read: Duration,
+    pub request: Duration,
+    pub shutdown_grace: Duration,
+    pub keepalive: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))?.validate()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let s = load("").unwrap();
+        assert_eq!(s.limits, Limits::default());
+        assert!(s.config.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(matches!(load("listn = \"1.2.3.4:1\""), Err(ConfigError::Parse { .. })));
+        assert!(matches!(load("[limits]\nmax_recipents = 3"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(load("listen = \"nonsense\""), Err(ConfigError::Parse { .. })));
+        assert!(matches!(load("[tls]\ncert = \"a.pem\""), Err(ConfigError::Invalid(_))));
+        assert!(matches!(load("[limits]\nmax_envelope_bytes = 0"), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn open_registration_only_on_loopback() {
+        assert!(load("[registration]\ndanger_open_registration = true").is_ok());
+        let public = "listen = \"0.0.0.0:8443\"\n[registration]\ndanger_open_registration = true";
+        assert!(matches!(load(public), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,141 @@
+//! Provider keys (DESIGN.md section 8).
+//!
+//! A [`KeyProvider`] hands out K_rid (the recipient-hash key) and the provisioning
+//! verification key. [`FileKeyProvider`] keeps them in `data_dir/keys/`, created on
+//! first run with mode 0600; a PKCS#11 provider (HSM) implements the same trait.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use rand::RngCore as _;
+use relay_core::RidKey;
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+/// Source of the gateway's secret keys.
+pub trait KeyProvider: Send + Sync + 'static {
+    fn rid_key(&self) -> RidKey;
+    /// Raw 32-byte Ed25519 key that verifies provisioning tokens.
+    fn provisioning_public_key(&self) -> Vec<u8>;
+}
+
+/// Keys in files (development and small deployments).
+#[derive(Debug)]
+pub struct FileKeyProvider {
+    rid_key: RidKey,
+    provisioning_public_key: Vec<u8>,
+}
+
+impl FileKeyProvider {
+    /// Loads the keys in `dir`, generating missing ones. `provisioning_public_key`
+    /// overrides the generated verification key (production: the operator keeps the
+    /// signing key elsewhere).
+    pub fn open_or_create(dir: &Path, provisioning_public_key: Option<&Path>) -> anyhow::Result<Self> {
+        create_private_dir(dir)?;
+        let rid_path = dir.join("rid.key");
+        let rid_bytes = match std::fs::read(&rid_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                write_private(&rid_path, &key)?;
+                key.to_vec()
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", rid_path.display())),
+        };
+        let rid_key: [u8; 32] = rid_bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", rid_path.display()))?;
+        let provisioning_public_key = match provisioning_public_key {
+            Some(p) => read_public_key(p)?,
+            None => {
+                let pair = provisioning_keypair(dir)?;
+                let public = pair.public_key().as_ref().to_vec();
+                std::fs::write(dir.join("provisioning.pub"), &public)
+                    .context("writing provisioning.pub")?;
+                public
+            }
+        };
+        Ok(Self { rid_key: RidKey::from_bytes(rid_key), provisioning_public_key })
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn rid_key(&self) -> RidKey {
+        self.rid_key.clone()
+    }
+
+    fn provisioning_public_key(&self) -> Vec<u8> {
+        self.provisioning_public_key.clone()
+    }
+}
+
+/// The operator's provisioning signing key in `dir`, generated if missing.
+pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    create_private_dir(dir)?;
+    let path = dir.join("provisioning.pk8");
+    let pkcs8 = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("generating the provisioning key"))?;
+            write_private(&path, doc.as_ref())?;
+            doc.as_ref().to_vec()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| anyhow::anyhow!("{}: invalid PKCS#8 Ed25519 key: {e}", path.display()))
+}
+
+/// Directory of the provider keys under a data directory.
+pub fn key_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+fn read_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(bytes.len() == 32, "{}: expected a 32-byte Ed25519 public key", path.display());
+    Ok(bytes)
+}
+
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes a secret file with mode 0600, refusing to overwrite.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_created_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let a = FileKeyProvider::open_or_create(&keys, None).unwrap();
+        let b = FileKeyProvider::open_or_create(&keys, None).unwrap();
+        let addr = relay_core::Address::parse("tel:+15550100001").unwrap();
+        assert_eq!(a.rid_key().rid(&addr), b.rid_key().rid(&addr));
+        assert_eq!(a.provisioning_public_key(), b.provisioning_public_key());
+        for f in ["rid.key", "provisioning.pk8"] {
+            let mode = std::fs::metadata(keys.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The rcs-relay gateway.
+//!
+//! Serves the client API (DESIGN.md section 5) over HTTP/2 and HTTP/1.1 with TLS 1.3,
+//! on top of [`storage`]. A device uploads an MLS message for recipients; the gateway
+//! checks it is one well-formed MLSMessage, hashes each recipient address with K_rid,
+//! stores the bytes once and a mailbox entry per recipient device, and answers 201
+//! only when that is durable. Recipients page or long-poll their mailbox and
+//! acknowledge what they have.
+//!
+//! # Layout
+//! - [`api`]: the one router every transport serves; validation and error mapping.
+//! - [`server`]: listeners, TLS, limits, timeouts, background tasks, shutdown.
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`keys`]: provider keys (K_rid, provisioning verification key).
+//! - [`tls`]: rustls configuration and the development certificate.
+//! - [`live`]: wake-ups for long-polling receivers.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//!
+//! # What it does not do
+//! It never decrypts, never logs or stores an address, credential or token in the
+//! clear, and never answers 2xx to a write that is not yet durable.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod live;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::{Config, Overrides, Settings};
+pub use server::{Running, start};
+
+/// SIGTERM and SIGINT, as one future (the only place signals are handled).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

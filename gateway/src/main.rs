@@ -1,0 +1,99 @@
+//! `gateway`: run the relay, or mint a provisioning token.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::{Config, Overrides};
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "rcs-relay: ciphertext-only MLS message relay")]
+struct Cli {
+    /// TOML configuration file (all keys optional).
+    #[arg(long, global = true, env = "RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `listen` (client API, TLS).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Overrides `admin_listen` (metrics, health).
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Print a provisioning token for ADDRESS, signed with the key in `data_dir/keys/`.
+    Provision {
+        /// `tel:+E.164` address the token allows to register.
+        address: String,
+        /// Validity of the token in seconds.
+        #[arg(long, default_value_t = 3600)]
+        valid_for: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides { data_dir: cli.data_dir, listen: cli.listen, admin_listen: cli.admin_listen };
+    let settings = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Provision { address, valid_for } => provision(&settings, &address, valid_for),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: gateway::Settings) -> anyhow::Result<()> {
+    gateway::telemetry::init_logging(settings.config.log.json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = gateway::start(settings, shutdown.clone()).await?;
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            gateway::shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            signal.cancel();
+        });
+        running.wait().await
+    })
+}
+
+fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {
+    let address = relay_core::Address::parse(address).map_err(|e| anyhow::anyhow!("invalid address: {e}"))?;
+    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(&settings.config.data_dir))?;
+    let mut nonce = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+    let claims = relay_core::provisioning::ProvisioningClaims {
+        address,
+        expires_at_ms: gateway::api::now_ms() + valid_for.saturating_mul(1000),
+        nonce,
+    };
+    let token = relay_core::provisioning::sign(&key, &claims);
+    writeln!(std::io::stdout(), "{token}")?;
+    Ok(())
+}

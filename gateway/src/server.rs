@@ -1,0 +1,305 @@
+//! The I/O shell: listeners, TLS, connection limits, timeouts, background tasks and
+//! graceful shutdown. All request handling is in [`crate::api`].
+//!
+//! ```text
+//!  TCP accept ─► permit (connection cap) ─► TLS 1.3 handshake (timeout)
+//!            ─► hyper auto (h2 | http/1.1) ─► api() router ─► storage
+//!  admin accept ─► /metrics, /healthz (plain HTTP, loopback by default)
+//!  sweeper: TTL expiry, rate-limit state, storage gauges
+//! ```
+//! Shutdown is an input: [`start`] takes a [`CancellationToken`]; cancelling it stops
+//! the accept loops, asks every connection to finish (HTTP/2 GOAWAY), ends long-polls,
+//! waits at most `shutdown_grace`, then flushes and closes storage.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use storage::{SledConfig, SledStore, Store as _};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::api::{ApiConfig, AppState, api, healthz, now_ms};
+use crate::config::{Settings, Timeouts};
+use crate::keys::{FileKeyProvider, KeyProvider as _, key_dir};
+use crate::telemetry;
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Client API address (TLS).
+    pub addr: SocketAddr,
+    /// Admin address (plain HTTP).
+    pub admin_addr: SocketAddr,
+    state: AppState,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Running {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Waits for `shutdown` to be cancelled, drains (bounded) and closes storage.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(grace_secs = self.grace.as_secs(), "shutdown grace expired with requests in flight");
+        }
+        let store = Arc::clone(self.state.store());
+        tokio::task::spawn_blocking(move || store.close()).await.context("closing storage")?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Opens storage and keys, binds the listeners and starts serving.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let config = &settings.config;
+    let data_dir = &config.data_dir;
+    crate::keys::create_private_dir(data_dir)?;
+    let keys = FileKeyProvider::open_or_create(&key_dir(data_dir), config.registration.provisioning_public_key.as_deref())
+        .context("loading provider keys")?;
+    let tls = crate::tls::server_config(&config.tls, data_dir, &[b"h2", b"http/1.1"]).context("setting up TLS")?;
+    let sled_config = SledConfig {
+        path: data_dir.join("sled"),
+        cache_capacity: config.storage.cache_capacity_mb << 20,
+    };
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
+        .await
+        .context("opening storage")?
+        .context("opening storage")?;
+    let store = Arc::new(store);
+    let rate = &config.rate_limit;
+    let state = AppState::new(ApiConfig {
+        store: Arc::clone(&store),
+        rid_key: keys.rid_key(),
+        provisioning_key: keys.provisioning_public_key(),
+        limits: settings.limits.clone(),
+        timeouts: settings.timeouts,
+        open_registration: config.registration.danger_open_registration,
+        requests_per_second: NonZeroU32::new(rate.requests_per_second).context("rate_limit.requests_per_second")?,
+        burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
+        shutdown: shutdown.clone(),
+    });
+    telemetry::prometheus();
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin {}", config.admin_listen))?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let tracker = TaskTracker::new();
+    let router = api(state.clone());
+    let limits = &config.limits;
+    let conn_settings = ConnSettings {
+        timeouts: settings.timeouts,
+        max_concurrent_streams: limits.max_concurrent_streams,
+    };
+    tracker.spawn(serve_tls(
+        listener,
+        TlsAcceptor::from(tls),
+        router,
+        Arc::new(Semaphore::new(limits.max_connections)),
+        conn_settings,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(serve_admin(admin, shutdown.clone(), tracker.clone()));
+    tracker.spawn(sweeper(state.clone(), Duration::from_secs(config.storage.sweep_interval_secs.max(1)), shutdown.clone()));
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        git_sha = option_env!("RELAY_GIT_SHA").unwrap_or("unknown"),
+        listen = %addr,
+        admin = %admin_addr,
+        data_dir = %data_dir.display(),
+        "gateway listening"
+    );
+    Ok(Running { addr, admin_addr, state, tracker, shutdown, grace: settings.timeouts.shutdown_grace })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    timeouts: Timeouts,
+    max_concurrent_streams: u32,
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    permits: Arc<Semaphore>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("relay_connections_refused_total", "reason" => "limit").increment(1);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            metrics::gauge!("relay_connections_open").increment(1.0);
+            serve_connection(tcp, peer, acceptor, router, settings, shutdown).await;
+            metrics::gauge!("relay_connections_open").decrement(1.0);
+        });
+    }
+}
+
+#[tracing::instrument(skip_all, fields(peer = %peer))]
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) {
+    let t = settings.timeouts;
+    let tls = match tokio::time::timeout(t.tls_handshake, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "TLS handshake failed");
+            metrics::counter!("relay_tls_handshake_failures_total", "reason" => "error").increment(1);
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("relay_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+            return;
+        }
+    };
+    let seen_request = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&seen_request);
+    let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
+        seen.store(true, Ordering::Relaxed);
+        req
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(t.header_read).max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(t.keepalive)
+        .keep_alive_timeout(t.keepalive)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let first_request = tokio::time::sleep(t.first_request);
+    tokio::pin!(first_request);
+    let mut checked_first = false;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(cause = %e, "connection ended with error");
+                }
+                return;
+            }
+            () = &mut first_request, if !checked_first => {
+                checked_first = true;
+                if !seen_request.load(Ordering::Relaxed) {
+                    metrics::counter!("relay_connections_closed_total", "reason" => "no_request").increment(1);
+                    return;
+                }
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn serve_admin(listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
+    let router = Router::new()
+        .route("/metrics", get(|| async { telemetry::prometheus().render() }))
+        .route("/healthz", get(healthz));
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router));
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Expires envelopes, forgets idle rate-limit state, publishes storage gauges.
+async fn sweeper(state: AppState, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.store().sweep(now_ms()).await {
+            Ok(s) if s.mailbox_entries + s.blobs > 0 => {
+                tracing::debug!(entries = s.mailbox_entries, blobs = s.blobs, "expired envelopes removed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(cause = %e, "sweep failed"),
+        }
+        state.retain_recent_limits();
+        metrics::gauge!("relay_storage_disk_bytes").set(state.store().size_on_disk() as f64);
+        metrics::gauge!("relay_live_receivers").set(state.live().len() as f64);
+    }
+}
