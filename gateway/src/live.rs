@@ -87,11 +87,13 @@ mod tests {
         let key = (Rid([1; 32]), DeviceId(1));
         let sub = live.subscribe(key);
         let sub2 = live.subscribe(key);
-        let notified = sub.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        assert!(live.wake(&key));
-        tokio::time::timeout(Duration::from_secs(1), notified).await.unwrap();
+        {
+            let notified = sub.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            assert!(live.wake(&key));
+            tokio::time::timeout(Duration::from_secs(1), notified).await.unwrap();
+        }
         drop(sub);
         assert_eq!(live.len(), 1);
         drop(sub2);

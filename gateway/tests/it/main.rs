@@ -1,0 +1,20 @@
+//! Gateway integration tests: real servers on loopback ports picked at run time.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod bad_input;
+mod process;
+mod roundtrip;
+
+use relay_client::ClientError;
+
+/// Asserts a client call failed with `status` and machine code `code`.
+#[track_caller]
+pub(crate) fn assert_api_error<T: std::fmt::Debug>(r: Result<T, ClientError>, status: u16, code: &str) {
+    match r {
+        Err(ClientError::Api { status: s, code: c, .. }) => {
+            assert_eq!((s, c.as_str()), (status, code));
+        }
+        other => panic!("expected {status} {code}, got {other:?}"),
+    }
+}

@@ -1,0 +1,271 @@
+//! Tests that run the `gateway` binary as a separate process: crash safety under
+//! `kill -9`, the identifier canary, and start-up errors.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng as _;
+use relay_client::{Client, Recipient, Trust};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A gateway child process on a free loopback port.
+struct Proc {
+    child: Child,
+    url: String,
+    ca: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
+    let port = free_port();
+    let admin = free_port();
+    let config = data_dir.with_extension("toml");
+    std::fs::write(&config, "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n").unwrap();
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut cmd = Command::new(GATEWAY);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin}"))
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let p = Proc { child, url: format!("https://localhost:{port}"), ca: data_dir.join("tls/dev-ca.pem") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if p.ca.exists()
+            && let Ok(c) = Client::new(&p.url, Trust::CaFile(p.ca.clone()))
+            && c.healthz().await.is_ok()
+        {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "gateway did not become healthy; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Proc {
+    fn client(&self) -> Client {
+        Client::new(&self.url, Trust::CaFile(self.ca.clone())).unwrap()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+/// What the load generator knows for sure.
+#[derive(Default)]
+struct Ledger {
+    /// Every payload ever sent (whether or not it was acknowledged).
+    attempted: HashSet<Bytes>,
+    /// server id -> payload, for sends that got a 2xx.
+    confirmed: HashMap<Bytes, Bytes>,
+    /// Server ids whose ack got a 204.
+    acked: HashSet<Bytes>,
+}
+
+/// Checks the invariants against the mailbox after a restart, then acknowledges all.
+async fn verify_and_drain(receiver: &Client, ledger: &Mutex<Ledger>) -> usize {
+    let mut cursor = 0;
+    let mut present = HashSet::new();
+    loop {
+        let page = receiver.receive(cursor, 1000, 0).await.unwrap();
+        for e in &page.envelopes {
+            let l = ledger.lock().unwrap();
+            assert!(l.attempted.contains(&e.message), "received an envelope that was never sent");
+            assert!(!l.acked.contains(&e.server_id), "an acknowledged envelope came back");
+            if let Some(p) = l.confirmed.get(&e.server_id) {
+                assert_eq!(p, &e.message, "bytes differ from what was sent");
+            }
+            present.insert(e.server_id.clone());
+        }
+        cursor = page.next_cursor;
+        if page.queue_empty {
+            break;
+        }
+    }
+    {
+        let l = ledger.lock().unwrap();
+        for id in l.confirmed.keys() {
+            assert!(l.acked.contains(id) || present.contains(id), "a 2xx'd send was lost");
+        }
+    }
+    if cursor > 0 {
+        receiver.ack(&[], Some(cursor)).await.unwrap();
+        let mut l = ledger.lock().unwrap();
+        l.acked.extend(present.iter().cloned());
+    }
+    present.len()
+}
+
+/// `kill -9` the gateway at random moments under concurrent sends and acks. Every
+/// 2xx'd send survives byte-identical, nothing unsent appears, nothing acknowledged
+/// returns. `RELAY_CRASH_CYCLES` raises the cycle count (default 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_test_kill_9() {
+    let cycles: usize = std::env::var("RELAY_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("gateway.log");
+    let p = spawn_gateway(&data, &log, &[]).await;
+    let sender_cred = p.client().register(&test_support::provision_token(&data, "tel:+15550700001", 600_000)).await.unwrap().credential;
+    let receiver_cred = p.client().register(&test_support::provision_token(&data, "tel:+15550700002", 600_000)).await.unwrap().credential;
+    p.kill9();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut total_confirmed = 0usize;
+    let mut counter = 0u64;
+    for cycle in 0..cycles {
+        let p = spawn_gateway(&data, &log, &[]).await;
+        let sender = p.client().with_credential(sender_cred.clone());
+        let receiver = p.client().with_credential(receiver_cred.clone());
+        verify_and_drain(&receiver, &ledger).await;
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..6u64 {
+            let sender = sender.clone();
+            let ledger = Arc::clone(&ledger);
+            let base = counter + w * 1_000_000;
+            tasks.spawn(async move {
+                for i in 0.. {
+                    let payload = test_support::framed_message(format!("crash-{cycle}-{base}-{i}").as_bytes());
+                    ledger.lock().unwrap().attempted.insert(payload.clone());
+                    match sender.send(&[Recipient::address("tel:+15550700002")], payload.clone(), None, false).await {
+                        Ok(r) => {
+                            ledger.lock().unwrap().confirmed.insert(r.server_id, payload);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        {
+            let ledger = Arc::clone(&ledger);
+            let receiver = receiver.clone();
+            tasks.spawn(async move {
+                let mut cursor = 0;
+                loop {
+                    let Ok(page) = receiver.receive(cursor, 50, 1).await else { return };
+                    let ids: Vec<Bytes> = page.envelopes.iter().map(|e| e.server_id.clone()).collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    cursor = page.next_cursor;
+                    if receiver.ack(&ids, None).await.is_err() {
+                        return;
+                    }
+                    ledger.lock().unwrap().acked.extend(ids);
+                }
+            });
+        }
+        counter += 10_000_000;
+        let delay = rand::rng().random_range(50..400);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        p.kill9();
+        while tasks.join_next().await.is_some() {}
+        total_confirmed = ledger.lock().unwrap().confirmed.len();
+    }
+    let p = spawn_gateway(&data, &log, &[]).await;
+    let receiver = p.client().with_credential(receiver_cred.clone());
+    verify_and_drain(&receiver, &ledger).await;
+    let l = ledger.lock().unwrap();
+    eprintln!(
+        "crash test: {cycles} kill -9 cycles, {} sends attempted, {total_confirmed} acknowledged (2xx), {} acks confirmed, 0 lost",
+        l.attempted.len(),
+        l.acked.len()
+    );
+    assert!(total_confirmed > cycles, "the load actually ran");
+    drop(l);
+    assert!(p.terminate().success());
+}
+
+/// After a run with recognisable addresses and credentials, none of them appears in
+/// the data directory or the logs (debug level), while the stored ciphertext does
+/// (so the scan is known to read what sled wrote).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_no_identifiers_at_rest_or_in_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("gateway.log");
+    let p = spawn_gateway(&data, &log, &[("RUST_LOG", "debug")]).await;
+    let alice_addr = "tel:+15557654321";
+    let bob_addr = "tel:+1 (555) 765-4322";
+    let alice_token = test_support::provision_token(&data, alice_addr, 600_000);
+    let bob_token = test_support::provision_token(&data, bob_addr, 600_000);
+    let alice = p.client().register(&alice_token).await.unwrap();
+    let bob = p.client().register(&bob_token).await.unwrap();
+    let a = p.client().with_credential(alice.credential.clone());
+    let b = p.client().with_credential(bob.credential.clone());
+    let marker = b"CIPHERTEXT-MARKER-7f3a9c";
+    for i in 0..50 {
+        let mut payload = marker.to_vec();
+        payload.extend_from_slice(format!("-{i}").as_bytes());
+        a.send(&[Recipient::address(bob_addr)], test_support::framed_message(&payload), Some([i as u8; 16]), false)
+            .await
+            .unwrap();
+    }
+    let page = b.receive(0, 10, 0).await.unwrap();
+    b.ack(&[page.envelopes[0].server_id.clone()], None).await.unwrap();
+    let _ = p.client().with_credential("rc1.wrong").receive(0, 1, 0).await;
+    assert!(p.terminate().success(), "graceful shutdown exits 0");
+
+    let secret_of = |cred: &str| cred.trim_start_matches("rc1.").to_owned();
+    let canaries: Vec<(&str, Vec<u8>)> = vec![
+        ("alice address", alice_addr.as_bytes().to_vec()),
+        ("alice digits", b"15557654321".to_vec()),
+        ("bob digits", b"15557654322".to_vec()),
+        ("bob address", b"tel:+15557654322".to_vec()),
+        ("alice credential", secret_of(&alice.credential).into_bytes()),
+        ("bob credential", secret_of(&bob.credential).into_bytes()),
+        ("alice token", alice_token.as_bytes().to_vec()),
+        ("bob token", bob_token.trim_start_matches("pt1.").as_bytes()[..40].to_vec()),
+    ];
+    for (what, needle) in &canaries {
+        let hits = test_support::files_containing(&data, needle);
+        assert!(hits.is_empty(), "{what} found at rest in {hits:?}");
+        let logs = std::fs::read(&log).unwrap();
+        assert!(!test_support::contains(&logs, needle), "{what} found in the logs");
+    }
+    assert!(!test_support::files_containing(&data.join("sled"), marker).is_empty(), "scan control: ciphertext is stored");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("gateway listening"), "logs were captured");
+}
+
+#[test]
+fn bad_config_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(GATEWAY).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listn"), "{stderr}");
+    let out = Command::new(GATEWAY).arg("--config").arg(dir.path().join("missing.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    std::fs::write(&config, "listen = \"0.0.0.0:8443\"\n[registration]\ndanger_open_registration = true\n").unwrap();
+    let out = Command::new(GATEWAY).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "open registration off loopback is refused");
+}

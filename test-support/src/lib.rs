@@ -1,0 +1,150 @@
+//! Fixtures shared by the integration tests: an in-process gateway on a loopback port
+//! picked at run time ([`TestGateway`]), real MLS members driven by openmls
+//! ([`mls::Member`]), and helpers for tests that run the gateway binary.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod mls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gateway::config::Config;
+use relay_client::{Client, Trust};
+use storage::Store as _;
+use tokio_util::sync::CancellationToken;
+
+/// A gateway running in this process, with its own temporary data directory.
+#[derive(Debug)]
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    state: gateway::api::AppState,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `tweak` (listeners on 127.0.0.1:0).
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Self::start_in(dir.path(), tweak).await;
+        g._dir = Some(dir);
+        g
+    }
+
+    /// Starts on an existing data directory (restarts).
+    pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.data_dir = data_dir.to_path_buf();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.rate_limit.requests_per_second = 10_000;
+        config.rate_limit.burst = 10_000;
+        tweak(&mut config);
+        let settings = config.validate().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = gateway::start(settings, shutdown.clone()).await.unwrap();
+        let (addr, admin_addr, state) = (running.addr, running.admin_addr, running.state().clone());
+        let task = tokio::spawn(async move { running.wait().await.unwrap() });
+        Self { addr, admin_addr, data_dir: data_dir.to_path_buf(), state, shutdown, task, _dir: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("tls/dev-ca.pem")
+    }
+
+    /// An unauthenticated client that trusts the development CA.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), Trust::CaFile(self.ca())).unwrap()
+    }
+
+    /// A provisioning token for `address`, signed with this gateway's dev key.
+    pub fn provision(&self, address: &str) -> String {
+        provision_token(&self.data_dir, address, 3_600_000)
+    }
+
+    /// Registers a device of `address` and returns an authenticated client.
+    pub async fn device(&self, address: &str) -> (Client, u32) {
+        let c = self.client();
+        let reg = c.register(&self.provision(address)).await.unwrap();
+        (c.with_credential(reg.credential), reg.device_id)
+    }
+
+    pub async fn stats(&self) -> storage::Stats {
+        self.state.store().stats().await.unwrap()
+    }
+
+    pub fn state(&self) -> &gateway::api::AppState {
+        &self.state
+    }
+
+    /// Graceful shutdown; returns when storage is closed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Signs a provisioning token with the key in `data_dir/keys/`.
+pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> String {
+    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
+    let mut nonce = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+    let claims = relay_core::provisioning::ProvisioningClaims {
+        address: relay_core::Address::parse(address).unwrap(),
+        expires_at_ms: gateway::api::now_ms().saturating_add(valid_for_ms),
+        nonce,
+    };
+    relay_core::provisioning::sign(&key, &claims)
+}
+
+/// A token that expired a minute ago.
+pub fn expired_token(data_dir: &Path, address: &str) -> String {
+    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
+    let claims = relay_core::provisioning::ProvisioningClaims {
+        address: relay_core::Address::parse(address).unwrap(),
+        expires_at_ms: gateway::api::now_ms() - 60_000,
+        nonce: [1; 16],
+    };
+    relay_core::provisioning::sign(&key, &claims)
+}
+
+/// A distinct, well-formed MLS PrivateMessage carrying `tag` as its ciphertext.
+pub fn framed_message(tag: &[u8]) -> bytes::Bytes {
+    relay_core::envelope::frame_private_message(b"test-group", 1, tag).into()
+}
+
+/// Recursively searches every file under `dir` for `needle`; returns the offending paths.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && contains(&bytes, needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
