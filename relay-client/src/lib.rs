@@ -134,7 +134,7 @@ impl Client {
         if uri.scheme_str() != Some("https") {
             return Err(ClientError::Config("server URL must start with https://".into()));
         }
-        let tls = tls_config(&trust, &[b"h2"])?;
+        let tls = tls_config(&trust, &[])?; // hyper-rustls sets ALPN (h2) itself
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()

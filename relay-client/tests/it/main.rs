@@ -1,0 +1,68 @@
+//! The README's CLI walkthrough, run with the real `relay` binary against a gateway.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use relay_core::envelope::MessageKind;
+use test_support::TestGateway;
+
+const RELAY: &str = env!("CARGO_BIN_EXE_relay");
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/hello.mls");
+
+fn relay(dir: &Path, gw: &TestGateway, profile: &str, args: &[&str]) -> String {
+    let out = Command::new(RELAY)
+        .current_dir(dir)
+        .arg("--server")
+        .arg(gw.url())
+        .arg("--ca")
+        .arg(gw.ca())
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "relay {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_walkthrough() {
+    let gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = relay(d, &gw, "alice.toml", &["register", "--token", &gw.provision("tel:+15550100001")]);
+    assert!(out.contains("registered device 1"), "{out}");
+    relay(d, &gw, "bob.toml", &["register", "--token", &gw.provision("tel:+15550100002")]);
+    let out = relay(d, &gw, "alice.toml", &["send", "--to", "tel:+15550100002", "--file", SAMPLE]);
+    assert!(out.contains("devices=1"), "{out}");
+    let out = relay(d, &gw, "bob.toml", &["receive", "--out-dir", "inbox", "--ack"]);
+    assert!(out.contains("seq=1 "), "{out}");
+    let files: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::read(&files[0]).unwrap(), std::fs::read(SAMPLE).unwrap(), "bytes received equal bytes sent");
+    let out = relay(d, &gw, "bob.toml", &["receive"]);
+    assert!(out.contains("queue_empty"), "acknowledged envelopes are gone: {out}");
+    let out = Command::new(RELAY).current_dir(d).args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_address"));
+    gw.stop().await;
+}
+
+/// The committed sample is a real openmls PrivateMessage (regenerate with
+/// `RELAY_WRITE_SAMPLE=1 cargo test -p relay-client sample`).
+#[test]
+fn sample_is_a_real_mls_message() {
+    if std::env::var_os("RELAY_WRITE_SAMPLE").is_some() {
+        let mut alice = test_support::mls::Member::new("tel:+15550100001");
+        let bob = test_support::mls::Member::new("tel:+15550100002");
+        alice.create_group();
+        alice.add(&[bob.key_package().0]);
+        std::fs::write(SAMPLE, alice.encrypt(b"hello, bob")).unwrap();
+    }
+    let bytes = std::fs::read(SAMPLE).unwrap();
+    let env = relay_core::Envelope::parse(bytes.into(), &relay_core::Limits::default()).unwrap();
+    assert_eq!(env.kind(), MessageKind::PrivateMessage);
+}
