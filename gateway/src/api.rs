@@ -25,7 +25,9 @@ use rand::RngCore as _;
 use relay_core::credential::DeviceCredential;
 use relay_core::envelope::EnvelopeError;
 use relay_core::wire::{PROTOBUF, v1};
-use relay_core::{Address, ClientMessageId, DeviceId, Envelope, ErrorCode, Limits, Rid, RidKey, ServerId, provisioning};
+use relay_core::{
+    Address, ClientMessageId, DeviceId, Envelope, ErrorCode, Limits, Rid, RidKey, ServerId, provisioning,
+};
 use storage::{Ack, NewDevice, RecipientSpec, RegisterError, SendError, SendRequest, SledStore, Store as _};
 use tokio_util::sync::CancellationToken;
 
@@ -112,7 +114,9 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/messages/ack", post(ack))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(move |req, next| with_deadline(request_limit, req, next)))
+        .layer(middleware::from_fn(move |req, next| {
+            with_deadline(request_limit, req, next)
+        }))
         .layer(middleware::from_fn(track_metrics))
         .with_state(state)
 }
@@ -177,11 +181,19 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, A
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(unauthorized)?;
     let cred = DeviceCredential::parse(token.trim()).map_err(|_| unauthorized())?;
-    let auth = state.inner.store.device_by_lookup(cred.lookup()).await?.ok_or_else(unauthorized)?;
+    let auth = state
+        .inner
+        .store
+        .device_by_lookup(cred.lookup())
+        .await?
+        .ok_or_else(unauthorized)?;
     if !cred.verify(&auth.credential_hash) {
         return Err(unauthorized());
     }
-    let device = Device { rid: auth.rid, id: auth.device };
+    let device = Device {
+        rid: auth.rid,
+        id: auth.device,
+    };
     if let Err(not_until) = state.inner.limiter.check_key(&(device.rid, device.id)) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let mut e = ApiError::new(ErrorCode::RateLimited, "too many requests for this credential");
@@ -199,7 +211,10 @@ async fn read_proto<M: Message + Default>(state: &AppState, req: Request, limit:
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if !matches!(media.as_deref(), Some(PROTOBUF | "application/protobuf")) {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "body must be application/x-protobuf"));
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "body must be application/x-protobuf",
+        ));
     }
     if let Some(enc) = headers.get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
@@ -209,14 +224,21 @@ async fn read_proto<M: Message + Default>(state: &AppState, req: Request, limit:
             "ciphertext does not compress; send it uncompressed",
         ));
     }
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit as u64
     {
         return Err(body_too_large(limit));
     }
     let body = http_body_util::Limited::new(req.into_body(), limit);
     let bytes = match tokio::time::timeout(state.inner.timeouts.body_read, body.collect()).await {
-        Err(_) => return Err(ApiError::new(ErrorCode::Timeout, "request body was not received in time")),
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                "request body was not received in time",
+            ));
+        }
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(body_too_large(limit));
         }
@@ -236,26 +258,29 @@ fn proto_response(status: StatusCode, m: &impl Message) -> Response {
 
 /// Wall-clock milliseconds since the Unix epoch (the shell reads the clock; core never does).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn register(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body: v1::RegisterRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
     let now = now_ms();
     let (address, nonce, expires_at) = if body.provisioning_token.is_empty() && state.inner.open_registration {
-        let address = Address::parse(&body.address)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidAddress, e.to_string()))?;
+        let address =
+            Address::parse(&body.address).map_err(|e| ApiError::new(ErrorCode::InvalidAddress, e.to_string()))?;
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         (address, nonce, now + 60_000)
     } else {
-        let claims = provisioning::verify(&body.provisioning_token, &state.inner.provisioning_key, now).map_err(|e| {
-            let code = match e {
-                provisioning::ProvisioningError::Expired => ErrorCode::ProvisioningTokenExpired,
-                _ => ErrorCode::InvalidProvisioningToken,
-            };
-            ApiError::new(code, e.to_string())
-        })?;
+        let claims =
+            provisioning::verify(&body.provisioning_token, &state.inner.provisioning_key, now).map_err(|e| {
+                let code = match e {
+                    provisioning::ProvisioningError::Expired => ErrorCode::ProvisioningTokenExpired,
+                    _ => ErrorCode::InvalidProvisioningToken,
+                };
+                ApiError::new(code, e.to_string())
+            })?;
         (claims.address, claims.nonce, claims.expires_at_ms)
     };
     let mut random = [0u8; 48];
@@ -273,15 +298,21 @@ async fn register(State(state): State<AppState>, req: Request) -> Result<Respons
         now_ms: now,
     };
     let device = state.inner.store.register_device(new).await.map_err(|e| match e {
-        RegisterError::TooManyDevices(n) => {
-            ApiError::new(ErrorCode::TooManyDevices, format!("this address already has {n} devices"))
+        RegisterError::TooManyDevices(n) => ApiError::new(
+            ErrorCode::TooManyDevices,
+            format!("this address already has {n} devices"),
+        ),
+        RegisterError::TokenUsed => {
+            ApiError::new(ErrorCode::ProvisioningTokenUsed, "provisioning token was already used")
         }
-        RegisterError::TokenUsed => ApiError::new(ErrorCode::ProvisioningTokenUsed, "provisioning token was already used"),
         RegisterError::LookupCollision => ApiError::internal(&"credential lookup collision"),
         RegisterError::Store(e) => e.into(),
     })?;
     metrics::counter!("relay_devices_registered_total").increment(1);
-    let resp = v1::RegisterResponse { device_id: device.0, credential: credential.encode() };
+    let resp = v1::RegisterResponse {
+        device_id: device.0,
+        credential: credential.encode(),
+    };
     Ok(proto_response(StatusCode::CREATED, &resp))
 }
 
@@ -297,20 +328,28 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
     let limits = &state.inner.limits;
     let body: v1::SendRequest = read_proto(&state, req, limits.max_send_body_bytes()).await?;
     if body.recipients.is_empty() {
-        return Err(ApiError::new(ErrorCode::NoRecipients, "a send needs at least one recipient"));
+        return Err(ApiError::new(
+            ErrorCode::NoRecipients,
+            "a send needs at least one recipient",
+        ));
     }
     if body.recipients.len() > limits.max_recipients {
         return Err(ApiError::new(
             ErrorCode::TooManyRecipients,
-            format!("{} recipients, limit is {}", body.recipients.len(), limits.max_recipients),
+            format!(
+                "{} recipients, limit is {}",
+                body.recipients.len(),
+                limits.max_recipients
+            ),
         ));
     }
-    let client_message_id = match body.client_message_id.len() {
-        0 => None,
-        _ => Some(ClientMessageId::from_slice(&body.client_message_id).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidClientMessageId, "client_message_id must be 16 bytes")
-        })?),
-    };
+    let client_message_id =
+        match body.client_message_id.len() {
+            0 => None,
+            _ => Some(ClientMessageId::from_slice(&body.client_message_id).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidClientMessageId, "client_message_id must be 16 bytes")
+            })?),
+        };
     let envelope = Envelope::parse(body.message, limits).map_err(|e| match e {
         EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
         _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
@@ -324,7 +363,10 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
             .map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("recipient {index}: {e}")))?;
         let rid = state.inner.rid_key.rid(&address);
         if !seen.insert(rid) {
-            return Err(ApiError::new(ErrorCode::DuplicateRecipient, format!("recipient {index} is listed twice")));
+            return Err(ApiError::new(
+                ErrorCode::DuplicateRecipient,
+                format!("recipient {index} is listed twice"),
+            ));
         }
         digest.update(&rid.0);
         for d in &r.device_ids {
@@ -348,12 +390,14 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
     };
     let size = request.message.len();
     let outcome = state.inner.store.send(request).await.map_err(|e| match e {
-        SendError::UnknownRecipient { index } => {
-            ApiError::new(ErrorCode::UnknownRecipient, format!("recipient {index} has no registered device"))
-        }
-        SendError::UnknownDevice { index } => {
-            ApiError::new(ErrorCode::UnknownDevice, format!("recipient {index} names an unknown device"))
-        }
+        SendError::UnknownRecipient { index } => ApiError::new(
+            ErrorCode::UnknownRecipient,
+            format!("recipient {index} has no registered device"),
+        ),
+        SendError::UnknownDevice { index } => ApiError::new(
+            ErrorCode::UnknownDevice,
+            format!("recipient {index} names an unknown device"),
+        ),
         SendError::ClientMessageIdConflict => ApiError::new(
             ErrorCode::ClientMessageIdConflict,
             "client_message_id was used for a different message",
@@ -370,7 +414,11 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         recipient_devices: outcome.delivered_to.len() as u32,
         duplicate: outcome.duplicate,
     };
-    let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if outcome.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok(proto_response(status, &resp))
 }
 
@@ -389,23 +437,42 @@ fn parse_receive_query(raw: Option<&str>, limits: &Limits) -> Result<ReceiveQuer
     };
     let after = match params.get("after") {
         None => 0,
-        Some(v) => v.parse::<u64>().map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "after must be a cursor returned by a previous receive"))?,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidCursor,
+                "after must be a cursor returned by a previous receive",
+            )
+        })?,
     };
     let limit = match params.get("limit") {
         None => 100.min(limits.max_page),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=limits.max_page).contains(&n) => n,
-            _ => return Err(ApiError::new(ErrorCode::InvalidLimit, format!("limit must be 1..={}", limits.max_page))),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidLimit,
+                    format!("limit must be 1..={}", limits.max_page),
+                ));
+            }
         },
     };
     let wait = match params.get("wait") {
         None => 0,
         Some(v) => match v.parse::<u32>() {
             Ok(n) if n <= limits.max_wait_secs => n,
-            _ => return Err(ApiError::new(ErrorCode::InvalidWait, format!("wait must be 0..={} seconds", limits.max_wait_secs))),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidWait,
+                    format!("wait must be 0..={} seconds", limits.max_wait_secs),
+                ));
+            }
         },
     };
-    Ok(ReceiveQuery { after, limit, wait: Duration::from_secs(u64::from(wait)) })
+    Ok(ReceiveQuery {
+        after,
+        limit,
+        wait: Duration::from_secs(u64::from(wait)),
+    })
 }
 
 /// Splits `a=1&b=2` (percent-decoding is unnecessary: every value is a number).
@@ -419,7 +486,11 @@ fn serde_urlencoded_pairs(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
-async fn receive(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let device = authenticate(&state, &headers).await?;
     let q = parse_receive_query(raw.as_deref(), &state.inner.limits)?;
     let store = &state.inner.store;
@@ -473,7 +544,10 @@ async fn ack(State(state): State<AppState>, req: Request) -> Result<StatusCode, 
         .map(|b| ServerId::from_slice(b))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidServerId, "server ids are 16 bytes"))?;
-    let ack = Ack { server_ids, up_to: (body.up_to > 0).then_some(body.up_to) };
+    let ack = Ack {
+        server_ids,
+        up_to: (body.up_to > 0).then_some(body.up_to),
+    };
     state.inner.store.ack(device.rid, device.id, ack).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -246,16 +246,20 @@ pub struct Overrides {
 impl Config {
     /// Parses a configuration from TOML text (no I/O, for tests and `deploy/` checks).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), cause: Box::new(e) })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            cause: Box::new(e),
+        })
     }
 
     /// Reads `path` (if any), applies `overrides`, and validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
         let mut config = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|cause| ConfigError::Read { path: p.to_path_buf(), cause })?;
+                let text = std::fs::read_to_string(p).map_err(|cause| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    cause,
+                })?;
                 Self::from_toml(&text, p)?
             }
             None => Self::default(),
@@ -321,7 +325,11 @@ impl Config {
             shutdown_grace: Duration::from_secs(t.shutdown_grace_secs),
             keepalive: Duration::from_secs(t.keepalive_secs.max(1)),
         };
-        Ok(Settings { limits, timeouts, config: self })
+        Ok(Settings {
+            limits,
+            timeouts,
+            config: self,
+        })
     }
 }
 
@@ -362,10 +370,16 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(matches!(load("listn = \"1.2.3.4:1\""), Err(ConfigError::Parse { .. })));
-        assert!(matches!(load("[limits]\nmax_recipents = 3"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            load("[limits]\nmax_recipents = 3"),
+            Err(ConfigError::Parse { .. })
+        ));
         assert!(matches!(load("listen = \"nonsense\""), Err(ConfigError::Parse { .. })));
         assert!(matches!(load("[tls]\ncert = \"a.pem\""), Err(ConfigError::Invalid(_))));
-        assert!(matches!(load("[limits]\nmax_envelope_bytes = 0"), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            load("[limits]\nmax_envelope_bytes = 0"),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, detail: detail.into(), retry_after_secs: None }
+        Self {
+            code,
+            detail: detail.into(),
+            retry_after_secs: None,
+        }
     }
 
     /// A server-side failure: the cause is logged once, the client sees a generic message.
@@ -32,10 +36,12 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.code.as_str(), "detail": self.detail });
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if self.code == ErrorCode::Unauthorized {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -52,12 +52,14 @@ impl FileKeyProvider {
             None => {
                 let pair = provisioning_keypair(dir)?;
                 let public = pair.public_key().as_ref().to_vec();
-                std::fs::write(dir.join("provisioning.pub"), &public)
-                    .context("writing provisioning.pub")?;
+                std::fs::write(dir.join("provisioning.pub"), &public).context("writing provisioning.pub")?;
                 public
             }
         };
-        Ok(Self { rid_key: RidKey::from_bytes(rid_key), provisioning_public_key })
+        Ok(Self {
+            rid_key: RidKey::from_bytes(rid_key),
+            provisioning_public_key,
+        })
     }
 }
 
@@ -85,7 +87,8 @@ pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| anyhow::anyhow!("{}: invalid PKCS#8 Ed25519 key: {e}", path.display()))
+    Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| anyhow::anyhow!("{}: invalid PKCS#8 Ed25519 key: {e}", path.display()))
 }
 
 /// Directory of the provider keys under a data directory.
@@ -95,7 +98,11 @@ pub fn key_dir(data_dir: &Path) -> PathBuf {
 
 fn read_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(bytes.len() == 32, "{}: expected a 32-byte Ed25519 public key", path.display());
+    anyhow::ensure!(
+        bytes.len() == 32,
+        "{}: expected a 32-byte Ed25519 public key",
+        path.display()
+    );
     Ok(bytes)
 }
 
@@ -115,7 +122,9 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -30,7 +30,11 @@ pub struct Subscription {
 impl Live {
     pub fn subscribe(self: &Arc<Self>, key: Key) -> Subscription {
         let notify = Arc::clone(self.lock().entry(key).or_default());
-        Subscription { live: Arc::clone(self), key, notify }
+        Subscription {
+            live: Arc::clone(self),
+            key,
+            notify,
+        }
     }
 
     /// Wakes every waiter of `key`; returns whether there was one.

@@ -46,7 +46,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides { data_dir: cli.data_dir, listen: cli.listen, admin_listen: cli.admin_listen };
+    let overrides = Overrides {
+        data_dir: cli.data_dir,
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+    };
     let settings = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(s) => s,
         Err(e) => {

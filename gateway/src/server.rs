@@ -59,10 +59,15 @@ impl Running {
         self.shutdown.cancelled().await;
         self.tracker.close();
         if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(grace_secs = self.grace.as_secs(), "shutdown grace expired with requests in flight");
+            tracing::warn!(
+                grace_secs = self.grace.as_secs(),
+                "shutdown grace expired with requests in flight"
+            );
         }
         let store = Arc::clone(self.state.store());
-        tokio::task::spawn_blocking(move || store.close()).await.context("closing storage")?;
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .context("closing storage")?;
         tracing::info!("gateway stopped");
         Ok(())
     }
@@ -73,8 +78,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let config = &settings.config;
     let data_dir = &config.data_dir;
     crate::keys::create_private_dir(data_dir)?;
-    let keys = FileKeyProvider::open_or_create(&key_dir(data_dir), config.registration.provisioning_public_key.as_deref())
-        .context("loading provider keys")?;
+    let keys = FileKeyProvider::open_or_create(
+        &key_dir(data_dir),
+        config.registration.provisioning_public_key.as_deref(),
+    )
+    .context("loading provider keys")?;
     let tls = crate::tls::server_config(&config.tls, data_dir, &[b"h2", b"http/1.1"]).context("setting up TLS")?;
     let sled_config = SledConfig {
         path: data_dir.join("sled"),
@@ -99,7 +107,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     });
     telemetry::prometheus();
 
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin {}", config.admin_listen))?;
@@ -123,7 +133,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tracker.clone(),
     ));
     tracker.spawn(serve_admin(admin, shutdown.clone(), tracker.clone()));
-    tracker.spawn(sweeper(state.clone(), Duration::from_secs(config.storage.sweep_interval_secs.max(1)), shutdown.clone()));
+    tracker.spawn(sweeper(
+        state.clone(),
+        Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
+        shutdown.clone(),
+    ));
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -133,7 +147,14 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         data_dir = %data_dir.display(),
         "gateway listening"
     );
-    Ok(Running { addr, admin_addr, state, tracker, shutdown, grace: settings.timeouts.shutdown_grace })
+    Ok(Running {
+        addr,
+        admin_addr,
+        state,
+        tracker,
+        shutdown,
+        grace: settings.timeouts.shutdown_grace,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -211,7 +232,11 @@ async fn serve_connection(
         req
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(t.header_read).max_buf_size(64 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.header_read)
+        .max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -293,7 +318,11 @@ async fn sweeper(state: AppState, every: Duration, shutdown: CancellationToken) 
         }
         match state.store().sweep(now_ms()).await {
             Ok(s) if s.mailbox_entries + s.blobs > 0 => {
-                tracing::debug!(entries = s.mailbox_entries, blobs = s.blobs, "expired envelopes removed");
+                tracing::debug!(
+                    entries = s.mailbox_entries,
+                    blobs = s.blobs,
+                    "expired envelopes removed"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(cause = %e, "sweep failed"),

@@ -54,7 +54,9 @@ pub fn ensure_dev_certificate(dir: &Path, extra_names: &[String]) -> anyhow::Res
     let ca_key = rcgen::KeyPair::generate().context("generating the dev CA key")?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "rcs-relay development CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rcs-relay development CA");
     ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
@@ -63,7 +65,8 @@ pub fn ensure_dev_certificate(dir: &Path, extra_names: &[String]) -> anyhow::Res
     names.extend(extra_names.iter().cloned());
     let leaf_key = rcgen::KeyPair::generate().context("generating the dev server key")?;
     let mut leaf = rcgen::CertificateParams::new(names)?;
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, "rcs-relay development server");
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "rcs-relay development server");
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 

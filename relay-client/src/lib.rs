@@ -49,7 +49,12 @@ pub enum Trust {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("gateway answered {status} {code}: {detail}")]
-    Api { status: u16, code: String, detail: String, retry_after: Option<u64> },
+    Api {
+        status: u16,
+        code: String,
+        detail: String,
+        retry_after: Option<u64>,
+    },
     #[error("transport error: {0}")]
     Transport(String),
     #[error("unexpected response: {0}")]
@@ -95,7 +100,10 @@ pub struct Recipient {
 
 impl Recipient {
     pub fn address(address: impl Into<String>) -> Self {
-        Self { address: address.into(), device_ids: Vec::new() }
+        Self {
+            address: address.into(),
+            device_ids: Vec::new(),
+        }
     }
 }
 
@@ -128,9 +136,15 @@ pub struct Client {
 
 impl Client {
     /// A client for `server` (an `https://host:port` URL).
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "the trust setting is handed over, like a builder argument"
+    )]
     pub fn new(server: &str, trust: Trust) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/');
-        let uri: Uri = base.parse().map_err(|e| ClientError::Config(format!("server URL: {e}")))?;
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| ClientError::Config(format!("server URL: {e}")))?;
         if uri.scheme_str() != Some("https") {
             return Err(ClientError::Config("server URL must start with https://".into()));
         }
@@ -145,13 +159,21 @@ impl Client {
             .http2_initial_stream_window_size(1 << 20)
             .http2_initial_connection_window_size(4 << 20)
             .build(connector);
-        Ok(Self { http, base: base.into(), credential: None })
+        Ok(Self {
+            http,
+            base: base.into(),
+            credential: None,
+        })
     }
 
     /// The same connection, authenticated with `credential`.
     pub fn with_credential(&self, credential: impl Into<String>) -> Self {
         let credential: String = credential.into();
-        Self { http: self.http.clone(), base: Arc::clone(&self.base), credential: Some(credential.into()) }
+        Self {
+            http: self.http.clone(),
+            base: Arc::clone(&self.base),
+            credential: Some(credential.into()),
+        }
     }
 
     /// `GET /healthz`.
@@ -163,16 +185,32 @@ impl Client {
 
     /// Registers a device with an operator-issued provisioning token.
     pub async fn register(&self, provisioning_token: &str) -> Result<Registration, ClientError> {
-        let body = v1::RegisterRequest { provisioning_token: provisioning_token.to_owned(), address: String::new() };
-        let r: v1::RegisterResponse = self.call(Method::POST, "/v1/devices", &body, StatusCode::CREATED).await?;
-        Ok(Registration { device_id: r.device_id, credential: r.credential })
+        let body = v1::RegisterRequest {
+            provisioning_token: provisioning_token.to_owned(),
+            address: String::new(),
+        };
+        let r: v1::RegisterResponse = self
+            .call(Method::POST, "/v1/devices", &body, StatusCode::CREATED)
+            .await?;
+        Ok(Registration {
+            device_id: r.device_id,
+            credential: r.credential,
+        })
     }
 
     /// Registers without a token (only on gateways with `danger_open_registration`).
     pub async fn register_open(&self, address: &str) -> Result<Registration, ClientError> {
-        let body = v1::RegisterRequest { provisioning_token: String::new(), address: address.to_owned() };
-        let r: v1::RegisterResponse = self.call(Method::POST, "/v1/devices", &body, StatusCode::CREATED).await?;
-        Ok(Registration { device_id: r.device_id, credential: r.credential })
+        let body = v1::RegisterRequest {
+            provisioning_token: String::new(),
+            address: address.to_owned(),
+        };
+        let r: v1::RegisterResponse = self
+            .call(Method::POST, "/v1/devices", &body, StatusCode::CREATED)
+            .await?;
+        Ok(Registration {
+            device_id: r.device_id,
+            credential: r.credential,
+        })
     }
 
     /// Sends one MLS message to recipients. Returns once the gateway has it durably.
@@ -186,10 +224,15 @@ impl Client {
         let body = v1::SendRequest {
             recipients: recipients
                 .iter()
-                .map(|r| v1::Recipient { address: r.address.clone(), device_ids: r.device_ids.clone() })
+                .map(|r| v1::Recipient {
+                    address: r.address.clone(),
+                    device_ids: r.device_ids.clone(),
+                })
                 .collect(),
             message,
-            client_message_id: client_message_id.map(|c| Bytes::copy_from_slice(&c)).unwrap_or_default(),
+            client_message_id: client_message_id
+                .map(|c| Bytes::copy_from_slice(&c))
+                .unwrap_or_default(),
             urgent,
         };
         let resp = self.raw_proto(Method::POST, "/v1/messages", &body).await?;
@@ -209,7 +252,10 @@ impl Client {
 
     /// Acknowledges envelopes by server id and/or every envelope up to a cursor.
     pub async fn ack(&self, server_ids: &[Bytes], up_to: Option<u64>) -> Result<(), ClientError> {
-        let body = v1::AckRequest { server_ids: server_ids.to_vec(), up_to: up_to.unwrap_or(0) };
+        let body = v1::AckRequest {
+            server_ids: server_ids.to_vec(),
+            up_to: up_to.unwrap_or(0),
+        };
         let resp = self.raw_proto(Method::POST, "/v1/messages/ack", &body).await?;
         expect_status(&resp, StatusCode::NO_CONTENT)
     }
@@ -247,8 +293,13 @@ impl Client {
         body: Bytes,
     ) -> Result<RawResponse, ClientError> {
         let uri = format!("{}{path_and_query}", self.base);
-        let mut req = Request::builder().method(method).uri(uri).version(http::Version::HTTP_2);
-        let hdrs = req.headers_mut().ok_or_else(|| ClientError::Config("invalid request".into()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(http::Version::HTTP_2);
+        let hdrs = req
+            .headers_mut()
+            .ok_or_else(|| ClientError::Config("invalid request".into()))?;
         for (name, value) in headers {
             let v = HeaderValue::from_str(value).map_err(|e| ClientError::Config(e.to_string()))?;
             hdrs.append(name.clone(), v);
@@ -259,16 +310,34 @@ impl Client {
             let v = HeaderValue::from_str(&format!("Bearer {c}")).map_err(|e| ClientError::Config(e.to_string()))?;
             hdrs.insert(header::AUTHORIZATION, v);
         }
-        let req = req.body(Full::new(body)).map_err(|e| ClientError::Config(e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| ClientError::Transport(format!("{e:#}")))?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Transport(format!("{e:#}")))?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
-        Ok(RawResponse { status: parts.status, headers: parts.headers, body })
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        Ok(RawResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
 fn expect_status(resp: &RawResponse, expect: StatusCode) -> Result<(), ClientError> {
-    if resp.status == expect { Ok(()) } else { Err(api_error(resp)) }
+    if resp.status == expect {
+        Ok(())
+    } else {
+        Err(api_error(resp))
+    }
 }
 
 fn api_error(resp: &RawResponse) -> ClientError {
@@ -279,8 +348,16 @@ fn api_error(resp: &RawResponse) -> ClientError {
         ),
         Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&resp.body).into_owned()),
     };
-    let retry_after = resp.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
-    ClientError::Api { status: resp.status.as_u16(), code, detail, retry_after }
+    let retry_after = resp
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    ClientError::Api {
+        status: resp.status.as_u16(),
+        code,
+        detail,
+        retry_after,
+    }
 }
 
 /// A rustls client configuration (TLS 1.3 only, ring) for `trust`.
@@ -290,7 +367,9 @@ pub fn tls_config(trust: &Trust, alpn: &[&[u8]]) -> Result<ClientConfig, ClientE
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let mut config = match trust {
-        Trust::CaFile(path) => builder.with_root_certificates(roots(&load_pem(path)?)?).with_no_client_auth(),
+        Trust::CaFile(path) => builder
+            .with_root_certificates(roots(&load_pem(path)?)?)
+            .with_no_client_auth(),
         Trust::Roots(certs) => builder.with_root_certificates(roots(certs)?).with_no_client_auth(),
         Trust::DangerAcceptAnyCertificate => builder
             .dangerous()
@@ -310,7 +389,9 @@ fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
 fn roots(certs: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, ClientError> {
     let mut store = rustls::RootCertStore::empty();
     for c in certs {
-        store.add(c.clone()).map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+        store
+            .add(c.clone())
+            .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
     }
     if store.is_empty() {
         return Err(ClientError::Config("no CA certificate given".into()));

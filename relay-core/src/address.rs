@@ -81,9 +81,14 @@ impl fmt::Debug for Address {
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value, reason = "data-driven test helper")]
     fn check(input: &str, expect: Result<&str, AddressError>) {
         let got = Address::parse(input);
-        assert_eq!(got.as_ref().map(Address::as_str), expect.as_ref().map(|s| *s), "{input}");
+        assert_eq!(
+            got.as_ref().map(Address::as_str),
+            expect.as_ref().map(|s| *s),
+            "{input}"
+        );
     }
 
     #[test]

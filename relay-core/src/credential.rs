@@ -60,7 +60,10 @@ impl DeviceCredential {
 
     /// The salted hash stored at rest.
     pub fn hash(&self, salt: [u8; 16]) -> CredentialHash {
-        CredentialHash { salt, hash: digest(salt, &self.secret) }
+        CredentialHash {
+            salt,
+            hash: digest(salt, &self.secret),
+        }
     }
 
     /// Constant-time check against a stored hash.

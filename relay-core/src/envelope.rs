@@ -8,8 +8,8 @@
 use std::fmt;
 
 use bytes::Bytes;
-use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, WireFormat};
 use openmls::prelude::tls_codec::DeserializeBytes;
+use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, WireFormat};
 
 use crate::Limits;
 
@@ -106,13 +106,16 @@ impl Envelope {
     /// Checks the size, then parses `bytes` as exactly one `MLSMessage`.
     pub fn parse(bytes: Bytes, limits: &Limits) -> Result<Self, EnvelopeError> {
         if bytes.len() > limits.max_envelope_bytes {
-            return Err(EnvelopeError::TooLarge { len: bytes.len(), max: limits.max_envelope_bytes });
+            return Err(EnvelopeError::TooLarge {
+                len: bytes.len(),
+                max: limits.max_envelope_bytes,
+            });
         }
         if bytes.is_empty() {
             return Err(EnvelopeError::Empty);
         }
-        let message = MlsMessageIn::tls_deserialize_exact_bytes(&bytes)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let message =
+            MlsMessageIn::tls_deserialize_exact_bytes(&bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let kind = match message.wire_format() {
             WireFormat::PublicMessage => MessageKind::PublicMessage,
             WireFormat::PrivateMessage => MessageKind::PrivateMessage,
@@ -129,7 +132,11 @@ impl Envelope {
             }
             _ => None,
         };
-        Ok(Self { ciphertext: Ciphertext(bytes), kind, header })
+        Ok(Self {
+            ciphertext: Ciphertext(bytes),
+            kind,
+            header,
+        })
     }
 
     pub fn kind(&self) -> MessageKind {
@@ -223,7 +230,10 @@ mod tests {
 
     #[test]
     fn size_is_checked_before_parsing() {
-        let limits = Limits { max_envelope_bytes: 10, ..Limits::default() };
+        let limits = Limits {
+            max_envelope_bytes: 10,
+            ..Limits::default()
+        };
         let err = Envelope::parse(Bytes::from(vec![0u8; 11]), &limits).unwrap_err();
         assert_eq!(err, EnvelopeError::TooLarge { len: 11, max: 10 });
     }

@@ -35,7 +35,11 @@ pub struct Rid(pub [u8; 32]);
 
 impl fmt::Debug for Rid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Rid({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "Rid({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -91,7 +95,10 @@ mod tests {
         let b = Address::parse("tel:+1-555-010-0001").unwrap();
         assert_eq!(k1.rid(&a), k1.rid(&b));
         assert_ne!(k1.rid(&a), k2.rid(&a));
-        assert_eq!(k1.rid(&a).0, *blake3::keyed_hash(&[1; 32], b"tel:+15550100001").as_bytes());
+        assert_eq!(
+            k1.rid(&a).0,
+            *blake3::keyed_hash(&[1; 32], b"tel:+15550100001").as_bytes()
+        );
     }
 
     #[test]

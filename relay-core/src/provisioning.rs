@@ -37,7 +37,11 @@ pub enum ProvisioningError {
 pub fn sign(key: &Ed25519KeyPair, claims: &ProvisioningClaims) -> String {
     let payload = encode_claims(claims);
     let sig = key.sign(&payload);
-    format!("{PREFIX}{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    format!(
+        "{PREFIX}{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(sig.as_ref())
+    )
 }
 
 /// Verifies a token against the provisioning public key (32 raw bytes) at `now_ms`.
@@ -47,8 +51,12 @@ pub fn verify(token: &str, public_key: &[u8], now_ms: u64) -> Result<Provisionin
     }
     let body = token.strip_prefix(PREFIX).ok_or(ProvisioningError::Malformed)?;
     let (payload_b64, sig_b64) = body.split_once('.').ok_or(ProvisioningError::Malformed)?;
-    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| ProvisioningError::Malformed)?;
-    let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| ProvisioningError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| ProvisioningError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| ProvisioningError::Malformed)?;
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(&payload, &sig)
         .map_err(|_| ProvisioningError::BadSignature)?;
@@ -77,7 +85,11 @@ fn decode_claims(payload: &[u8]) -> Option<ProvisioningClaims> {
     let expires_at_ms = u64::from_be_bytes(rest[..8].try_into().ok()?);
     let nonce: [u8; 16] = rest[8..24].try_into().ok()?;
     let address = Address::parse(std::str::from_utf8(&rest[24..]).ok()?).ok()?;
-    Some(ProvisioningClaims { address, expires_at_ms, nonce })
+    Some(ProvisioningClaims {
+        address,
+        expires_at_ms,
+        nonce,
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +117,10 @@ mod tests {
         let key = keypair();
         let token = sign(&key, &claims(2_000));
         assert_eq!(verify(&token, key.public_key().as_ref(), 1_000), Ok(claims(2_000)));
-        assert_eq!(verify(&token, key.public_key().as_ref(), 2_000), Err(ProvisioningError::Expired));
+        assert_eq!(
+            verify(&token, key.public_key().as_ref(), 2_000),
+            Err(ProvisioningError::Expired)
+        );
     }
 
     #[test]
@@ -113,12 +128,18 @@ mod tests {
         let key = keypair();
         let token = sign(&key, &claims(2_000));
         let other = keypair();
-        assert_eq!(verify(&token, other.public_key().as_ref(), 0), Err(ProvisioningError::BadSignature));
+        assert_eq!(
+            verify(&token, other.public_key().as_ref(), 0),
+            Err(ProvisioningError::BadSignature)
+        );
         let (head, sig) = token.rsplit_once('.').unwrap();
         let mut payload = URL_SAFE_NO_PAD.decode(&head[4..]).unwrap();
         payload[1] ^= 0xff; // push the expiry far out
         let forged = format!("pt1.{}.{sig}", URL_SAFE_NO_PAD.encode(payload));
-        assert_eq!(verify(&forged, key.public_key().as_ref(), 0), Err(ProvisioningError::BadSignature));
+        assert_eq!(
+            verify(&forged, key.public_key().as_ref(), 0),
+            Err(ProvisioningError::BadSignature)
+        );
         for bad in ["", "pt1.", "pt1.a.b", "xx1.abc.def", &"a".repeat(600)] {
             assert!(verify(bad, key.public_key().as_ref(), 0).is_err(), "{bad}");
         }

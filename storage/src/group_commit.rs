@@ -51,7 +51,11 @@ impl GroupCommit {
             .name("sled-flusher".into())
             .spawn(move || flusher(&db, &thread_shared, &tx))
             .expect("spawning the flusher thread only fails when the OS is out of threads");
-        Self { shared, flushed: rx, thread: Mutex::new(Some(thread)) }
+        Self {
+            shared,
+            flushed: rx,
+            thread: Mutex::new(Some(thread)),
+        }
     }
 
     /// Takes a ticket for a write that has been applied.

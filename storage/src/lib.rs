@@ -34,26 +34,17 @@ pub use sled_store::{SledConfig, SledStore};
 /// durable.
 pub trait Store: Send + Sync + 'static {
     /// Registers a device for `rid`; consumes the provisioning nonce (single use).
-    fn register_device(
-        &self,
-        req: NewDevice,
-    ) -> impl Future<Output = Result<DeviceId, RegisterError>> + Send;
+    fn register_device(&self, req: NewDevice) -> impl Future<Output = Result<DeviceId, RegisterError>> + Send;
 
     /// Finds the device a credential lookup id belongs to.
-    fn device_by_lookup(
-        &self,
-        lookup: [u8; 16],
-    ) -> impl Future<Output = Result<Option<DeviceAuth>, StoreError>> + Send;
+    fn device_by_lookup(&self, lookup: [u8; 16])
+    -> impl Future<Output = Result<Option<DeviceAuth>, StoreError>> + Send;
 
     /// Active devices of an address.
     fn devices(&self, rid: Rid) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
 
     /// Removes a device, its credential and its whole mailbox.
-    fn delete_device(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn delete_device(&self, rid: Rid, device: DeviceId) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Stores one message once and queues it for every recipient device.
     fn send(&self, req: SendRequest) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
@@ -69,12 +60,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
     /// Deletes acknowledged mailbox entries; unknown ids are ignored (idempotent).
-    fn ack(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-        ack: Ack,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Deletes everything whose time to live has passed.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;

@@ -31,8 +31,8 @@ use relay_core::credential::CredentialHash;
 use crate::group_commit::GroupCommit;
 use crate::model::flags;
 use crate::{
-    Ack, Ciphertext, DeviceAuth, DeviceId, NewDevice, Page, Rid, RegisterError, SendError,
-    SendOutcome, SendRequest, ServerId, Stats, Store, StoreError, StoredEnvelope, SweepStats,
+    Ack, Ciphertext, DeviceAuth, DeviceId, NewDevice, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest,
+    ServerId, Stats, Store, StoreError, StoredEnvelope, SweepStats,
 };
 
 /// Configuration of the sled backend.
@@ -66,7 +66,12 @@ impl SledStore {
             .map_err(backend)?;
         let tree = db.open_tree("relay-v1").map_err(backend)?;
         let commit = GroupCommit::start(db.clone());
-        Ok(Self { db, tree, commit, write_lock: Mutex::new(()) })
+        Ok(Self {
+            db,
+            tree,
+            commit,
+            write_lock: Mutex::new(()),
+        })
     }
 
     /// Bytes sled uses on disk.
@@ -126,7 +131,11 @@ impl SledStore {
                 return Err(SendError::ClientMessageIdConflict);
             }
             let server_id = ServerId(v[..16].try_into().map_err(|_| StoreError::Corrupt("idem"))?);
-            return Ok(SendOutcome { server_id, delivered_to: Vec::new(), duplicate: true });
+            return Ok(SendOutcome {
+                server_id,
+                delivered_to: Vec::new(),
+                duplicate: true,
+            });
         }
 
         // Resolve every recipient device before writing anything.
@@ -162,7 +171,12 @@ impl SledStore {
         let entry_flags = if req.urgent { flags::URGENT } else { 0 };
         let mut batch = sled::Batch::default();
         let mut blobs = BlobCounts::default();
-        blobs.insert_new(server_id, targets.len() as u32, expires_at, req.message.as_bytes().clone());
+        blobs.insert_new(
+            server_id,
+            targets.len() as u32,
+            expires_at,
+            req.message.as_bytes().clone(),
+        );
         let mut delivered_to = Vec::with_capacity(targets.len());
         for (rid, dev, mut rec) in targets {
             self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut rec, size, req.max_queue_bytes)?;
@@ -196,7 +210,11 @@ impl SledStore {
         blobs.write(&mut batch);
         self.tree.apply_batch(batch).map_err(backend)?;
         metrics::counter!("relay_mailbox_ops_total", "op" => "enqueue").increment(delivered_to.len() as u64);
-        Ok(SendOutcome { server_id, delivered_to, duplicate: false })
+        Ok(SendOutcome {
+            server_id,
+            delivered_to,
+            duplicate: false,
+        })
     }
 
     /// Drops the oldest entries of a device until `incoming` more bytes fit, leaving one
@@ -324,13 +342,18 @@ impl SledStore {
             .keys()
             .map(|k| {
                 let k = k.map_err(backend)?;
-                Ok((Rid(k[2..34].try_into().map_err(|_| StoreError::Corrupt("device key"))?), DeviceId(be_u32(&k[34..38])?)))
+                Ok((
+                    Rid(k[2..34].try_into().map_err(|_| StoreError::Corrupt("device key"))?),
+                    DeviceId(be_u32(&k[34..38])?),
+                ))
             })
             .collect::<Result<_, StoreError>>()?;
         let mut removed = 0u64;
         for (rid, dev) in devices {
             let _guard = self.lock();
-            let Some(mut rec) = self.device_record(&rid, dev)? else { continue };
+            let Some(mut rec) = self.device_record(&rid, dev)? else {
+                continue;
+            };
             let mut expired = Vec::new();
             for item in self.tree.scan_prefix(device_key_with(b"m/", &rid, dev)) {
                 let (k, v) = item.map_err(backend)?;
@@ -460,7 +483,11 @@ impl Store for SledStore {
         if rec.status != DEVICE_ACTIVE || rec.lookup != lookup {
             return Ok(None);
         }
-        Ok(Some(DeviceAuth { rid, device, credential_hash: rec.credential }))
+        Ok(Some(DeviceAuth {
+            rid,
+            device,
+            credential_hash: rec.credential,
+        }))
     }
 
     async fn devices(&self, rid: Rid) -> Result<Vec<DeviceId>, StoreError> {
@@ -546,7 +573,11 @@ impl Store for SledStore {
             });
         }
         metrics::counter!("relay_mailbox_ops_total", "op" => "read").increment(envelopes.len() as u64);
-        Ok(Page { envelopes, next_cursor, queue_empty })
+        Ok(Page {
+            envelopes,
+            next_cursor,
+            queue_empty,
+        })
     }
 
     async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
@@ -563,13 +594,19 @@ impl Store for SledStore {
         let blobs = self.sweep_blobs(now_ms)?;
         let nonces = self.sweep_nonces(now_ms)?;
         metrics::counter!("relay_mailbox_ops_total", "op" => "expire").increment(mailbox_entries);
-        Ok(SweepStats { blobs, mailbox_entries, nonces })
+        Ok(SweepStats {
+            blobs,
+            mailbox_entries,
+            nonces,
+        })
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        let mut s = Stats::default();
-        s.devices = self.tree.scan_prefix(b"d/").count() as u64;
-        s.mailbox_entries = self.tree.scan_prefix(b"m/").count() as u64;
+        let mut s = Stats {
+            devices: self.tree.scan_prefix(b"d/").count() as u64,
+            mailbox_entries: self.tree.scan_prefix(b"m/").count() as u64,
+            ..Stats::default()
+        };
         for item in self.tree.scan_prefix(b"b/") {
             let (_, v) = item.map_err(backend)?;
             s.blobs += 1;
@@ -587,23 +624,40 @@ struct BlobCounts {
 }
 
 enum BlobState {
-    New { remaining: u32, expires_at: u64, payload: Bytes },
-    Existing { remaining: u32, raw: sled::IVec },
+    New {
+        remaining: u32,
+        expires_at: u64,
+        payload: Bytes,
+    },
+    Existing {
+        remaining: u32,
+        raw: sled::IVec,
+    },
     Gone,
 }
 
 impl BlobCounts {
     fn insert_new(&mut self, id: ServerId, remaining: u32, expires_at: u64, payload: Bytes) {
-        self.touched.insert(id, BlobState::New { remaining, expires_at, payload });
+        self.touched.insert(
+            id,
+            BlobState::New {
+                remaining,
+                expires_at,
+                payload,
+            },
+        );
     }
 
     fn release(&mut self, tree: &sled::Tree, id: ServerId) -> Result<(), StoreError> {
-        if !self.touched.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.touched.entry(id) {
             let state = match tree.get(prefixed(b"b/", &id.0)).map_err(backend)? {
-                Some(raw) => BlobState::Existing { remaining: BlobRecord::remaining(&raw)?, raw },
+                Some(raw) => BlobState::Existing {
+                    remaining: BlobRecord::remaining(&raw)?,
+                    raw,
+                },
                 None => BlobState::Gone,
             };
-            self.touched.insert(id, state);
+            slot.insert(state);
         }
         match self.touched.get_mut(&id) {
             Some(BlobState::New { remaining, .. } | BlobState::Existing { remaining, .. }) => {
@@ -621,7 +675,11 @@ impl BlobCounts {
                 BlobState::New { remaining: 0, .. } | BlobState::Existing { remaining: 0, .. } => {
                     batch.remove(key);
                 }
-                BlobState::New { remaining, expires_at, payload } => {
+                BlobState::New {
+                    remaining,
+                    expires_at,
+                    payload,
+                } => {
                     batch.insert(key, BlobRecord::encode(remaining, expires_at, &payload));
                 }
                 BlobState::Existing { remaining, raw } => {
@@ -750,16 +808,21 @@ impl MailboxEntry {
     }
 }
 
+#[allow(clippy::needless_pass_by_value, reason = "used as map_err(backend)")]
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
 fn be_u32(b: &[u8]) -> Result<u32, StoreError> {
-    b.try_into().map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt("u32"))
+    b.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("u32"))
 }
 
 fn be_u64(b: &[u8]) -> Result<u64, StoreError> {
-    b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("u64"))
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("u64"))
 }
 
 fn prefixed(prefix: &[u8; 2], rest: &[u8]) -> Vec<u8> {

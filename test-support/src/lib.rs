@@ -41,10 +41,12 @@ impl TestGateway {
 
     /// Starts on an existing data directory (restarts).
     pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.data_dir = data_dir.to_path_buf();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        let mut config = Config {
+            data_dir: data_dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
         config.rate_limit.requests_per_second = 10_000;
         config.rate_limit.burst = 10_000;
         tweak(&mut config);
@@ -53,7 +55,15 @@ impl TestGateway {
         let running = gateway::start(settings, shutdown.clone()).await.unwrap();
         let (addr, admin_addr, state) = (running.addr, running.admin_addr, running.state().clone());
         let task = tokio::spawn(async move { running.wait().await.unwrap() });
-        Self { addr, admin_addr, data_dir: data_dir.to_path_buf(), state, shutdown, task, _dir: None }
+        Self {
+            addr,
+            admin_addr,
+            data_dir: data_dir.to_path_buf(),
+            state,
+            shutdown,
+            task,
+            _dir: None,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -19,7 +19,9 @@ pub struct Member {
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("Member")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,7 +45,13 @@ impl Member {
             credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
             signature_key: signer.to_public_vec().into(),
         };
-        Self { identity: identity.to_owned(), provider, signer, credential, group: None }
+        Self {
+            identity: identity.to_owned(),
+            provider,
+            signer,
+            credential,
+            group: None,
+        }
     }
 
     /// A fresh KeyPackage, and its MLSMessage encoding.
@@ -57,7 +65,10 @@ impl Member {
     }
 
     pub fn create_group(&mut self) {
-        let config = MlsGroupCreateConfig::builder().ciphersuite(SUITE).use_ratchet_tree_extension(true).build();
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(SUITE)
+            .use_ratchet_tree_extension(true)
+            .build();
         self.group = Some(MlsGroup::new(&self.provider, &self.signer, &config, self.credential.clone()).unwrap());
     }
 
@@ -70,7 +81,10 @@ impl Member {
     }
 
     pub fn group_id(&self) -> Vec<u8> {
-        self.group.as_ref().map(|g| g.group_id().as_slice().to_vec()).unwrap_or_default()
+        self.group
+            .as_ref()
+            .map(|g| g.group_id().as_slice().to_vec())
+            .unwrap_or_default()
     }
 
     /// Adds members; returns (commit, welcome) bytes. The commit is merged at once.
@@ -86,7 +100,9 @@ impl Member {
     pub fn remove(&mut self, leaf: u32) -> Bytes {
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().expect("member has a group");
-        let (commit, _, _) = group.remove_members(provider, signer, &[LeafNodeIndex::new(leaf)]).unwrap();
+        let (commit, _, _) = group
+            .remove_members(provider, signer, &[LeafNodeIndex::new(leaf)])
+            .unwrap();
         group.merge_pending_commit(provider).unwrap();
         commit.to_bytes().unwrap().into()
     }
@@ -95,7 +111,9 @@ impl Member {
     pub fn update(&mut self) -> Bytes {
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().expect("member has a group");
-        let bundle = group.self_update(provider, signer, LeafNodeParameters::default()).unwrap();
+        let bundle = group
+            .self_update(provider, signer, LeafNodeParameters::default())
+            .unwrap();
         let (commit, _, _) = bundle.into_contents();
         group.merge_pending_commit(provider).unwrap();
         commit.to_bytes().unwrap().into()
@@ -113,7 +131,12 @@ impl Member {
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Bytes {
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().expect("member has a group");
-        group.create_message(provider, signer, plaintext).unwrap().to_bytes().unwrap().into()
+        group
+            .create_message(provider, signer, plaintext)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .into()
     }
 
     /// Processes bytes received from the relay.

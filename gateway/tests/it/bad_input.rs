@@ -25,8 +25,20 @@ async fn fixture() -> Fixture {
     let alice = gw.client().with_credential(reg.credential.clone());
     gw.device(BOB).await;
     // Something stored, so "unchanged" is checked against a non-empty state.
-    alice.send(&[Recipient::address(BOB)], test_support::framed_message(b"seed"), None, false).await.unwrap();
-    Fixture { gw, alice, credential: reg.credential }
+    alice
+        .send(
+            &[Recipient::address(BOB)],
+            test_support::framed_message(b"seed"),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    Fixture {
+        gw,
+        alice,
+        credential: reg.credential,
+    }
 }
 
 fn proto_headers() -> Vec<(HeaderName, String)> {
@@ -35,7 +47,13 @@ fn proto_headers() -> Vec<(HeaderName, String)> {
 
 fn send_body(to: &[&str], message: Bytes) -> Bytes {
     let req = SendRequest {
-        recipients: to.iter().map(|a| WireRecipient { address: (*a).into(), device_ids: vec![] }).collect(),
+        recipients: to
+            .iter()
+            .map(|a| WireRecipient {
+                address: (*a).into(),
+                device_ids: vec![],
+            })
+            .collect(),
         message,
         client_message_id: Bytes::new(),
         urgent: false,
@@ -46,7 +64,12 @@ fn send_body(to: &[&str], message: Bytes) -> Bytes {
 impl Fixture {
     /// Runs `req`, asserts status and code, and that nothing stored changed.
     async fn reject(&self, what: &str, resp: RawResponse, status: u16, code: &str, before: storage::Stats) {
-        assert_eq!(resp.status.as_u16(), status, "{what}: {:?}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            resp.status.as_u16(),
+            status,
+            "{what}: {:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
         assert_eq!(resp.error_code().as_deref(), Some(code), "{what}");
         assert_eq!(self.gw.stats().await, before, "{what}: storage changed");
     }
@@ -65,10 +88,25 @@ async fn send_catalogue() {
     let h = proto_headers();
 
     let cases: Vec<(&str, Bytes, u16, &str)> = vec![
-        ("non-MLS body", send_body(&[BOB], Bytes::from_static(b"hello, plaintext")), 400, "invalid_mls"),
+        (
+            "non-MLS body",
+            send_body(&[BOB], Bytes::from_static(b"hello, plaintext")),
+            400,
+            "invalid_mls",
+        ),
         ("empty MLS", send_body(&[BOB], Bytes::new()), 400, "invalid_mls"),
-        ("truncated MLS", send_body(&[BOB], valid.slice(..valid.len() - 3)), 400, "invalid_mls"),
-        ("trailing bytes", send_body(&[BOB], [&valid[..], b"\0"].concat().into()), 400, "invalid_mls"),
+        (
+            "truncated MLS",
+            send_body(&[BOB], valid.slice(..valid.len() - 3)),
+            400,
+            "invalid_mls",
+        ),
+        (
+            "trailing bytes",
+            send_body(&[BOB], [&valid[..], b"\0"].concat().into()),
+            400,
+            "invalid_mls",
+        ),
         (
             "envelope over 96 KiB",
             send_body(&[BOB], test_support::framed_message(&vec![1; 96 * 1024])),
@@ -76,11 +114,36 @@ async fn send_catalogue() {
             "envelope_too_large",
         ),
         ("no recipients", send_body(&[], valid.clone()), 400, "no_recipients"),
-        ("malformed address", send_body(&["tel:555-0100"], valid.clone()), 400, "invalid_address"),
-        ("address with letters", send_body(&["tel:+1555010000x"], valid.clone()), 400, "invalid_address"),
-        ("unknown recipient", send_body(&[BOB, "tel:+15559999999"], valid.clone()), 404, "unknown_recipient"),
-        ("duplicate recipient", send_body(&[BOB, "tel:+1-555-010-0002"], valid.clone()), 400, "duplicate_recipient"),
-        ("not protobuf", Bytes::from_static(b"\xff\xff\xff\xff"), 400, "invalid_body"),
+        (
+            "malformed address",
+            send_body(&["tel:555-0100"], valid.clone()),
+            400,
+            "invalid_address",
+        ),
+        (
+            "address with letters",
+            send_body(&["tel:+1555010000x"], valid.clone()),
+            400,
+            "invalid_address",
+        ),
+        (
+            "unknown recipient",
+            send_body(&[BOB, "tel:+15559999999"], valid.clone()),
+            404,
+            "unknown_recipient",
+        ),
+        (
+            "duplicate recipient",
+            send_body(&[BOB, "tel:+1-555-010-0002"], valid.clone()),
+            400,
+            "duplicate_recipient",
+        ),
+        (
+            "not protobuf",
+            Bytes::from_static(b"\xff\xff\xff\xff"),
+            400,
+            "invalid_body",
+        ),
     ];
     for (what, body, status, code) in cases {
         let resp = f.post(a, "/v1/messages", &h, body).await;
@@ -90,29 +153,51 @@ async fn send_catalogue() {
     let many: Vec<String> = (0..5_001).map(|i| format!("tel:+1555{i:07}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let resp = f.post(a, "/v1/messages", &h, send_body(&many, valid.clone())).await;
-    f.reject("5,001 recipients", resp, 413, "too_many_recipients", before).await;
+    f.reject("5,001 recipients", resp, 413, "too_many_recipients", before)
+        .await;
 
     let mut bad_cmid = SendRequest::decode(send_body(&[BOB], valid.clone())).unwrap();
     bad_cmid.client_message_id = Bytes::from_static(b"short");
     let resp = f.post(a, "/v1/messages", &h, bad_cmid.encode_to_vec().into()).await;
-    f.reject("5-byte client message id", resp, 400, "invalid_client_message_id", before).await;
+    f.reject(
+        "5-byte client message id",
+        resp,
+        400,
+        "invalid_client_message_id",
+        before,
+    )
+    .await;
 
-    let resp = f.post(a, "/v1/messages", &[(header::CONTENT_TYPE, "application/json".into())], send_body(&[BOB], valid.clone())).await;
-    f.reject("wrong content type", resp, 415, "unsupported_media_type", before).await;
+    let resp = f
+        .post(
+            a,
+            "/v1/messages",
+            &[(header::CONTENT_TYPE, "application/json".into())],
+            send_body(&[BOB], valid.clone()),
+        )
+        .await;
+    f.reject("wrong content type", resp, 415, "unsupported_media_type", before)
+        .await;
     let resp = f.post(a, "/v1/messages", &[], send_body(&[BOB], valid.clone())).await;
-    f.reject("missing content type", resp, 415, "unsupported_media_type", before).await;
+    f.reject("missing content type", resp, 415, "unsupported_media_type", before)
+        .await;
 
     let mut gz = h.clone();
     gz.push((header::CONTENT_ENCODING, "gzip".into()));
     let resp = f.post(a, "/v1/messages", &gz, send_body(&[BOB], valid.clone())).await;
-    f.reject("compressed body", resp, 415, "unsupported_content_encoding", before).await;
+    f.reject("compressed body", resp, 415, "unsupported_content_encoding", before)
+        .await;
 
     let huge = Bytes::from(vec![0u8; 2 << 20]);
     let resp = f.post(a, "/v1/messages", &h, huge).await;
-    f.reject("declared oversize body", resp, 413, "body_too_large", before).await;
+    f.reject("declared oversize body", resp, 413, "body_too_large", before)
+        .await;
 
     let streamed = http1_chunked_post(&f.gw, &f.credential, 2 << 20).await;
-    assert!(streamed.starts_with("HTTP/1.1 413"), "streamed oversize body: {streamed}");
+    assert!(
+        streamed.starts_with("HTTP/1.1 413"),
+        "streamed oversize body: {streamed}"
+    );
     assert!(streamed.contains("body_too_large"), "{streamed}");
     assert_eq!(f.gw.stats().await, before);
 
@@ -138,7 +223,10 @@ async fn auth_and_provisioning_catalogue() {
     for (what, cred) in [
         ("wrong secret", wrong_secret.as_str()),
         ("garbage credential", "rc1.nonsense"),
-        ("unknown credential", "rc1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        (
+            "unknown credential",
+            "rc1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ),
     ] {
         let mut hh = h.clone();
         hh.push((header::AUTHORIZATION, format!("Bearer {cred}")));
@@ -147,17 +235,39 @@ async fn auth_and_provisioning_catalogue() {
         f.reject(what, resp, 401, "unauthorized", before).await;
     }
     let resp = anon.raw(Method::GET, "/v1/messages", &[], Bytes::new()).await.unwrap();
-    f.reject("receive without credential", resp, 401, "unauthorized", before).await;
+    f.reject("receive without credential", resp, 401, "unauthorized", before)
+        .await;
 
-    let register = |token: String| RegisterRequest { provisioning_token: token, address: String::new() }.encode_to_vec();
+    let register = |token: String| {
+        RegisterRequest {
+            provisioning_token: token,
+            address: String::new(),
+        }
+        .encode_to_vec()
+    };
     let other_gw_token = {
         let other = tempfile::tempdir().unwrap();
         test_support::provision_token(other.path(), "tel:+15550100009", 60_000)
     };
     let cases = [
-        ("garbage token", "pt1.garbage".to_owned(), 401, "invalid_provisioning_token"),
-        ("token of another operator", other_gw_token, 401, "invalid_provisioning_token"),
-        ("expired token", test_support::expired_token(&f.gw.data_dir, "tel:+15550100009"), 401, "provisioning_token_expired"),
+        (
+            "garbage token",
+            "pt1.garbage".to_owned(),
+            401,
+            "invalid_provisioning_token",
+        ),
+        (
+            "token of another operator",
+            other_gw_token,
+            401,
+            "invalid_provisioning_token",
+        ),
+        (
+            "expired token",
+            test_support::expired_token(&f.gw.data_dir, "tel:+15550100009"),
+            401,
+            "provisioning_token_expired",
+        ),
     ];
     for (what, token, status, code) in cases {
         let resp = f.post(&anon, "/v1/devices", &h, register(token).into()).await;
@@ -167,7 +277,8 @@ async fn auth_and_provisioning_catalogue() {
     anon.register(&token).await.unwrap();
     let before = f.gw.stats().await;
     let resp = f.post(&anon, "/v1/devices", &h, register(token).into()).await;
-    f.reject("replayed token", resp, 409, "provisioning_token_used", before).await;
+    f.reject("replayed token", resp, 409, "provisioning_token_used", before)
+        .await;
     f.gw.stop().await;
 }
 
@@ -184,12 +295,20 @@ async fn receive_ack_and_routing_catalogue() {
         ("wait=3600", "invalid_wait"),
         ("wait=soon", "invalid_wait"),
     ] {
-        let resp = a.raw(Method::GET, &format!("/v1/messages?{query}"), &[], Bytes::new()).await.unwrap();
+        let resp = a
+            .raw(Method::GET, &format!("/v1/messages?{query}"), &[], Bytes::new())
+            .await
+            .unwrap();
         f.reject(query, resp, 400, code, before).await;
     }
-    let bad_ack = AckRequest { server_ids: vec![Bytes::from_static(b"short")], up_to: 0 }.encode_to_vec();
+    let bad_ack = AckRequest {
+        server_ids: vec![Bytes::from_static(b"short")],
+        up_to: 0,
+    }
+    .encode_to_vec();
     let resp = f.post(a, "/v1/messages/ack", &proto_headers(), bad_ack.into()).await;
-    f.reject("ack with malformed server id", resp, 400, "invalid_server_id", before).await;
+    f.reject("ack with malformed server id", resp, 400, "invalid_server_id", before)
+        .await;
     let resp = a.raw(Method::GET, "/v1/nothing-here", &[], Bytes::new()).await.unwrap();
     f.reject("unknown endpoint", resp, 404, "not_found", before).await;
     let resp = a.raw(Method::PUT, "/v1/messages", &[], Bytes::new()).await.unwrap();
@@ -209,7 +328,12 @@ async fn rate_limit_answers_429_with_retry_after() {
         bob.receive(0, 10, 0).await.unwrap();
     }
     match bob.receive(0, 10, 0).await {
-        Err(relay_client::ClientError::Api { status: 429, code, retry_after: Some(secs), .. }) => {
+        Err(relay_client::ClientError::Api {
+            status: 429,
+            code,
+            retry_after: Some(secs),
+            ..
+        }) => {
             assert_eq!(code, "rate_limited");
             assert!((1..=2).contains(&secs), "Retry-After {secs}");
         }
@@ -234,7 +358,10 @@ async fn http1_chunked_post(gw: &TestGateway, credential: &str, total: usize) ->
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {credential}\r\n\
          Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -259,5 +386,8 @@ async fn http1_chunked_post(gw: &TestGateway, credential: &str, total: usize) ->
 
 fn rustls_pki_types_certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().map(Result::unwrap).collect()
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }

@@ -21,7 +21,11 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
@@ -45,7 +49,11 @@ async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) 
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap();
-    let p = Proc { child, url: format!("https://localhost:{port}"), ca: data_dir.join("tls/dev-ca.pem") };
+    let p = Proc {
+        child,
+        url: format!("https://localhost:{port}"),
+        ca: data_dir.join("tls/dev-ca.pem"),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if p.ca.exists()
@@ -54,7 +62,11 @@ async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) 
         {
             return p;
         }
-        assert!(Instant::now() < deadline, "gateway did not become healthy; see {}", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not become healthy; see {}",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -98,7 +110,10 @@ async fn verify_and_drain(receiver: &Client, ledger: &Mutex<Ledger>) -> usize {
         let page = receiver.receive(cursor, 1000, 0).await.unwrap();
         for e in &page.envelopes {
             let l = ledger.lock().unwrap();
-            assert!(l.attempted.contains(&e.message), "received an envelope that was never sent");
+            assert!(
+                l.attempted.contains(&e.message),
+                "received an envelope that was never sent"
+            );
             assert!(!l.acked.contains(&e.server_id), "an acknowledged envelope came back");
             if let Some(p) = l.confirmed.get(&e.server_id) {
                 assert_eq!(p, &e.message, "bytes differ from what was sent");
@@ -132,13 +147,26 @@ async fn verify_and_drain(receiver: &Client, ledger: &Mutex<Ledger>) -> usize {
 /// returns. `RELAY_CRASH_CYCLES` raises the cycle count (default 20).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_test_kill_9() {
-    let cycles: usize = std::env::var("RELAY_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let cycles: usize = std::env::var("RELAY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
     let p = spawn_gateway(&data, &log, &[]).await;
-    let sender_cred = p.client().register(&test_support::provision_token(&data, "tel:+15550700001", 600_000)).await.unwrap().credential;
-    let receiver_cred = p.client().register(&test_support::provision_token(&data, "tel:+15550700002", 600_000)).await.unwrap().credential;
+    let sender_cred = p
+        .client()
+        .register(&test_support::provision_token(&data, "tel:+15550700001", 600_000))
+        .await
+        .unwrap()
+        .credential;
+    let receiver_cred = p
+        .client()
+        .register(&test_support::provision_token(&data, "tel:+15550700002", 600_000))
+        .await
+        .unwrap()
+        .credential;
     p.kill9();
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -159,7 +187,10 @@ async fn crash_test_kill_9() {
                 for i in 0.. {
                     let payload = test_support::framed_message(format!("crash-{cycle}-{base}-{i}").as_bytes());
                     ledger.lock().unwrap().attempted.insert(payload.clone());
-                    match sender.send(&[Recipient::address("tel:+15550700002")], payload.clone(), None, false).await {
+                    match sender
+                        .send(&[Recipient::address("tel:+15550700002")], payload.clone(), None, false)
+                        .await
+                    {
                         Ok(r) => {
                             ledger.lock().unwrap().confirmed.insert(r.server_id, payload);
                         }
@@ -174,7 +205,9 @@ async fn crash_test_kill_9() {
             tasks.spawn(async move {
                 let mut cursor = 0;
                 loop {
-                    let Ok(page) = receiver.receive(cursor, 50, 1).await else { return };
+                    let Ok(page) = receiver.receive(cursor, 50, 1).await else {
+                        return;
+                    };
                     let ids: Vec<Bytes> = page.envelopes.iter().map(|e| e.server_id.clone()).collect();
                     if ids.is_empty() {
                         continue;
@@ -230,9 +263,14 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
     for i in 0..50 {
         let mut payload = marker.to_vec();
         payload.extend_from_slice(format!("-{i}").as_bytes());
-        a.send(&[Recipient::address(bob_addr)], test_support::framed_message(&payload), Some([i as u8; 16]), false)
-            .await
-            .unwrap();
+        a.send(
+            &[Recipient::address(bob_addr)],
+            test_support::framed_message(&payload),
+            Some([i as u8; 16]),
+            false,
+        )
+        .await
+        .unwrap();
     }
     let page = b.receive(0, 10, 0).await.unwrap();
     b.ack(&[page.envelopes[0].server_id.clone()], None).await.unwrap();
@@ -248,7 +286,10 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
         ("alice credential", secret_of(&alice.credential).into_bytes()),
         ("bob credential", secret_of(&bob.credential).into_bytes()),
         ("alice token", alice_token.as_bytes().to_vec()),
-        ("bob token", bob_token.trim_start_matches("pt1.").as_bytes()[..40].to_vec()),
+        (
+            "bob token",
+            bob_token.trim_start_matches("pt1.").as_bytes()[..40].to_vec(),
+        ),
     ];
     for (what, needle) in &canaries {
         let hits = test_support::files_containing(&data, needle);
@@ -256,7 +297,10 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
         let logs = std::fs::read(&log).unwrap();
         assert!(!test_support::contains(&logs, needle), "{what} found in the logs");
     }
-    assert!(!test_support::files_containing(&data.join("sled"), marker).is_empty(), "scan control: ciphertext is stored");
+    assert!(
+        !test_support::files_containing(&data.join("sled"), marker).is_empty(),
+        "scan control: ciphertext is stored"
+    );
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("gateway listening"), "logs were captured");
 }
@@ -270,9 +314,17 @@ fn bad_config_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listn"), "{stderr}");
-    let out = Command::new(GATEWAY).arg("--config").arg(dir.path().join("missing.toml")).output().unwrap();
+    let out = Command::new(GATEWAY)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    std::fs::write(&config, "listen = \"0.0.0.0:8443\"\n[registration]\ndanger_open_registration = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "listen = \"0.0.0.0:8443\"\n[registration]\ndanger_open_registration = true\n",
+    )
+    .unwrap();
     let out = Command::new(GATEWAY).arg("--config").arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "open registration off loopback is refused");
 }

@@ -53,7 +53,10 @@ async fn mls_group_of_three_round_trip() {
     for (client, member) in [(&b, &mut bob), (&c, &mut carol)] {
         let got = drain(client).await;
         assert_eq!(got, vec![hello.clone()]);
-        assert_eq!(member.process(&got[0]), Processed::Application(b"hello from alice".to_vec()));
+        assert_eq!(
+            member.process(&got[0]),
+            Processed::Application(b"hello from alice".to_vec())
+        );
     }
 
     let update = bob.update();
@@ -85,7 +88,11 @@ async fn mls_group_of_three_round_trip() {
     assert_eq!(bob.process(&got[0]), Processed::Application(b"just us".to_vec()));
 
     let stats = gw.stats().await;
-    assert_eq!((stats.blobs, stats.mailbox_entries), (0, 0), "acknowledged envelopes are deleted");
+    assert_eq!(
+        (stats.blobs, stats.mailbox_entries),
+        (0, 0),
+        "acknowledged envelopes are deleted"
+    );
     gw.stop().await;
 }
 
@@ -122,8 +129,14 @@ async fn live_receive_wakes_on_new_envelope() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let m = test_support::framed_message(b"wake up");
-    sender.send(&[Recipient::address(BOB)], m.clone(), None, false).await.unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
+    sender
+        .send(&[Recipient::address(BOB)], m.clone(), None, false)
+        .await
+        .unwrap();
+    let page = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(page.envelopes.len(), 1);
     assert_eq!(page.envelopes[0].message, m);
     assert!(started.elapsed() < Duration::from_secs(30), "woken, not timed out");
@@ -154,7 +167,11 @@ async fn retried_send_is_idempotent() {
     assert!(again.duplicate);
     assert_eq!(b.receive(0, 10, 0).await.unwrap().envelopes.len(), 1);
     let other = test_support::framed_message(b"different");
-    crate::assert_api_error(a.send(&to, other, Some([7; 16]), false).await, 409, "client_message_id_conflict");
+    crate::assert_api_error(
+        a.send(&to, other, Some([7; 16]), false).await,
+        409,
+        "client_message_id_conflict",
+    );
     gw.stop().await;
 }
 
@@ -168,15 +185,25 @@ async fn devices_targeting_delete_and_cap() {
     let (b2, id2) = gw.device(BOB).await;
     crate::assert_api_error(gw.client().register(&gw.provision(BOB)).await, 403, "too_many_devices");
     let m = test_support::framed_message(b"only device 2");
-    let to = [Recipient { address: BOB.into(), device_ids: vec![id2] }];
+    let to = [Recipient {
+        address: BOB.into(),
+        device_ids: vec![id2],
+    }];
     a.send(&to, m, None, false).await.unwrap();
     assert!(b1.receive(0, 10, 0).await.unwrap().envelopes.is_empty());
     assert_eq!(b2.receive(0, 10, 0).await.unwrap().envelopes.len(), 1);
     b2.delete_device().await.unwrap();
     crate::assert_api_error(b2.receive(0, 10, 0).await, 401, "unauthorized");
     assert_eq!(gw.stats().await.blobs, 0);
-    let to = [Recipient { address: BOB.into(), device_ids: vec![id2] }];
-    crate::assert_api_error(a.send(&to, test_support::framed_message(b"x"), None, false).await, 404, "unknown_device");
+    let to = [Recipient {
+        address: BOB.into(),
+        device_ids: vec![id2],
+    }];
+    crate::assert_api_error(
+        a.send(&to, test_support::framed_message(b"x"), None, false).await,
+        404,
+        "unknown_device",
+    );
     let _ = id1;
     gw.stop().await;
 }
@@ -188,11 +215,23 @@ async fn health_and_metrics() {
     gw.client().healthz().await.unwrap();
     let (a, _) = gw.device(ALICE).await;
     gw.device(BOB).await;
-    a.send(&[Recipient::address(BOB)], test_support::framed_message(b"m"), None, false).await.unwrap();
+    a.send(
+        &[Recipient::address(BOB)],
+        test_support::framed_message(b"m"),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
     let admin = admin_get(gw.admin_addr, "/healthz").await;
     assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
     let metrics = admin_get(gw.admin_addr, "/metrics").await;
-    for series in ["relay_http_requests_total", "relay_http_request_duration_seconds", "relay_flush_batch_size", "relay_mailbox_ops_total"] {
+    for series in [
+        "relay_http_requests_total",
+        "relay_http_request_duration_seconds",
+        "relay_flush_batch_size",
+        "relay_mailbox_ops_total",
+    ] {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
     assert!(metrics.contains("route=\"/v1/messages\""));
@@ -202,7 +241,9 @@ async fn health_and_metrics() {
 async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out

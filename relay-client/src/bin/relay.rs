@@ -120,7 +120,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut profile = load_profile(&cli.profile)?;
-    let server = cli.server.clone().or_else(|| profile.server.clone()).context("--server is required")?;
+    let server = cli
+        .server
+        .clone()
+        .or_else(|| profile.server.clone())
+        .context("--server is required")?;
     let ca = cli.ca.clone().or_else(|| profile.ca.clone());
     let insecure = cli.insecure || profile.insecure;
     let trust = match (ca.clone(), insecure) {
@@ -130,7 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = Client::new(&server, trust)?;
     let authed = || -> anyhow::Result<Client> {
-        let cred = std::env::var("RELAY_CREDENTIAL").ok().or_else(|| profile.credential.clone());
+        let cred = std::env::var("RELAY_CREDENTIAL")
+            .ok()
+            .or_else(|| profile.credential.clone());
         Ok(client.with_credential(cred.context("no credential: run `relay register` first")?))
     };
     match cli.command {
@@ -146,11 +152,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             profile.device_id = Some(reg.device_id);
             profile.credential = Some(reg.credential);
             save_profile(&cli.profile, &profile)?;
-            println!("registered device {} (profile {})", reg.device_id, cli.profile.display());
+            println!(
+                "registered device {} (profile {})",
+                reg.device_id,
+                cli.profile.display()
+            );
         }
-        Command::Send { to, file, client_message_id, urgent } => {
+        Command::Send {
+            to,
+            file,
+            client_message_id,
+            urgent,
+        } => {
             let message = read_message(&file)?;
-            let recipients = to.iter().map(|t| parse_recipient(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            let recipients = to
+                .iter()
+                .map(|t| parse_recipient(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let cmid = client_message_id.as_deref().map(parse_hex16).transpose()?;
             let resp = authed()?.send(&recipients, message, cmid, urgent).await?;
             println!(
@@ -160,7 +178,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if resp.duplicate { " duplicate" } else { "" }
             );
         }
-        Command::Receive { after, limit, wait, follow, out_dir, ack } => {
+        Command::Receive {
+            after,
+            limit,
+            wait,
+            follow,
+            out_dir,
+            ack,
+        } => {
             let client = authed()?;
             if let Some(dir) = &out_dir {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -169,7 +194,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             loop {
                 let page = client.receive(cursor, limit, if follow { 30 } else { wait }).await?;
                 for e in &page.envelopes {
-                    let gap = if e.flags & 2 != 0 { format!(" gap dropped={}", e.dropped) } else { String::new() };
+                    let gap = if e.flags & 2 != 0 {
+                        format!(" gap dropped={}", e.dropped)
+                    } else {
+                        String::new()
+                    };
                     println!("seq={} id={} bytes={}{gap}", e.seq, hex(&e.server_id), e.message.len());
                     if let Some(dir) = &out_dir
                         && !e.message.is_empty()
@@ -230,7 +259,9 @@ fn read_message(file: &Path) -> anyhow::Result<Bytes> {
         std::io::stdin().read_to_end(&mut buf)?;
         return Ok(buf.into());
     }
-    Ok(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?.into())
+    Ok(std::fs::read(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .into())
 }
 
 fn parse_hex16(s: &str) -> anyhow::Result<[u8; 16]> {

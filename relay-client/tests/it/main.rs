@@ -24,7 +24,11 @@ fn relay(dir: &Path, gw: &TestGateway, profile: &str, args: &[&str]) -> String {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "relay {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "relay {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -33,19 +37,45 @@ async fn cli_walkthrough() {
     let gw = TestGateway::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = relay(d, &gw, "alice.toml", &["register", "--token", &gw.provision("tel:+15550100001")]);
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["register", "--token", &gw.provision("tel:+15550100001")],
+    );
     assert!(out.contains("registered device 1"), "{out}");
-    relay(d, &gw, "bob.toml", &["register", "--token", &gw.provision("tel:+15550100002")]);
-    let out = relay(d, &gw, "alice.toml", &["send", "--to", "tel:+15550100002", "--file", SAMPLE]);
+    relay(
+        d,
+        &gw,
+        "bob.toml",
+        &["register", "--token", &gw.provision("tel:+15550100002")],
+    );
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["send", "--to", "tel:+15550100002", "--file", SAMPLE],
+    );
     assert!(out.contains("devices=1"), "{out}");
     let out = relay(d, &gw, "bob.toml", &["receive", "--out-dir", "inbox", "--ack"]);
     assert!(out.contains("seq=1 "), "{out}");
-    let files: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(d.join("inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1);
-    assert_eq!(std::fs::read(&files[0]).unwrap(), std::fs::read(SAMPLE).unwrap(), "bytes received equal bytes sent");
+    assert_eq!(
+        std::fs::read(&files[0]).unwrap(),
+        std::fs::read(SAMPLE).unwrap(),
+        "bytes received equal bytes sent"
+    );
     let out = relay(d, &gw, "bob.toml", &["receive"]);
     assert!(out.contains("queue_empty"), "acknowledged envelopes are gone: {out}");
-    let out = Command::new(RELAY).current_dir(d).args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE]).output().unwrap();
+    let out = Command::new(RELAY)
+        .current_dir(d)
+        .args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_address"));
     gw.stop().await;

@@ -147,18 +147,68 @@ pub(crate) async fn ack_by_id_and_cursor_is_idempotent<H: Harness>() {
     let d = register(s, rid(1), 1).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(s.send(send_req(&[rid(1)], msg(&i.to_string()))).await.unwrap().server_id);
+        ids.push(
+            s.send(send_req(&[rid(1)], msg(&i.to_string())))
+                .await
+                .unwrap()
+                .server_id,
+        );
     }
     let p = page(s, rid(1), d).await;
-    let n = s.ack(rid(1), d, Ack { server_ids: vec![ids[3]], up_to: None }).await.unwrap();
+    let n = s
+        .ack(
+            rid(1),
+            d,
+            Ack {
+                server_ids: vec![ids[3]],
+                up_to: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 1);
-    let n = s.ack(rid(1), d, Ack { server_ids: vec![ids[3]], up_to: None }).await.unwrap();
+    let n = s
+        .ack(
+            rid(1),
+            d,
+            Ack {
+                server_ids: vec![ids[3]],
+                up_to: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 0, "second ack of the same id is a no-op");
-    let n = s.ack(rid(1), d, Ack { server_ids: vec![], up_to: Some(p.envelopes[1].seq) }).await.unwrap();
+    let n = s
+        .ack(
+            rid(1),
+            d,
+            Ack {
+                server_ids: vec![],
+                up_to: Some(p.envelopes[1].seq),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 2);
-    let left: Vec<_> = page(s, rid(1), d).await.envelopes.into_iter().map(|e| e.server_id).collect();
+    let left: Vec<_> = page(s, rid(1), d)
+        .await
+        .envelopes
+        .into_iter()
+        .map(|e| e.server_id)
+        .collect();
     assert_eq!(left, vec![ids[2], ids[4]]);
-    let n = s.ack(rid(1), d, Ack { server_ids: vec![ServerId([9; 16])], up_to: Some(0) }).await.unwrap();
+    let n = s
+        .ack(
+            rid(1),
+            d,
+            Ack {
+                server_ids: vec![ServerId([9; 16])],
+                up_to: Some(0),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 0);
 }
 
@@ -168,7 +218,10 @@ pub(crate) async fn blob_deleted_after_last_ack<H: Harness>() {
     let a = register(s, rid(1), 1).await;
     let b = register(s, rid(2), 1).await;
     let out = s.send(send_req(&[rid(1), rid(2)], msg("x"))).await.unwrap();
-    let ack = || Ack { server_ids: vec![out.server_id], up_to: None };
+    let ack = || Ack {
+        server_ids: vec![out.server_id],
+        up_to: None,
+    };
     s.ack(rid(1), a, ack()).await.unwrap();
     assert_eq!(s.stats().await.unwrap().blobs, 1, "rid 2 has not acknowledged yet");
     s.ack(rid(2), b, ack()).await.unwrap();
@@ -232,7 +285,16 @@ pub(crate) async fn quota_trims_oldest_with_gap_marker<H: Harness>() {
     let kept: Vec<_> = p.envelopes[1..].iter().map(|e| e.message.clone()).collect();
     assert_eq!(kept, vec![m(7), m(8), m(9)]);
     assert_eq!(s.stats().await.unwrap().blobs, 3, "trimmed blobs are released");
-    s.ack(rid(1), d, Ack { server_ids: vec![], up_to: Some(gap.seq) }).await.unwrap();
+    s.ack(
+        rid(1),
+        d,
+        Ack {
+            server_ids: vec![],
+            up_to: Some(gap.seq),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(page(s, rid(1), d).await.envelopes.len(), 3);
 }
 
@@ -244,7 +306,10 @@ pub(crate) async fn ttl_sweep_removes_everything<H: Harness>() {
     req.client_message_id = Some(ClientMessageId([4; 16]));
     s.send(req.clone()).await.unwrap();
     let later = NOW + TTL + 1;
-    assert!(s.receive(rid(1), d, 0, 10, later).await.unwrap().envelopes.is_empty(), "expired is never served");
+    assert!(
+        s.receive(rid(1), d, 0, 10, later).await.unwrap().envelopes.is_empty(),
+        "expired is never served"
+    );
     let swept = s.sweep(later).await.unwrap();
     assert_eq!((swept.mailbox_entries, swept.blobs), (1, 1));
     let st = s.stats().await.unwrap();
@@ -291,7 +356,10 @@ pub(crate) async fn concurrent_sends_are_all_durable<H: Harness>() {
         let h = std::sync::Arc::clone(&store);
         tasks.spawn(async move {
             for i in 0..20 {
-                h.store().send(send_req(&[rid(1)], msg(&format!("{t}-{i}")))).await.unwrap();
+                h.store()
+                    .send(send_req(&[rid(1)], msg(&format!("{t}-{i}"))))
+                    .await
+                    .unwrap();
             }
         });
     }

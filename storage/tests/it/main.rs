@@ -29,7 +29,10 @@ impl Harness for Sled {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        Self { dir, store: Some(store) }
+        Self {
+            dir,
+            store: Some(store),
+        }
     }
 
     fn store(&self) -> &SledStore {
@@ -46,7 +49,11 @@ impl Harness for Sled {
 }
 
 fn open(path: &std::path::Path) -> SledStore {
-    SledStore::open(&SledConfig { path: path.to_path_buf(), cache_capacity: 16 << 20 }).unwrap()
+    SledStore::open(&SledConfig {
+        path: path.to_path_buf(),
+        cache_capacity: 16 << 20,
+    })
+    .unwrap()
 }
 
 macro_rules! backends {
