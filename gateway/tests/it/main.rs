@@ -5,6 +5,7 @@
 mod bad_input;
 mod process;
 mod roundtrip;
+mod tidy;
 
 use relay_client::ClientError;
 

@@ -13,9 +13,10 @@ use relay_client::{Client, Recipient, Trust};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
-/// A gateway child process on a free loopback port.
+/// A gateway child process on a free loopback port; killed if the test panics.
 struct Proc {
     child: Child,
+    done: bool,
     url: String,
     ca: PathBuf,
 }
@@ -50,6 +51,7 @@ async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) 
     }
     let child = cmd.spawn().unwrap();
     let p = Proc {
+        done: false,
         child,
         url: format!("https://localhost:{port}"),
         ca: data_dir.join("tls/dev-ca.pem"),
@@ -79,12 +81,24 @@ impl Proc {
     fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+        self.done = true;
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        self.done = true;
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
