@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod bad_input;
+mod limits;
 mod process;
 mod roundtrip;
 mod tidy;

@@ -1,0 +1,144 @@
+//! Server-side bounds: timeouts, the connection cap, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_client::Recipient;
+use test_support::TestGateway;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn tls_connect(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(gw.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_connection_is_closed_after_handshake_timeout() {
+    let gw = TestGateway::start_with(|c| c.timeouts.tls_handshake_secs = 1).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let got = read_to_close(&mut tcp).await;
+    assert!(got.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_without_request_is_closed() {
+    let gw = TestGateway::start_with(|c| c.timeouts.first_request_secs = 1).await;
+    let mut tls = tls_connect(&gw).await;
+    let got = read_to_close(&mut tls).await;
+    assert!(got.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_gets_408_and_stores_nothing() {
+    let gw = TestGateway::start_with(|c| c.timeouts.body_read_secs = 1).await;
+    let (_, _) = gw.device("tel:+15550100002").await;
+    let reg = gw.client().register(&gw.provision("tel:+15550100001")).await.unwrap();
+    let before = gw.stats().await;
+    let mut tls = tls_connect(&gw).await;
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\npartial",
+        reg.credential
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"timeout\""), "{resp}");
+    assert_eq!(gw.stats().await, before);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused() {
+    let gw = TestGateway::start_with(|c| c.limits.max_connections = 2).await;
+    let _a = tls_connect(&gw).await;
+    let _b = tls_connect(&gw).await;
+    // The third TCP connection is accepted by the kernel, then dropped at once.
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let got = read_to_close(&mut third).await;
+    assert!(got.is_empty());
+    drop(_a);
+    // A slot frees up once a connection ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if gw.client().healthz().await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_long_polls_and_completes() {
+    let gw = TestGateway::start().await;
+    let (receiver, _) = gw.device("tel:+15550100002").await;
+    let poll = tokio::spawn(async move { receiver.receive(0, 10, 60).await });
+    while gw.state().live().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    gw.stop().await;
+    let page = poll.await.unwrap().unwrap();
+    assert!(page.envelopes.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "did not wait for the 60 s poll"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_registration_on_loopback() {
+    let gw = TestGateway::start_with(|c| c.registration.danger_open_registration = true).await;
+    let reg = gw.client().register_open("tel:+15550100003").await.unwrap();
+    let c = gw.client().with_credential(reg.credential);
+    c.send(
+        &[Recipient::address("tel:+15550100003")],
+        test_support::framed_message(b"self"),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.receive(0, 10, 0).await.unwrap().envelopes.len(), 1);
+    gw.stop().await;
+    let closed = TestGateway::start().await;
+    crate::assert_api_error(
+        closed.client().register_open("tel:+15550100003").await,
+        401,
+        "invalid_provisioning_token",
+    );
+    closed.stop().await;
+}
