@@ -85,14 +85,19 @@ impl SledStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        let start = std::time::Instant::now();
         // A panic while holding the lock cannot leave a half-applied batch behind
         // (batches are atomic), so a poisoned lock is safe to reuse.
-        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::histogram!("relay_storage_lock_wait_seconds").record(start.elapsed().as_secs_f64());
+        guard
     }
 
     async fn durable(&self) -> Result<(), StoreError> {
-        let ticket = self.commit.ticket();
-        self.commit.wait(ticket).await
+        let start = std::time::Instant::now();
+        let r = self.commit.durable().await;
+        metrics::histogram!("relay_storage_durable_wait_seconds").record(start.elapsed().as_secs_f64());
+        r
     }
 
     fn device_record(&self, rid: &Rid, dev: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
@@ -520,7 +525,10 @@ impl Store for SledStore {
     async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
         let outcome = {
             let _guard = self.lock();
-            self.send_locked(&req)?
+            let start = std::time::Instant::now();
+            let r = self.send_locked(&req);
+            metrics::histogram!("relay_storage_write_seconds", "op" => "send").record(start.elapsed().as_secs_f64());
+            r?
         };
         // A duplicate is durable already, or its first send is still waiting for the
         // same flush; waiting here keeps "2xx means durable" true in both cases.
