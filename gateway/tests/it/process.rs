@@ -165,7 +165,12 @@ async fn crash_test_kill_9() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let dir = tempfile::tempdir().unwrap();
+    // Kept on failure (for diagnosis), deleted on success.
+    let dir = tempfile::Builder::new()
+        .prefix("crash-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let keep = KeepOnPanic(dir.path().to_path_buf());
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
     let p = spawn_gateway(&data, &log, &[]).await;
@@ -254,6 +259,20 @@ async fn crash_test_kill_9() {
     assert!(total_confirmed > cycles, "the load actually ran");
     drop(l);
     assert!(p.terminate().success());
+    drop(keep);
+}
+
+/// Keeps a test's directory when the test panics, and says where it is.
+struct KeepOnPanic(PathBuf);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = self.0.with_extension("kept");
+            let _ = std::fs::rename(&self.0, &kept);
+            eprintln!("crash test data and gateway log kept in {}", kept.display());
+        }
+    }
 }
 
 /// After a run with recognisable addresses and credentials, none of them appears in
