@@ -38,6 +38,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub http3: Http3Config,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -135,6 +137,26 @@ pub struct StorageConfig {
     pub sweep_interval_secs: u64,
 }
 
+/// HTTP/3 (QUIC) on the client listener's port number, UDP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http3Config {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Connections idle this long are closed.
+    #[serde(default = "d_30")]
+    pub idle_timeout_secs: u64,
+    /// QUIC handshakes in progress before new ones are refused.
+    #[serde(default = "d_pending")]
+    pub max_pending_handshakes: usize,
+    /// Above this many open connections, unvalidated clients get a Retry first.
+    /// Default: half of `limits.max_connections`.
+    pub retry_above_connections: Option<usize>,
+    /// UDP socket send and receive buffer size.
+    #[serde(default = "d_udp_buffer")]
+    pub udp_buffer_bytes: usize,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -191,6 +213,15 @@ fn d_10() -> u64 {
 fn d_30() -> u64 {
     30
 }
+fn d_true() -> bool {
+    true
+}
+fn d_pending() -> usize {
+    1024
+}
+fn d_udp_buffer() -> usize {
+    4 << 20
+}
 fn d_cache() -> u64 {
     256
 }
@@ -214,6 +245,11 @@ impl Default for RateLimitConfig {
     }
 }
 impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for Http3Config {
     fn default() -> Self {
         toml::from_str("").expect("every field has a default")
     }
@@ -294,6 +330,9 @@ impl Config {
         }
         if l.ttl_secs == 0 {
             return invalid("limits.ttl_secs must be positive");
+        }
+        if self.http3.idle_timeout_secs == 0 || self.http3.max_pending_handshakes == 0 {
+            return invalid("http3.idle_timeout_secs and http3.max_pending_handshakes must be positive");
         }
         if self.rate_limit.requests_per_second == 0 || self.rate_limit.burst == 0 {
             return invalid("rate_limit values must be positive");

@@ -1,6 +1,6 @@
 //! The rcs-relay gateway.
 //!
-//! Serves the client API (DESIGN.md section 5) over HTTP/2 and HTTP/1.1 with TLS 1.3,
+//! Serves the client API (DESIGN.md section 5) over HTTP/3, HTTP/2 and HTTP/1.1 with TLS 1.3,
 //! on top of [`storage`]. A device uploads an MLS message for recipients; the gateway
 //! checks it is one well-formed MLSMessage, hashes each recipient address with K_rid,
 //! stores the bytes once and a mailbox entry per recipient device, and answers 201
@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`api`]: the one router every transport serves; validation and error mapping.
 //! - [`server`]: listeners, TLS, limits, timeouts, background tasks, shutdown.
+//! - [`h3`]: the HTTP/3 adapter (quinn + h3) in front of the same router.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`keys`]: provider keys (K_rid, provisioning verification key).
 //! - [`tls`]: rustls configuration and the development certificate.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod h3;
 pub mod keys;
 pub mod live;
 pub mod server;

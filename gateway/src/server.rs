@@ -84,6 +84,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     )
     .context("loading provider keys")?;
     let tls = crate::tls::server_config(&config.tls, data_dir, &[b"h2", b"http/1.1"]).context("setting up TLS")?;
+    let h3_settings = crate::h3::H3Settings {
+        max_connections: config.limits.max_connections,
+        max_concurrent_streams: config.limits.max_concurrent_streams,
+        handshake_timeout: settings.timeouts.tls_handshake,
+        config: config.http3.clone(),
+    };
     let sled_config = SledConfig {
         path: data_dir.join("sled"),
         cache_capacity: config.storage.cache_capacity_mb << 20,
@@ -115,9 +121,40 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("binding admin {}", config.admin_listen))?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    // HTTP/3 on the same port number, over UDP.
+    let endpoint = if config.http3.enabled {
+        Some(crate::h3::endpoint(addr, &tls, &h3_settings)?)
+    } else {
+        None
+    };
 
     let tracker = TaskTracker::new();
     let router = api(state.clone());
+    if let Some(endpoint) = endpoint {
+        tracker.spawn(crate::h3::serve(
+            endpoint,
+            router.clone(),
+            h3_settings,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    let tcp_router = if config.http3.enabled {
+        // Advertise HTTP/3 on every HTTP/2 and HTTP/1.1 response (RFC 7838).
+        let alt_svc =
+            http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port())).context("alt-svc header")?;
+        router.layer(axum::middleware::map_response(
+            move |mut resp: axum::response::Response| {
+                let alt_svc = alt_svc.clone();
+                async move {
+                    resp.headers_mut().insert(http::header::ALT_SVC, alt_svc);
+                    resp
+                }
+            },
+        ))
+    } else {
+        router
+    };
     let limits = &config.limits;
     let conn_settings = ConnSettings {
         timeouts: settings.timeouts,
@@ -126,7 +163,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tracker.spawn(serve_tls(
         listener,
         TlsAcceptor::from(tls),
-        router,
+        tcp_router,
         Arc::new(Semaphore::new(limits.max_connections)),
         conn_settings,
         shutdown.clone(),
@@ -143,6 +180,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         version = env!("CARGO_PKG_VERSION"),
         git_sha = option_env!("RELAY_GIT_SHA").unwrap_or("unknown"),
         listen = %addr,
+        http3 = config.http3.enabled,
         admin = %admin_addr,
         data_dir = %data_dir.display(),
         "gateway listening"

@@ -17,6 +17,8 @@
 
 #![forbid(unsafe_code)]
 
+mod h3;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -125,28 +127,56 @@ impl RawResponse {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// Which HTTP version a [`Client`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 over TLS 1.3 (TCP).
+    Http2,
+    /// HTTP/3 over QUIC (UDP, same port number).
+    Http3,
+}
+
+#[derive(Clone, Debug)]
+enum Transport {
+    H2(HyperClient<Https, Full<Bytes>>),
+    H3(Arc<h3::H3>),
+}
+
 /// A connection to one gateway, optionally authenticated as one device.
 /// Cloning is cheap and shares the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    http: HyperClient<Https, Full<Bytes>>,
+    transport: Transport,
     base: Arc<str>,
     credential: Option<Arc<str>>,
 }
 
 impl Client {
-    /// A client for `server` (an `https://host:port` URL).
+    /// An HTTP/2 client for `server` (an `https://host:port` URL).
+    pub fn new(server: &str, trust: Trust) -> Result<Self, ClientError> {
+        Self::connect(server, trust, Protocol::Http2)
+    }
+
+    /// A client for `server` speaking `protocol`.
     #[allow(
         clippy::needless_pass_by_value,
         reason = "the trust setting is handed over, like a builder argument"
     )]
-    pub fn new(server: &str, trust: Trust) -> Result<Self, ClientError> {
+    pub fn connect(server: &str, trust: Trust, protocol: Protocol) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/');
         let uri: Uri = base
             .parse()
             .map_err(|e| ClientError::Config(format!("server URL: {e}")))?;
         if uri.scheme_str() != Some("https") {
             return Err(ClientError::Config("server URL must start with https://".into()));
+        }
+        if protocol == Protocol::Http3 {
+            let h3 = h3::H3::new(&uri, tls_config(&trust, &[])?)?;
+            return Ok(Self {
+                transport: Transport::H3(Arc::new(h3)),
+                base: base.into(),
+                credential: None,
+            });
         }
         let tls = tls_config(&trust, &[])?; // hyper-rustls sets ALPN (h2) itself
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -160,17 +190,25 @@ impl Client {
             .http2_initial_connection_window_size(4 << 20)
             .build(connector);
         Ok(Self {
-            http,
+            transport: Transport::H2(http),
             base: base.into(),
             credential: None,
         })
+    }
+
+    /// The HTTP version this client speaks.
+    pub fn protocol(&self) -> Protocol {
+        match self.transport {
+            Transport::H2(_) => Protocol::Http2,
+            Transport::H3(_) => Protocol::Http3,
+        }
     }
 
     /// The same connection, authenticated with `credential`.
     pub fn with_credential(&self, credential: impl Into<String>) -> Self {
         let credential: String = credential.into();
         Self {
-            http: self.http.clone(),
+            transport: self.transport.clone(),
             base: Arc::clone(&self.base),
             credential: Some(credential.into()),
         }
@@ -293,10 +331,11 @@ impl Client {
         body: Bytes,
     ) -> Result<RawResponse, ClientError> {
         let uri = format!("{}{path_and_query}", self.base);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .version(http::Version::HTTP_2);
+        let version = match self.transport {
+            Transport::H2(_) => http::Version::HTTP_2,
+            Transport::H3(_) => http::Version::HTTP_3,
+        };
+        let mut req = Request::builder().method(method).uri(uri).version(version);
         let hdrs = req
             .headers_mut()
             .ok_or_else(|| ClientError::Config("invalid request".into()))?;
@@ -310,12 +349,13 @@ impl Client {
             let v = HeaderValue::from_str(&format!("Bearer {c}")).map_err(|e| ClientError::Config(e.to_string()))?;
             hdrs.insert(header::AUTHORIZATION, v);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
+        let req = req.body(body).map_err(|e| ClientError::Config(e.to_string()))?;
+        let http = match &self.transport {
+            Transport::H3(h3) => return h3.request(req).await,
+            Transport::H2(http) => http,
+        };
+        let resp = http
+            .request(req.map(Full::new))
             .await
             .map_err(|e| ClientError::Transport(format!("{e:#}")))?;
         let (parts, body) = resp.into_parts();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use gateway::config::Config;
-use relay_client::{Client, Trust};
+use relay_client::{Client, Protocol, Trust};
 use storage::Store as _;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The protocol `client()` speaks.
+    pub protocol: Protocol,
     state: gateway::api::AppState,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -56,6 +58,7 @@ impl TestGateway {
         let (addr, admin_addr, state) = (running.addr, running.admin_addr, running.state().clone());
         let task = tokio::spawn(async move { running.wait().await.unwrap() });
         Self {
+            protocol: Protocol::Http2,
             addr,
             admin_addr,
             data_dir: data_dir.to_path_buf(),
@@ -74,9 +77,21 @@ impl TestGateway {
         self.data_dir.join("tls/dev-ca.pem")
     }
 
-    /// An unauthenticated client that trusts the development CA.
+    /// Makes `client()` speak `protocol`.
+    #[must_use]
+    pub fn speaking(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// An unauthenticated client that trusts the development CA, speaking `self.protocol`.
     pub fn client(&self) -> Client {
-        Client::new(&self.url(), Trust::CaFile(self.ca())).unwrap()
+        self.client_over(self.protocol)
+    }
+
+    /// An unauthenticated client speaking `protocol`.
+    pub fn client_over(&self, protocol: Protocol) -> Client {
+        Client::connect(&self.url(), Trust::CaFile(self.ca()), protocol).unwrap()
     }
 
     /// A provisioning token for `address`, signed with this gateway's dev key.

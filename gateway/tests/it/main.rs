@@ -2,6 +2,24 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+/// Instantiates each `async fn name(p: Protocol)` as `name::h2` and `name::h3`.
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn h2() {
+                    super::$name(relay_client::Protocol::Http2).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn h3() {
+                    super::$name(relay_client::Protocol::Http3).await;
+                }
+            }
+        )*
+    };
+}
+
 mod bad_input;
 mod limits;
 mod process;

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_client::{Client, Recipient};
+use relay_client::{Client, Protocol, Recipient};
 use test_support::TestGateway;
 use test_support::mls::{Member, Processed};
 
@@ -27,9 +27,8 @@ async fn send(c: &Client, to: &[&str], m: &Bytes) {
 
 /// A group of three driven by openmls: Welcome, commits and application messages all
 /// pass through the gateway byte-for-byte.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mls_group_of_three_round_trip() {
-    let gw = TestGateway::start().await;
+async fn mls_group_of_three_round_trip(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     let (a, _) = gw.device(ALICE).await;
     let (b, _) = gw.device(BOB).await;
     let (c, _) = gw.device(CAROL).await;
@@ -97,9 +96,8 @@ async fn mls_group_of_three_round_trip() {
 }
 
 /// One send to many recipients stores the message bytes once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_stores_bytes_once() {
-    let gw = TestGateway::start().await;
+async fn fan_out_stores_bytes_once(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     let (sender, _) = gw.device("tel:+15550200000").await;
     let mut recipients = Vec::new();
     for i in 0..200 {
@@ -118,9 +116,8 @@ async fn fan_out_stores_bytes_once() {
 }
 
 /// A long-polling receiver is woken by a new envelope long before its timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_receive_wakes_on_new_envelope() {
-    let gw = TestGateway::start().await;
+async fn live_receive_wakes_on_new_envelope(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     let (sender, _) = gw.device(ALICE).await;
     let (receiver, _) = gw.device(BOB).await;
     let started = std::time::Instant::now();
@@ -144,9 +141,8 @@ async fn live_receive_wakes_on_new_envelope() {
 }
 
 /// A long-poll with nothing to deliver ends at its wait with `queue_empty`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_times_out_empty() {
-    let gw = TestGateway::start().await;
+async fn long_poll_times_out_empty(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     let (receiver, _) = gw.device(BOB).await;
     let page = receiver.receive(0, 10, 1).await.unwrap();
     assert!(page.envelopes.is_empty() && page.queue_empty);
@@ -154,9 +150,8 @@ async fn long_poll_times_out_empty() {
 }
 
 /// A retried send with the same client message id is stored once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_send_is_idempotent() {
-    let gw = TestGateway::start().await;
+async fn retried_send_is_idempotent(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     let (a, _) = gw.device(ALICE).await;
     let (b, _) = gw.device(BOB).await;
     let m = test_support::framed_message(b"once");
@@ -177,9 +172,10 @@ async fn retried_send_is_idempotent() {
 
 /// Devices pick recipients' devices; delete removes a device and its queue; the
 /// device cap holds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_targeting_delete_and_cap() {
-    let gw = TestGateway::start_with(|c| c.limits.max_devices_per_address = 2).await;
+async fn devices_targeting_delete_and_cap(p: Protocol) {
+    let gw = TestGateway::start_with(|c| c.limits.max_devices_per_address = 2)
+        .await
+        .speaking(p);
     let (a, _) = gw.device(ALICE).await;
     let (b1, id1) = gw.device(BOB).await;
     let (b2, id2) = gw.device(BOB).await;
@@ -209,9 +205,8 @@ async fn devices_targeting_delete_and_cap() {
 }
 
 /// `/healthz` on both listeners; `/metrics` on the admin listener shows our series.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics() {
-    let gw = TestGateway::start().await;
+async fn health_and_metrics(p: Protocol) {
+    let gw = TestGateway::start().await.speaking(p);
     gw.client().healthz().await.unwrap();
     let (a, _) = gw.device(ALICE).await;
     gw.device(BOB).await;
@@ -223,6 +218,15 @@ async fn health_and_metrics() {
     )
     .await
     .unwrap();
+    if p == Protocol::Http2 {
+        let resp = gw
+            .client()
+            .raw(http::Method::GET, "/healthz", &[], Bytes::new())
+            .await
+            .unwrap();
+        let alt_svc = resp.headers.get(http::header::ALT_SVC).unwrap().to_str().unwrap();
+        assert_eq!(alt_svc, format!("h3=\":{}\"; ma=86400", gw.addr.port()));
+    }
     let admin = admin_get(gw.admin_addr, "/healthz").await;
     assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
     let metrics = admin_get(gw.admin_addr, "/metrics").await;
@@ -235,6 +239,13 @@ async fn health_and_metrics() {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
     assert!(metrics.contains("route=\"/v1/messages\""));
+    let transport = if p == Protocol::Http3 { "h3" } else { "h2" };
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("relay_http_requests_total") && l.contains(&format!("transport=\"{transport}\""))),
+        "requests are counted by transport"
+    );
     gw.stop().await;
 }
 
@@ -247,4 +258,36 @@ async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+both_transports!(
+    mls_group_of_three_round_trip,
+    fan_out_stores_bytes_once,
+    live_receive_wakes_on_new_envelope,
+    long_poll_times_out_empty,
+    retried_send_is_idempotent,
+    devices_targeting_delete_and_cap,
+    health_and_metrics
+);
+
+/// Send over one transport, receive over the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_transports() {
+    let gw = TestGateway::start().await;
+    for (send_over, receive_over) in [(Protocol::Http3, Protocol::Http2), (Protocol::Http2, Protocol::Http3)] {
+        let a = gw.client_over(send_over).register(&gw.provision(ALICE)).await.unwrap();
+        let b = gw.client_over(receive_over).register(&gw.provision(BOB)).await.unwrap();
+        let sender = gw.client_over(send_over).with_credential(a.credential);
+        let receiver = gw.client_over(receive_over).with_credential(b.credential);
+        let waiting = tokio::spawn(async move { receiver.receive(0, 10, 30).await.unwrap() });
+        let m = test_support::framed_message(format!("{send_over:?} to {receive_over:?}").as_bytes());
+        let to = [Recipient {
+            address: BOB.into(),
+            device_ids: vec![b.device_id],
+        }];
+        sender.send(&to, m.clone(), None, false).await.unwrap();
+        let page = waiting.await.unwrap();
+        assert_eq!(page.envelopes[0].message, m);
+    }
+    gw.stop().await;
 }

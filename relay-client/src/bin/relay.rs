@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use relay_client::{Client, Recipient, Trust};
+use relay_client::{Client, Protocol, Recipient, Trust};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
@@ -33,6 +33,9 @@ struct Cli {
     /// Accept any server certificate (throwaway local setups only).
     #[arg(long, global = true)]
     insecure: bool,
+    /// Speak HTTP/3 (QUIC, UDP on the same port) instead of HTTP/2.
+    #[arg(long, global = true, env = "RELAY_HTTP3")]
+    http3: bool,
     /// Profile file holding server, CA and credential.
     #[arg(long, global = true, env = "RELAY_PROFILE", default_value = "relay-profile.toml")]
     profile: PathBuf,
@@ -132,7 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (None, true) => Trust::DangerAcceptAnyCertificate,
         (None, false) => bail!("pass --ca FILE (the gateway's CA) or --insecure"),
     };
-    let client = Client::new(&server, trust)?;
+    let protocol = if cli.http3 { Protocol::Http3 } else { Protocol::Http2 };
+    let client = Client::connect(&server, trust, protocol)?;
     let authed = || -> anyhow::Result<Client> {
         let cred = std::env::var("RELAY_CREDENTIAL")
             .ok()
