@@ -138,7 +138,7 @@ pub enum Protocol {
 
 #[derive(Clone, Debug)]
 enum Transport {
-    H2(HyperClient<Https, Full<Bytes>>),
+    H2(Box<HyperClient<Https, Full<Bytes>>>),
     H3(Arc<h3::H3>),
 }
 
@@ -190,7 +190,7 @@ impl Client {
             .http2_initial_connection_window_size(4 << 20)
             .build(connector);
         Ok(Self {
-            transport: Transport::H2(http),
+            transport: Transport::H2(Box::new(http)),
             base: base.into(),
             credential: None,
         })

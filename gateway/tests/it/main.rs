@@ -21,6 +21,8 @@ macro_rules! both_transports {
 }
 
 mod bad_input;
+mod http3;
+mod interop;
 mod limits;
 mod process;
 mod roundtrip;

@@ -71,6 +71,18 @@ async fn cli_walkthrough() {
     );
     let out = relay(d, &gw, "bob.toml", &["receive"]);
     assert!(out.contains("queue_empty"), "acknowledged envelopes are gone: {out}");
+    // Every command also runs over HTTP/3.
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["--http3", "send", "--to", "tel:+15550100002", "--file", SAMPLE],
+    );
+    assert!(out.contains("devices=1"), "{out}");
+    let out = relay(d, &gw, "bob.toml", &["--http3", "receive", "--ack"]);
+    assert!(out.contains("seq=2 "), "{out}");
+    let out = relay(d, &gw, "bob.toml", &["--http3", "health"]);
+    assert!(out.contains("ok"), "{out}");
     let out = Command::new(RELAY)
         .current_dir(d)
         .args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE])
