@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,7 +91,6 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let open = Arc::new(AtomicUsize::new(0));
     let retry_above = settings
         .config
         .retry_above_connections
@@ -105,30 +103,29 @@ pub(crate) async fn serve(
                 None => break,
             },
         };
+        // Under load, make unvalidated clients prove their address first (QUIC Retry,
+        // stateless), so a flood of spoofed Initials costs one small packet each and
+        // never a connection slot.
+        let in_use = settings.max_connections - permits.available_permits();
+        if !incoming.remote_address_validated() && in_use >= retry_above {
+            metrics::counter!("relay_quic_retries_total").increment(1);
+            let _ = incoming.retry();
+            continue;
+        }
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("relay_connections_refused_total", "reason" => "limit", "transport" => "h3").increment(1);
             incoming.refuse();
             continue;
         };
-        // Under load, make unvalidated clients prove their address first (QUIC Retry),
-        // so a flood of spoofed Initials costs us one stateless packet each.
-        if !incoming.remote_address_validated() && open.load(Ordering::Relaxed) >= retry_above {
-            metrics::counter!("relay_quic_retries_total").increment(1);
-            let _ = incoming.retry();
-            continue;
-        }
         let router = router.clone();
         let shutdown = shutdown.clone();
-        let open = Arc::clone(&open);
         let settings = settings.clone();
         let inner_tracker = tracker.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            open.fetch_add(1, Ordering::Relaxed);
             metrics::gauge!("relay_connections_open", "transport" => "h3").increment(1.0);
             serve_connection(incoming, router, &settings, shutdown, inner_tracker).await;
             metrics::gauge!("relay_connections_open", "transport" => "h3").decrement(1.0);
-            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     endpoint.close(0u32.into(), b"shutting down");

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -83,7 +84,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         config.registration.provisioning_public_key.as_deref(),
     )
     .context("loading provider keys")?;
-    let tls = crate::tls::server_config(&config.tls, data_dir, &[b"h2", b"http/1.1"]).context("setting up TLS")?;
+    let certs = crate::tls::CertStore::open(&config.tls, data_dir).context("setting up TLS")?;
+    let tls = Arc::new(certs.server_config(&[b"h2", b"http/1.1"])?);
     let h3_settings = crate::h3::H3Settings {
         max_connections: config.limits.max_connections,
         max_concurrent_streams: config.limits.max_concurrent_streams,
@@ -169,7 +171,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(serve_admin(admin, shutdown.clone(), tracker.clone()));
+    tracker.spawn(serve_admin(
+        admin,
+        Arc::clone(&certs),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(reload_on_sighup(Arc::clone(&certs), shutdown.clone()));
     tracker.spawn(sweeper(
         state.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
@@ -313,10 +321,28 @@ async fn serve_connection(
     }
 }
 
-async fn serve_admin(listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
+async fn serve_admin(
+    listener: TcpListener,
+    certs: Arc<crate::tls::CertStore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let reload = move || {
+        let certs = Arc::clone(&certs);
+        async move {
+            match certs.reload() {
+                Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+                Err(e) => {
+                    tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
+                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")).into_response()
+                }
+            }
+        }
+    };
     let router = Router::new()
         .route("/metrics", get(|| async { telemetry::prometheus().render() }))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/admin/tls/reload", axum::routing::post(reload));
     loop {
         let (tcp, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -342,6 +368,23 @@ async fn serve_admin(listener: TcpListener, shutdown: CancellationToken, tracker
                 }
             }
         });
+    }
+}
+
+/// SIGHUP reloads the TLS certificate of every listener.
+async fn reload_on_sighup(certs: Arc<crate::tls::CertStore>, shutdown: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                if let Err(e) = certs.reload() {
+                    tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
+                }
+            }
+        }
     }
 }
 

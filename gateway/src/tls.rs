@@ -2,37 +2,99 @@
 //!
 //! Without configured files, a development CA and a server certificate signed by it
 //! are generated in `data_dir/tls/` (`dev-ca.pem` is what clients pass as `--ca`).
+//! Both listeners resolve their certificate through one [`CertStore`], so a reload
+//! (SIGHUP or `POST /admin/tls/reload`) applies to HTTP/2 and HTTP/3 alike.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
 use crate::keys::{create_private_dir, write_private};
 
-/// Builds the server TLS configuration from files or the development certificate.
+/// The server certificate, shared by the TCP (HTTP/2, HTTP/1.1) and QUIC (HTTP/3)
+/// listeners: both TLS configurations resolve through one `CertStore`, so
+/// [`CertStore::reload`] changes the certificate of both at once. Connections already
+/// open keep the certificate they were established with.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads the configured files, or the development certificate (generated if missing).
+    pub fn open(tls: &TlsConfig, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let (cert, key) = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => {
+                let dir = data_dir.join("tls");
+                ensure_dev_certificate(&dir, &tls.dev_cert_names)?;
+                (dir.join("dev-cert.pem"), dir.join("dev-key.pem"))
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = load_certified_key(&cert, &key, &provider)?;
+        Ok(Arc::new(Self {
+            cert,
+            key,
+            provider,
+            current: RwLock::new(current),
+        }))
+    }
+
+    /// Re-reads the certificate and key files. On error the old certificate stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = load_certified_key(&self.cert, &self.key, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        metrics::counter!("relay_tls_reloads_total").increment(1);
+        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+        Ok(())
+    }
+
+    /// A TLS 1.3-only server configuration resolving through this store.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 with the ring provider")?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+/// Builds a standalone server TLS configuration (benchmark baselines use this to get the
+/// gateway's exact settings).
 pub fn server_config(tls: &TlsConfig, data_dir: &Path, alpn: &[&[u8]]) -> anyhow::Result<Arc<ServerConfig>> {
-    let (certs, key) = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => load_pair(cert, key)?,
-        _ => {
-            let dir = data_dir.join("tls");
-            ensure_dev_certificate(&dir, &tls.dev_cert_names)?;
-            load_pair(&dir.join("dev-cert.pem"), &dir.join("dev-key.pem"))?
-        }
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with the ring provider")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok(Arc::new(CertStore::open(tls, data_dir)?.server_config(alpn)?))
+}
+
+fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<Arc<CertifiedKey>> {
+    let (certs, key_der) = load_pair(cert, key)?;
+    let certified = CertifiedKey::from_der(certs, key_der, provider).with_context(|| {
+        format!(
+            "{} and {} do not form a usable certificate",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
 }
 
 fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {

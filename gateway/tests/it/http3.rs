@@ -69,6 +69,16 @@ async fn connection_flood_is_bounded() {
         served += usize::from(r.unwrap());
     }
     assert!((1..=8).contains(&served), "at most max_connections at once: {served}");
+    let metrics = crate::roundtrip::admin_get(gw.admin_addr, "/metrics").await;
+    let retries: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("relay_quic_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retries > 0.0,
+        "clients beyond retry_above_connections were asked to validate their address"
+    );
     drop(clients);
     // Still serving once the flood is over.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -82,4 +92,81 @@ async fn connection_flood_is_bounded() {
     }
     gw.client().healthz().await.unwrap();
     gw.stop().await;
+}
+
+/// Writes a CA and a localhost server certificate signed by it; returns the CA path.
+fn issue(
+    dir: &std::path::Path,
+    name: &str,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> std::path::PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(cert_path, cert.pem()).unwrap();
+    std::fs::write(key_path, key.serialize_pem()).unwrap();
+    let ca_path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    ca_path
+}
+
+/// One certificate source for both listeners: a reload changes what new HTTP/2 and
+/// HTTP/3 connections see; open connections keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_applies_to_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server-key.pem"));
+    let old_ca = issue(dir.path(), "old", &cert, &key);
+    let (c, k) = (cert.clone(), key.clone());
+    let gw = TestGateway::start_with(move |config| {
+        config.tls.cert = Some(c);
+        config.tls.key = Some(k);
+    })
+    .await;
+    let connect = |ca: &std::path::Path, p| Client::connect(&gw.url(), Trust::CaFile(ca.to_path_buf()), p).unwrap();
+    let old_h2 = connect(&old_ca, Protocol::Http2);
+    let old_h3 = connect(&old_ca, Protocol::Http3);
+    old_h2.healthz().await.unwrap();
+    old_h3.healthz().await.unwrap();
+
+    let new_ca = issue(dir.path(), "new", &cert, &key);
+    for p in [Protocol::Http2, Protocol::Http3] {
+        assert!(connect(&new_ca, p).healthz().await.is_err(), "{p:?}: not reloaded yet");
+    }
+    let reload = admin_post(gw.admin_addr, "/admin/tls/reload").await;
+    assert!(reload.starts_with("HTTP/1.1 204"), "{reload}");
+    for p in [Protocol::Http2, Protocol::Http3] {
+        connect(&new_ca, p).healthz().await.unwrap();
+        assert!(
+            connect(&old_ca, p).healthz().await.is_err(),
+            "{p:?}: new connections get the new certificate"
+        );
+    }
+    old_h2.healthz().await.unwrap();
+    old_h3.healthz().await.unwrap();
+
+    // A broken file is refused and the current certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let reload = admin_post(gw.admin_addr, "/admin/tls/reload").await;
+    assert!(reload.starts_with("HTTP/1.1 422"), "{reload}");
+    connect(&new_ca, Protocol::Http3).healthz().await.unwrap();
+    gw.stop().await;
+}
+
+async fn admin_post(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

@@ -249,7 +249,7 @@ async fn health_and_metrics(p: Protocol) {
     gw.stop().await;
 }
 
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+pub(crate) async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
