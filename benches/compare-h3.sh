@@ -10,35 +10,12 @@ duration=${1:-10}
 conns=${2:-4}
 streams=${3:-16}
 
-cargo build --release --locked -p gateway -p relay-client -p benches >&2
-bin="${CARGO_TARGET_DIR:-target}/release"
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_gateway
+bare_port=$(port)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-gw_port=$(port); admin_port=$(port); bare_port=$(port)
-cat > "$tmp/gateway.toml" <<TOML
-data_dir = "$tmp/data"
-listen = "127.0.0.1:$gw_port"
-admin_listen = "127.0.0.1:$admin_port"
-[rate_limit]
-requests_per_second = 1000000
-burst = 1000000
-TOML
-"$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log" &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
-
-relay() { "$bin/relay" --server "https://localhost:$gw_port" --ca "$tmp/data/tls/dev-ca.pem" "$@"; }
-relay --profile "$tmp/sender.toml" register --token "$("$bin/gateway" --config "$tmp/gateway.toml" provision tel:+15550900001)" >&2
-relay --profile "$tmp/recipient.toml" register --token "$("$bin/gateway" --config "$tmp/gateway.toml" provision tel:+15550900002)" >&2
-credential=$(sed -n 's/^credential = "\(.*\)"$/\1/p' "$tmp/sender.toml")
-"$bin/send-body" --to tel:+15550900002 --size 1024 > "$tmp/body.bin"
-
-"$bin/bare-h3" --listen "127.0.0.1:$bare_port" --data-dir "$tmp/data" &
-pids+=($!)
+spawn "$bin/bare-h3" --listen "127.0.0.1:$bare_port" --data-dir "$tmp/data"
 sleep 0.3
 
 load() {

@@ -223,25 +223,23 @@ impl Client {
 
     /// Registers a device with an operator-issued provisioning token.
     pub async fn register(&self, provisioning_token: &str) -> Result<Registration, ClientError> {
-        let body = v1::RegisterRequest {
+        self.register_with(v1::RegisterRequest {
             provisioning_token: provisioning_token.to_owned(),
             address: String::new(),
-        };
-        let r: v1::RegisterResponse = self
-            .call(Method::POST, "/v1/devices", &body, StatusCode::CREATED)
-            .await?;
-        Ok(Registration {
-            device_id: r.device_id,
-            credential: r.credential,
         })
+        .await
     }
 
     /// Registers without a token (only on gateways with `danger_open_registration`).
     pub async fn register_open(&self, address: &str) -> Result<Registration, ClientError> {
-        let body = v1::RegisterRequest {
+        self.register_with(v1::RegisterRequest {
             provisioning_token: String::new(),
             address: address.to_owned(),
-        };
+        })
+        .await
+    }
+
+    async fn register_with(&self, body: v1::RegisterRequest) -> Result<Registration, ClientError> {
         let r: v1::RegisterResponse = self
             .call(Method::POST, "/v1/devices", &body, StatusCode::CREATED)
             .await?;

@@ -121,6 +121,31 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// A raw TLS 1.3 connection to the client listener, trusting the dev CA, offering
+    /// `alpn` (for tests that write HTTP by hand).
+    pub async fn tls_connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.ca()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+}
+
 /// Signs a provisioning token with the key in `data_dir/keys/`.
 pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> String {
     let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();

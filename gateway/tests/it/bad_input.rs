@@ -1,8 +1,6 @@
 //! The bad-input catalogue: each rejected request gets the right status and machine
 //! code, and leaves storage exactly as it was.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{HeaderName, Method, header};
 use prost::Message as _;
@@ -352,22 +350,7 @@ async fn rate_limit_answers_429_with_retry_after(p: Protocol) {
 /// limit must be enforced while streaming.
 async fn http1_chunked_post(gw: &TestGateway, credential: &str, total: usize) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types_certs(&gw.ca()) {
-        roots.add(c).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = gw.tls_connect(b"http/1.1").await;
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {credential}\r\n\
          Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -388,14 +371,6 @@ async fn http1_chunked_post(gw: &TestGateway, credential: &str, total: usize) ->
     let mut buf = vec![0u8; 4096];
     let n = tls.read(&mut buf).await.unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn rustls_pki_types_certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 both_transports!(

@@ -1,31 +1,10 @@
 //! Server-side bounds: timeouts, the connection cap, graceful shutdown.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_client::Recipient;
 use test_support::TestGateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn tls_connect(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(gw.ca()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
 
 /// Reads until the server closes the connection; returns what it sent.
 async fn read_to_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
@@ -48,7 +27,7 @@ async fn silent_tcp_connection_is_closed_after_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_without_request_is_closed() {
     let gw = TestGateway::start_with(|c| c.timeouts.first_request_secs = 1).await;
-    let mut tls = tls_connect(&gw).await;
+    let mut tls = gw.tls_connect(b"http/1.1").await;
     let got = read_to_close(&mut tls).await;
     assert!(got.is_empty());
     gw.stop().await;
@@ -60,7 +39,7 @@ async fn stalled_body_gets_408_and_stores_nothing() {
     let (_, _) = gw.device("tel:+15550100002").await;
     let reg = gw.client().register(&gw.provision("tel:+15550100001")).await.unwrap();
     let before = gw.stats().await;
-    let mut tls = tls_connect(&gw).await;
+    let mut tls = gw.tls_connect(b"http/1.1").await;
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\npartial",
@@ -82,8 +61,8 @@ async fn stalled_body_gets_408_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused() {
     let gw = TestGateway::start_with(|c| c.limits.max_connections = 2).await;
-    let _a = tls_connect(&gw).await;
-    let _b = tls_connect(&gw).await;
+    let _a = gw.tls_connect(b"http/1.1").await;
+    let _b = gw.tls_connect(b"http/1.1").await;
     // The third TCP connection is accepted by the kernel, then dropped at once.
     let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let got = read_to_close(&mut third).await;
