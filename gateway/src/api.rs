@@ -23,7 +23,7 @@ use http_body_util::BodyExt as _;
 use prost::Message;
 use rand::RngCore as _;
 use relay_core::credential::DeviceCredential;
-use relay_core::envelope::EnvelopeError;
+use relay_core::envelope::{EnvelopeError, MessageContentType, MessageKind};
 use relay_core::wire::{PROTOBUF, v1};
 use relay_core::{
     Address, ClientMessageId, DeviceId, Envelope, ErrorCode, Limits, Rid, RidKey, ServerId, provisioning,
@@ -31,7 +31,7 @@ use relay_core::{
 use storage::{Ack, NewDevice, RecipientSpec, RegisterError, SendError, SendRequest, SledStore, Store as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Timeouts;
+use crate::config::{MlsConfig, Timeouts};
 use crate::error::ApiError;
 use crate::live::Live;
 
@@ -54,6 +54,8 @@ struct Inner {
     open_registration: bool,
     live: Arc<Live>,
     limiter: DefaultKeyedRateLimiter<(Rid, DeviceId)>,
+    claim_limiter: DefaultKeyedRateLimiter<(Rid, Rid)>,
+    mls: MlsConfig,
     shutdown: CancellationToken,
 }
 
@@ -68,6 +70,7 @@ pub struct ApiConfig {
     pub open_registration: bool,
     pub requests_per_second: NonZeroU32,
     pub burst: NonZeroU32,
+    pub mls: MlsConfig,
     pub shutdown: CancellationToken,
 }
 
@@ -84,6 +87,12 @@ impl AppState {
                 open_registration: c.open_registration,
                 live: Arc::new(Live::default()),
                 limiter: RateLimiter::keyed(quota),
+                claim_limiter: RateLimiter::keyed(
+                    Quota::with_period(Duration::from_secs(c.mls.claim_refill_secs.max(1)))
+                        .expect("the period is at least one second")
+                        .allow_burst(NonZeroU32::new(c.mls.claim_burst).unwrap_or(NonZeroU32::MIN)),
+                ),
+                mls: c.mls,
                 shutdown: c.shutdown,
             }),
         }
@@ -100,6 +109,7 @@ impl AppState {
     /// Forgets rate-limit state of idle credentials (called by the sweeper).
     pub fn retain_recent_limits(&self) {
         self.inner.limiter.retain_recent();
+        self.inner.claim_limiter.retain_recent();
     }
 }
 
@@ -112,6 +122,9 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/devices/self", axum::routing::delete(delete_self))
         .route("/v1/messages", post(send).get(receive))
         .route("/v1/messages/ack", post(ack))
+        .route("/v1/keypackages", post(upload_key_packages))
+        .route("/v1/keypackages/claim", post(claim_key_packages))
+        .route("/v1/keypackages/count", get(count_key_packages))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |req, next| {
@@ -327,12 +340,6 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
     let sender = authenticate(&state, req.headers()).await?;
     let limits = &state.inner.limits;
     let body: v1::SendRequest = read_proto(&state, req, limits.max_send_body_bytes()).await?;
-    if body.recipients.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::NoRecipients,
-            "a send needs at least one recipient",
-        ));
-    }
     if body.recipients.len() > limits.max_recipients {
         return Err(ApiError::new(
             ErrorCode::TooManyRecipients,
@@ -354,6 +361,33 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
         _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
     })?;
+    let is_commit = envelope
+        .header()
+        .is_some_and(|h| h.content_type == MessageContentType::Commit);
+    let envelope_is_welcome = envelope.kind() == MessageKind::Welcome;
+    match envelope.kind() {
+        MessageKind::KeyPackage => {
+            return Err(ApiError::new(
+                ErrorCode::UnexpectedMessageType,
+                "KeyPackages are uploaded to /v1/keypackages, not sent",
+            ));
+        }
+        MessageKind::Welcome if !body.recipients.is_empty() => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRecipients,
+                "a Welcome is routed by the KeyPackageRefs it names: list no recipients",
+            ));
+        }
+        MessageKind::Welcome => {}
+        // A commit reaches the DS even when its group has no other member: it sets the epoch.
+        _ if body.recipients.is_empty() && !is_commit => {
+            return Err(ApiError::new(
+                ErrorCode::NoRecipients,
+                "a send needs at least one recipient",
+            ));
+        }
+        _ => {}
+    }
     let mut digest = blake3::Hasher::new_derive_key("rcs-relay 2026-11 send request digest v1");
     digest.update(envelope.ciphertext().as_bytes());
     let mut recipients = Vec::with_capacity(body.recipients.len());
@@ -377,6 +411,30 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         recipients.push(RecipientSpec { rid, devices });
     }
     digest.update(&[u8::from(body.urgent)]);
+    if envelope.kind() == MessageKind::Welcome {
+        let refs = envelope.welcome_refs().to_vec();
+        let targets = state
+            .inner
+            .store
+            .devices_for_key_packages(refs)
+            .await?
+            .map_err(|index| {
+                ApiError::new(
+                    ErrorCode::UnknownKeyPackage,
+                    format!("new member {index} names an unknown KeyPackage"),
+                )
+            })?;
+        for (rid, device) in targets {
+            match recipients.iter_mut().find(|r: &&mut RecipientSpec| r.rid == rid) {
+                Some(r) => r.devices.get_or_insert_with(Vec::new).push(device),
+                None => recipients.push(RecipientSpec {
+                    rid,
+                    devices: Some(vec![device]),
+                }),
+            }
+        }
+    }
+    let ordering = crate::mls::ordering(&envelope, &state.inner.mls);
     let request = SendRequest {
         sender: (sender.rid, sender.id),
         recipients,
@@ -387,6 +445,7 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         now_ms: now_ms(),
         ttl_ms: limits.ttl_ms,
         max_queue_bytes: limits.max_queue_bytes_per_device,
+        ordering,
     };
     let size = request.message.len();
     let outcome = state.inner.store.send(request).await.map_err(|e| match e {
@@ -394,6 +453,9 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
             ErrorCode::UnknownRecipient,
             format!("recipient {index} has no registered device"),
         ),
+        SendError::UnknownDevice { .. } if envelope_is_welcome => {
+            ApiError::new(ErrorCode::UnknownKeyPackage, "a new member's device no longer exists")
+        }
         SendError::UnknownDevice { index } => ApiError::new(
             ErrorCode::UnknownDevice,
             format!("recipient {index} names an unknown device"),
@@ -401,6 +463,20 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         SendError::ClientMessageIdConflict => ApiError::new(
             ErrorCode::ClientMessageIdConflict,
             "client_message_id was used for a different message",
+        ),
+        SendError::WrongEpoch { epoch, current } => ApiError::new(
+            ErrorCode::WrongEpoch,
+            format!("message is for epoch {epoch}; the group is at epoch {current}"),
+        )
+        .with_current_epoch(current),
+        SendError::EpochTooOld { epoch, current } => ApiError::new(
+            ErrorCode::EpochTooOld,
+            format!("application message is for epoch {epoch}; the group is at epoch {current}"),
+        )
+        .with_current_epoch(current),
+        SendError::UnknownGroup => ApiError::new(
+            ErrorCode::UnknownGroup,
+            "the group is unknown: its first commit must be for epoch 0",
         ),
         SendError::Store(e) => e.into(),
     })?;
@@ -413,6 +489,7 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         server_id: Bytes::copy_from_slice(&outcome.server_id.0),
         recipient_devices: outcome.delivered_to.len() as u32,
         duplicate: outcome.duplicate,
+        accepted_epoch: outcome.accepted_epoch,
     };
     let status = if outcome.duplicate {
         StatusCode::OK
@@ -574,4 +651,128 @@ mod tests {
         check("wait=61", Err(ErrorCode::InvalidWait));
         check("wait=x", Err(ErrorCode::InvalidWait));
     }
+}
+
+/// Largest KeyPackage upload body: 100 packages of a few KiB each.
+const KEY_PACKAGE_BODY_LIMIT: usize = 1 << 20;
+
+async fn upload_key_packages(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let device = authenticate(&state, req.headers()).await?;
+    let body: v1::UploadKeyPackagesRequest = read_proto(&state, req, KEY_PACKAGE_BODY_LIMIT).await?;
+    let mls = &state.inner.mls;
+    if body.key_packages.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidKeyPackage,
+            "no KeyPackage in the upload",
+        ));
+    }
+    if body.key_packages.len() > mls.max_key_packages_per_upload {
+        return Err(ApiError::new(
+            ErrorCode::TooManyKeyPackages,
+            format!(
+                "{} KeyPackages, at most {} per upload",
+                body.key_packages.len(),
+                mls.max_key_packages_per_upload
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut packages = Vec::with_capacity(body.key_packages.len());
+    for (index, bytes) in body.key_packages.iter().enumerate() {
+        let kp = crate::mls::validate_key_package(bytes, &device.rid, &state.inner.rid_key, mls, now).map_err(|e| {
+            let code = match e {
+                crate::mls::KeyPackageRejection::Malformed | crate::mls::KeyPackageRejection::Invalid(_) => {
+                    ErrorCode::InvalidKeyPackage
+                }
+                crate::mls::KeyPackageRejection::Ciphersuite(_) => ErrorCode::UnsupportedCiphersuite,
+                crate::mls::KeyPackageRejection::Lifetime => ErrorCode::KeyPackageExpired,
+                crate::mls::KeyPackageRejection::Identity => ErrorCode::IdentityMismatch,
+            };
+            ApiError::new(code, format!("KeyPackage {index}: {e}"))
+        })?;
+        packages.push(kp);
+    }
+    let stored = state
+        .inner
+        .store
+        .upload_key_packages(device.rid, device.id, packages, mls.max_key_packages_per_device, now)
+        .await
+        .map_err(|e| match e {
+            storage::KeyPackageError::Duplicate { index } => ApiError::new(
+                ErrorCode::DuplicateKeyPackage,
+                format!("KeyPackage {index} was uploaded before"),
+            ),
+            storage::KeyPackageError::TooMany { max } => ApiError::new(
+                ErrorCode::TooManyKeyPackages,
+                format!("a device holds at most {max} KeyPackages"),
+            ),
+            storage::KeyPackageError::Store(e) => e.into(),
+        })?;
+    metrics::counter!("relay_key_packages_uploaded_total").increment(u64::from(stored));
+    Ok(proto_response(
+        StatusCode::CREATED,
+        &v1::UploadKeyPackagesResponse { stored },
+    ))
+}
+
+async fn claim_key_packages(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let device = authenticate(&state, req.headers()).await?;
+    let body: v1::ClaimKeyPackagesRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
+    if body.addresses.is_empty() || body.addresses.len() > state.inner.limits.max_recipients {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRecipients,
+            format!("claim 1..={} addresses", state.inner.limits.max_recipients),
+        ));
+    }
+    let mut targets = Vec::with_capacity(body.addresses.len());
+    let mut by_rid = HashMap::with_capacity(body.addresses.len());
+    for (index, a) in body.addresses.iter().enumerate() {
+        let address =
+            Address::parse(a).map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("address {index}: {e}")))?;
+        let rid = state.inner.rid_key.rid(&address);
+        if by_rid.insert(rid, address.as_str().to_owned()).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::DuplicateRecipient,
+                format!("address {index} is listed twice"),
+            ));
+        }
+        targets.push(rid);
+    }
+    // Rate limit per (requester, target), checked for all before any package is handed out.
+    for rid in &targets {
+        if let Err(not_until) = state.inner.claim_limiter.check_key(&(device.rid, *rid)) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut e = ApiError::new(ErrorCode::RateLimited, "too many KeyPackage claims for this address");
+            e.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
+            return Err(e);
+        }
+    }
+    let claimed = state.inner.store.claim_key_packages(targets, now_ms()).await?;
+    metrics::counter!("relay_key_packages_claimed_total").increment(claimed.len() as u64);
+    let resp = v1::ClaimKeyPackagesResponse {
+        key_packages: claimed
+            .into_iter()
+            .map(|c| v1::ClaimedKeyPackage {
+                address: by_rid.get(&c.rid).cloned().unwrap_or_default(),
+                device_id: c.device.0,
+                key_package: c.bytes,
+                last_resort: c.last_resort,
+            })
+            .collect(),
+    };
+    Ok(proto_response(StatusCode::OK, &resp))
+}
+
+async fn count_key_packages(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let device = authenticate(&state, &headers).await?;
+    let count = state
+        .inner
+        .store
+        .key_package_count(device.rid, device.id, now_ms())
+        .await?;
+    let resp = v1::KeyPackageCountResponse {
+        one_time: count.one_time,
+        last_resort: count.last_resort,
+    };
+    Ok(proto_response(StatusCode::OK, &resp))
 }

@@ -40,6 +40,33 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub http3: Http3Config,
+    #[serde(default)]
+    pub mls: MlsConfig,
+}
+
+/// MLS Delivery Service policy (DESIGN.md section 5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlsConfig {
+    /// Allowed ciphersuites (RFC 9420 section 17.1 code points). Default: the three
+    /// mandatory-to-implement-style suites 0x0001, 0x0002, 0x0003.
+    #[serde(default = "d_suites")]
+    pub ciphersuites: Vec<u16>,
+    /// A basic credential's identity must be the uploading device's own address.
+    #[serde(default = "d_true")]
+    pub identity_must_match: bool,
+    #[serde(default = "d_kp_per_upload")]
+    pub max_key_packages_per_upload: usize,
+    #[serde(default = "d_kp_per_device")]
+    pub max_key_packages_per_device: usize,
+    /// Application messages more than this many epochs behind the group are refused.
+    #[serde(default = "d_epoch_window")]
+    pub application_epoch_window: u64,
+    /// KeyPackage claims per (requester, target): burst, then one per `claim_refill_secs`.
+    #[serde(default = "d_claim_burst")]
+    pub claim_burst: u32,
+    #[serde(default = "d_claim_refill")]
+    pub claim_refill_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -213,6 +240,24 @@ fn d_10() -> u64 {
 fn d_30() -> u64 {
     30
 }
+fn d_suites() -> Vec<u16> {
+    vec![1, 2, 3]
+}
+fn d_kp_per_upload() -> usize {
+    100
+}
+fn d_kp_per_device() -> usize {
+    200
+}
+fn d_epoch_window() -> u64 {
+    5
+}
+fn d_claim_burst() -> u32 {
+    6
+}
+fn d_claim_refill() -> u64 {
+    600
+}
 fn d_true() -> bool {
     true
 }
@@ -250,6 +295,11 @@ impl Default for TimeoutsConfig {
     }
 }
 impl Default for Http3Config {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for MlsConfig {
     fn default() -> Self {
         toml::from_str("").expect("every field has a default")
     }
@@ -333,6 +383,11 @@ impl Config {
         }
         if self.http3.idle_timeout_secs == 0 || self.http3.max_pending_handshakes == 0 {
             return invalid("http3.idle_timeout_secs and http3.max_pending_handshakes must be positive");
+        }
+        if self.mls.claim_burst == 0 || self.mls.claim_refill_secs == 0 || self.mls.max_key_packages_per_upload == 0 {
+            return invalid(
+                "mls.claim_burst, mls.claim_refill_secs and mls.max_key_packages_per_upload must be positive",
+            );
         }
         if self.rate_limit.requests_per_second == 0 || self.rate_limit.burst == 0 {
             return invalid("rate_limit values must be positive");

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub detail: Cow<'static, str>,
     pub retry_after_secs: Option<u64>,
+    /// For `wrong_epoch` and `epoch_too_old`: the group's current epoch (MIMI's wrongEpoch).
+    pub current_epoch: Option<u64>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_secs: None,
+            current_epoch: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_current_epoch(mut self, epoch: u64) -> Self {
+        self.current_epoch = Some(epoch);
+        self
     }
 
     /// A server-side failure: the cause is logged once, the client sees a generic message.
@@ -33,7 +42,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({ "error": self.code.as_str(), "detail": self.detail });
+        let mut body = serde_json::json!({ "error": self.code.as_str(), "detail": self.detail });
+        if let Some(epoch) = self.current_epoch {
+            body["current_epoch"] = serde_json::Value::from(epoch);
+        }
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()

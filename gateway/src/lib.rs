@@ -29,6 +29,7 @@ pub mod error;
 pub mod h3;
 pub mod keys;
 pub mod live;
+pub mod mls;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

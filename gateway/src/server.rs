@@ -111,6 +111,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         open_registration: config.registration.danger_open_registration,
         requests_per_second: NonZeroU32::new(rate.requests_per_second).context("rate_limit.requests_per_second")?,
         burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
+        mls: config.mls.clone(),
         shutdown: shutdown.clone(),
     });
     telemetry::prometheus();
@@ -174,6 +175,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tracker.spawn(serve_admin(
         admin,
         Arc::clone(&certs),
+        Arc::clone(&store),
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -324,9 +326,30 @@ async fn serve_connection(
 async fn serve_admin(
     listener: TcpListener,
     certs: Arc<crate::tls::CertStore>,
+    store: Arc<SledStore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // RFC 9750 section 5.3: if members and the DS disagree on a group's epoch, an operator
+    // sets it (`PUT /admin/groups/{hex group id}/epoch` with the epoch as the body).
+    let set_epoch = move |axum::extract::Path(group): axum::extract::Path<String>, body: String| {
+        let store = Arc::clone(&store);
+        async move {
+            let Some(group_id) = decode_hex(&group) else {
+                return (http::StatusCode::BAD_REQUEST, "group id must be hex\n".to_owned()).into_response();
+            };
+            let Ok(epoch) = body.trim().parse::<u64>() else {
+                return (http::StatusCode::BAD_REQUEST, "body must be the epoch\n".to_owned()).into_response();
+            };
+            match store.set_group_epoch(crate::mls::group_key(&group_id), epoch).await {
+                Ok(()) => {
+                    tracing::warn!(epoch, "group epoch reset by an operator");
+                    http::StatusCode::NO_CONTENT.into_response()
+                }
+                Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            }
+        }
+    };
     let reload = move || {
         let certs = Arc::clone(&certs);
         async move {
@@ -342,7 +365,8 @@ async fn serve_admin(
     let router = Router::new()
         .route("/metrics", get(|| async { telemetry::prometheus().render() }))
         .route("/healthz", get(healthz))
-        .route("/admin/tls/reload", axum::routing::post(reload));
+        .route("/admin/tls/reload", axum::routing::post(reload))
+        .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch));
     loop {
         let (tcp, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -412,4 +436,14 @@ async fn sweeper(state: AppState, every: Duration, shutdown: CancellationToken) 
         metrics::gauge!("relay_storage_disk_bytes").set(state.store().size_on_disk() as f64);
         metrics::gauge!("relay_live_receivers").set(state.live().len() as f64);
     }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -56,6 +56,8 @@ pub enum ClientError {
         code: String,
         detail: String,
         retry_after: Option<u64>,
+        /// For `wrong_epoch` and `epoch_too_old`: the group's current epoch.
+        current_epoch: Option<u64>,
     },
     #[error("transport error: {0}")]
     Transport(String),
@@ -296,6 +298,38 @@ impl Client {
         expect_status(&resp, StatusCode::NO_CONTENT)
     }
 
+    /// Uploads TLS-encoded KeyPackages (at most 100 per call) to the directory.
+    pub async fn upload_key_packages(&self, key_packages: &[Bytes]) -> Result<u32, ClientError> {
+        let body = v1::UploadKeyPackagesRequest {
+            key_packages: key_packages.to_vec(),
+        };
+        let r: v1::UploadKeyPackagesResponse = self
+            .call(Method::POST, "/v1/keypackages", &body, StatusCode::CREATED)
+            .await?;
+        Ok(r.stored)
+    }
+
+    /// Claims one KeyPackage per device of each address (one-time packages exactly once,
+    /// then the last-resort package).
+    pub async fn claim_key_packages(&self, addresses: &[&str]) -> Result<Vec<v1::ClaimedKeyPackage>, ClientError> {
+        let body = v1::ClaimKeyPackagesRequest {
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let r: v1::ClaimKeyPackagesResponse = self
+            .call(Method::POST, "/v1/keypackages/claim", &body, StatusCode::OK)
+            .await?;
+        Ok(r.key_packages)
+    }
+
+    /// How many KeyPackages this device has left in the directory.
+    pub async fn key_package_count(&self) -> Result<v1::KeyPackageCountResponse, ClientError> {
+        let resp = self
+            .raw(Method::GET, "/v1/keypackages/count", &[], Bytes::new())
+            .await?;
+        expect_status(&resp, StatusCode::OK)?;
+        v1::KeyPackageCountResponse::decode(resp.body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Deletes this device and its queued envelopes.
     pub async fn delete_device(&self) -> Result<(), ClientError> {
         let resp = self.raw(Method::DELETE, "/v1/devices/self", &[], Bytes::new()).await?;
@@ -379,13 +413,14 @@ fn expect_status(resp: &RawResponse, expect: StatusCode) -> Result<(), ClientErr
 }
 
 fn api_error(resp: &RawResponse) -> ClientError {
-    let (code, detail) = match serde_json::from_slice::<serde_json::Value>(&resp.body) {
-        Ok(v) => (
-            v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown").to_owned(),
-            v.get("detail").and_then(|e| e.as_str()).unwrap_or("").to_owned(),
-        ),
-        Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&resp.body).into_owned()),
+    let json = serde_json::from_slice::<serde_json::Value>(&resp.body).ok();
+    let field = |name: &str| json.as_ref().and_then(|v| v.get(name));
+    let code = field("error").and_then(|e| e.as_str()).unwrap_or("unknown").to_owned();
+    let detail = match &json {
+        Some(_) => field("detail").and_then(|e| e.as_str()).unwrap_or("").to_owned(),
+        None => String::from_utf8_lossy(&resp.body).into_owned(),
     };
+    let current_epoch = field("current_epoch").and_then(serde_json::Value::as_u64);
     let retry_after = resp
         .headers
         .get(header::RETRY_AFTER)
@@ -395,6 +430,7 @@ fn api_error(resp: &RawResponse) -> ClientError {
         code,
         detail,
         retry_after,
+        current_epoch,
     }
 }
 

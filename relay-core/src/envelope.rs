@@ -89,6 +89,7 @@ pub struct Envelope {
     ciphertext: Ciphertext,
     kind: MessageKind,
     header: Option<GroupHeader>,
+    welcome_refs: Vec<Vec<u8>>,
 }
 
 /// Why an upload is not an acceptable MLS message.
@@ -123,7 +124,12 @@ impl Envelope {
             WireFormat::GroupInfo => MessageKind::GroupInfo,
             WireFormat::KeyPackage => MessageKind::KeyPackage,
         };
+        let mut welcome_refs = Vec::new();
         let header = match message.extract() {
+            MlsMessageBodyIn::Welcome(w) => {
+                welcome_refs = w.secrets().iter().map(|s| s.new_member().as_slice().to_vec()).collect();
+                None
+            }
             MlsMessageBodyIn::PublicMessage(m) => {
                 Some(header(m.group_id().as_slice(), m.epoch().as_u64(), m.content_type()))
             }
@@ -136,6 +142,7 @@ impl Envelope {
             ciphertext: Ciphertext(bytes),
             kind,
             header,
+            welcome_refs,
         })
     }
 
@@ -146,6 +153,11 @@ impl Envelope {
     /// The cleartext group header, for PublicMessage and PrivateMessage only.
     pub fn header(&self) -> Option<&GroupHeader> {
         self.header.as_ref()
+    }
+
+    /// For a Welcome: the `KeyPackageRef` of every new member (RFC 9420 section 12.4.3.1).
+    pub fn welcome_refs(&self) -> &[Vec<u8>] {
+        &self.welcome_refs
     }
 
     pub fn ciphertext(&self) -> &Ciphertext {

@@ -35,6 +35,18 @@ pub enum ErrorCode {
     Timeout,
     Unavailable,
     Internal,
+    InvalidKeyPackage,
+    UnsupportedCiphersuite,
+    KeyPackageExpired,
+    IdentityMismatch,
+    DuplicateKeyPackage,
+    TooManyKeyPackages,
+    WrongEpoch,
+    EpochTooOld,
+    UnknownGroup,
+    UnknownKeyPackage,
+    UnexpectedMessageType,
+    InvalidRecipients,
 }
 
 impl ErrorCode {
@@ -69,6 +81,18 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::InvalidKeyPackage => "invalid_key_package",
+            Self::UnsupportedCiphersuite => "unsupported_ciphersuite",
+            Self::KeyPackageExpired => "key_package_expired",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::DuplicateKeyPackage => "duplicate_key_package",
+            Self::TooManyKeyPackages => "too_many_key_packages",
+            Self::WrongEpoch => "wrong_epoch",
+            Self::EpochTooOld => "epoch_too_old",
+            Self::UnknownGroup => "unknown_group",
+            Self::UnknownKeyPackage => "unknown_key_package",
+            Self::UnexpectedMessageType => "unexpected_message_type",
+            Self::InvalidRecipients => "invalid_recipients",
         }
     }
 
@@ -95,6 +119,18 @@ impl ErrorCode {
             Self::UnsupportedMediaType | Self::UnsupportedContentEncoding => 415,
             Self::RateLimited => 429,
             Self::Internal => 500,
+            Self::InvalidKeyPackage => 400,
+            Self::UnsupportedCiphersuite => 400,
+            Self::KeyPackageExpired => 400,
+            Self::IdentityMismatch => 403,
+            Self::DuplicateKeyPackage => 409,
+            Self::TooManyKeyPackages => 413,
+            Self::WrongEpoch => 409,
+            Self::EpochTooOld => 409,
+            Self::UnknownGroup => 404,
+            Self::UnknownKeyPackage => 404,
+            Self::UnexpectedMessageType => 400,
+            Self::InvalidRecipients => 400,
             Self::Unavailable => 503,
         }
     }
@@ -105,7 +141,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 29] = [
+const ALL: [ErrorCode; 41] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -135,6 +171,18 @@ const ALL: [ErrorCode; 29] = [
     ErrorCode::Timeout,
     ErrorCode::Unavailable,
     ErrorCode::Internal,
+    ErrorCode::InvalidKeyPackage,
+    ErrorCode::UnsupportedCiphersuite,
+    ErrorCode::KeyPackageExpired,
+    ErrorCode::IdentityMismatch,
+    ErrorCode::DuplicateKeyPackage,
+    ErrorCode::TooManyKeyPackages,
+    ErrorCode::WrongEpoch,
+    ErrorCode::EpochTooOld,
+    ErrorCode::UnknownGroup,
+    ErrorCode::UnknownKeyPackage,
+    ErrorCode::UnexpectedMessageType,
+    ErrorCode::InvalidRecipients,
 ];
 
 #[cfg(test)]

@@ -62,6 +62,46 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes acknowledged mailbox entries; unknown ids are ignored (idempotent).
     fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Stores validated KeyPackages of a device. A last-resort package replaces the
+    /// device's previous one.
+    fn upload_key_packages(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+        max_per_device: usize,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<u32, KeyPackageError>> + Send;
+
+    /// One KeyPackage per active device of each target: a one-time package (handed out
+    /// exactly once, durably removed before this returns), else the last-resort package.
+    fn claim_key_packages(
+        &self,
+        targets: Vec<Rid>,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<ClaimedKeyPackage>, StoreError>> + Send;
+
+    /// Unexpired KeyPackages a device has left.
+    fn key_package_count(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<KeyPackageCount, StoreError>> + Send;
+
+    /// The devices that uploaded the KeyPackages with these refs (Welcome routing).
+    /// `Ok(Err(index))` names the first unknown ref.
+    fn devices_for_key_packages(
+        &self,
+        refs: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError>> + Send;
+
+    /// The current epoch of a group, if the group is known.
+    fn group_epoch(&self, group_key: [u8; 32]) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Operator reset of a group's epoch (RFC 9750 section 5.3 desynchronisation).
+    fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Deletes everything whose time to live has passed.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
 

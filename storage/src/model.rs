@@ -33,6 +33,65 @@ pub struct RecipientSpec {
     pub devices: Option<Vec<DeviceId>>,
 }
 
+/// Per-group ordering of a PublicMessage/PrivateMessage (RFC 9420 section 14, RFC 9750
+/// section 5.2), checked and applied atomically with storing the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOrdering {
+    /// BLAKE3 of the group id: group ids are not stored in the clear.
+    pub group_key: [u8; 32],
+    pub epoch: u64,
+    pub kind: OrderingKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderingKind {
+    /// Accepted only for the group's current epoch; advances it (first one wins).
+    /// An unknown group accepts a commit for epoch 0 (its creation).
+    Commit,
+    /// Accepted only for the group's current epoch (or any epoch of an unknown group).
+    Proposal,
+    /// Refused when more than `window` epochs behind the group's current epoch.
+    Application { window: u64 },
+}
+
+/// A KeyPackage to store in the directory (already validated by the caller).
+#[derive(Debug, Clone)]
+pub struct NewKeyPackage {
+    /// `KeyPackageRef` (RFC 9420 section 5.2).
+    pub kp_ref: Vec<u8>,
+    /// The TLS-encoded KeyPackage.
+    pub bytes: bytes::Bytes,
+    /// End of the KeyPackage's lifetime, milliseconds since the Unix epoch.
+    pub not_after_ms: u64,
+    pub last_resort: bool,
+}
+
+/// A KeyPackage handed out by a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    pub rid: Rid,
+    pub device: DeviceId,
+    pub bytes: bytes::Bytes,
+    pub last_resort: bool,
+}
+
+/// How many KeyPackages a device has left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyPackageCount {
+    pub one_time: u32,
+    pub last_resort: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPackageError {
+    #[error("key package {index} is already stored")]
+    Duplicate { index: usize },
+    #[error("the device would hold more than {max} key packages")]
+    TooMany { max: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A send, after validation.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
@@ -46,6 +105,8 @@ pub struct SendRequest {
     pub now_ms: u64,
     pub ttl_ms: u64,
     pub max_queue_bytes: u64,
+    /// Epoch check for handshake and application messages; `None` for other kinds.
+    pub ordering: Option<GroupOrdering>,
 }
 
 /// Result of a send.
@@ -56,6 +117,8 @@ pub struct SendOutcome {
     pub delivered_to: Vec<(Rid, DeviceId)>,
     /// The request repeated an earlier client message id; nothing new was stored.
     pub duplicate: bool,
+    /// For a commit: the epoch it was accepted for (the committer's signal to merge).
+    pub accepted_epoch: Option<u64>,
 }
 
 /// Flags of a mailbox entry (wire `Envelope.flags`).
@@ -140,6 +203,12 @@ pub enum SendError {
     UnknownDevice { index: usize },
     #[error("client message id reused for a different message")]
     ClientMessageIdConflict,
+    #[error("message is for epoch {epoch}, the group is at epoch {current}")]
+    WrongEpoch { epoch: u64, current: u64 },
+    #[error("application message is for epoch {epoch}, too far behind the group's epoch {current}")]
+    EpochTooOld { epoch: u64, current: u64 },
+    #[error("the group is unknown and the commit is not for epoch 0")]
+    UnknownGroup,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -11,6 +11,9 @@
 //! e/{expires_at:8}{server_id}  -> idempotency key or empty    blob expiry index
 //! k/{rid:32}{dev:4}{cmid:16}   -> {server_id:16}{digest:32}   idempotent sends
 //! p/{nonce:16}                 -> expires_at                  used provisioning tokens
+//! y/{rid:32}{dev:4}{lr:1}{ref} -> {not_after:8}{KeyPackage}   directory; lr=1 last resort
+//! r/{ref}                      -> {rid:32}{dev:4}{not_after:8} Welcome routing by KeyPackageRef
+//! g/{blake3(group_id):32}      -> current epoch               per-group commit ordering
 //! ```
 //! Integers are big-endian so ranges scan in order.
 //!
@@ -31,8 +34,9 @@ use relay_core::credential::CredentialHash;
 use crate::group_commit::GroupCommit;
 use crate::model::flags;
 use crate::{
-    Ack, Ciphertext, DeviceAuth, DeviceId, NewDevice, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest,
-    ServerId, Stats, Store, StoreError, StoredEnvelope, SweepStats,
+    Ack, Ciphertext, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
+    NewKeyPackage, OrderingKind, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, ServerId, Stats, Store,
+    StoreError, StoredEnvelope, SweepStats,
 };
 
 /// Configuration of the sled backend.
@@ -129,18 +133,53 @@ impl SledStore {
         if let Some(k) = &idem_key
             && let Some(v) = self.tree.get(k).map_err(backend)?
         {
-            if v.len() != 48 {
+            if v.len() != IDEM_RECORD_LEN {
                 return Err(StoreError::Corrupt("idempotency record").into());
             }
             if v[16..48] != req.request_digest {
                 return Err(SendError::ClientMessageIdConflict);
             }
             let server_id = ServerId(v[..16].try_into().map_err(|_| StoreError::Corrupt("idem"))?);
+            let accepted_epoch = (v[48] == 1).then(|| be_u64(&v[49..57])).transpose()?;
             return Ok(SendOutcome {
                 server_id,
                 delivered_to: Vec::new(),
                 duplicate: true,
+                accepted_epoch,
             });
+        }
+
+        // Per-group ordering: decided under the write lock and written in the same batch as
+        // the envelope, so two commits for one epoch can never both win.
+        let mut group_update: Option<(Vec<u8>, u64)> = None;
+        let mut accepted_epoch = None;
+        if let Some(o) = req.ordering {
+            let key = prefixed(b"g/", &o.group_key);
+            let current = self.tree.get(&key).map_err(backend)?.map(|v| be_u64(&v)).transpose()?;
+            match (o.kind, current) {
+                (OrderingKind::Commit, None) if o.epoch == 0 => {
+                    group_update = Some((key, 1));
+                    accepted_epoch = Some(0);
+                }
+                (OrderingKind::Commit, None) => return Err(SendError::UnknownGroup),
+                (OrderingKind::Commit, Some(c)) if o.epoch == c => {
+                    group_update = Some((key, c + 1));
+                    accepted_epoch = Some(c);
+                }
+                (OrderingKind::Commit | OrderingKind::Proposal, Some(c)) if o.epoch != c => {
+                    return Err(SendError::WrongEpoch {
+                        epoch: o.epoch,
+                        current: c,
+                    });
+                }
+                (OrderingKind::Application { window }, Some(c)) if o.epoch.saturating_add(window) < c => {
+                    return Err(SendError::EpochTooOld {
+                        epoch: o.epoch,
+                        current: c,
+                    });
+                }
+                _ => {}
+            }
         }
 
         // Resolve every recipient device before writing anything.
@@ -176,12 +215,14 @@ impl SledStore {
         let entry_flags = if req.urgent { flags::URGENT } else { 0 };
         let mut batch = sled::Batch::default();
         let mut blobs = BlobCounts::default();
-        blobs.insert_new(
-            server_id,
-            targets.len() as u32,
-            expires_at,
-            req.message.as_bytes().clone(),
-        );
+        if !targets.is_empty() {
+            blobs.insert_new(
+                server_id,
+                targets.len() as u32,
+                expires_at,
+                req.message.as_bytes().clone(),
+            );
+        }
         let mut delivered_to = Vec::with_capacity(targets.len());
         for (rid, dev, mut rec) in targets {
             self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut rec, size, req.max_queue_bytes)?;
@@ -201,16 +242,24 @@ impl SledStore {
             batch.insert(device_key(&rid, dev), rec.encode());
             delivered_to.push((rid, dev));
         }
-        let mut exp_key = Vec::with_capacity(26);
-        exp_key.extend_from_slice(b"e/");
-        exp_key.extend_from_slice(&expires_at.to_be_bytes());
-        exp_key.extend_from_slice(&server_id.0);
-        batch.insert(exp_key, idem_key.clone().unwrap_or_default());
+        // The expiry index also carries the idempotency key, which expires with the blob.
+        if !delivered_to.is_empty() || idem_key.is_some() {
+            let mut exp_key = Vec::with_capacity(26);
+            exp_key.extend_from_slice(b"e/");
+            exp_key.extend_from_slice(&expires_at.to_be_bytes());
+            exp_key.extend_from_slice(&server_id.0);
+            batch.insert(exp_key, idem_key.clone().unwrap_or_default());
+        }
         if let Some(k) = idem_key {
-            let mut v = Vec::with_capacity(48);
+            let mut v = Vec::with_capacity(IDEM_RECORD_LEN);
             v.extend_from_slice(&server_id.0);
             v.extend_from_slice(&req.request_digest);
+            v.push(u8::from(accepted_epoch.is_some()));
+            v.extend_from_slice(&accepted_epoch.unwrap_or(0).to_be_bytes());
             batch.insert(k, v);
+        }
+        if let Some((key, epoch)) = group_update {
+            batch.insert(key, &epoch.to_be_bytes());
         }
         blobs.write(&mut batch);
         self.tree.apply_batch(batch).map_err(backend)?;
@@ -219,7 +268,112 @@ impl SledStore {
             server_id,
             delivered_to,
             duplicate: false,
+            accepted_epoch,
         })
+    }
+
+    fn upload_key_packages_locked(
+        &self,
+        rid: &Rid,
+        dev: DeviceId,
+        packages: &[NewKeyPackage],
+        max_per_device: usize,
+    ) -> Result<u32, KeyPackageError> {
+        let mut seen = std::collections::HashSet::new();
+        for (index, p) in packages.iter().enumerate() {
+            if !seen.insert(&p.kp_ref) || self.tree.contains_key(prefixed(b"r/", &p.kp_ref)).map_err(backend)? {
+                return Err(KeyPackageError::Duplicate { index });
+            }
+        }
+        let held = self.tree.scan_prefix(device_key_with(b"y/", rid, dev)).count();
+        let replaced_last_resort =
+            packages.iter().any(|p| p.last_resort) && self.tree.scan_prefix(kp_prefix(rid, dev, true)).next().is_some();
+        if held - usize::from(replaced_last_resort) + packages.len() > max_per_device {
+            return Err(KeyPackageError::TooMany { max: max_per_device });
+        }
+        let mut batch = sled::Batch::default();
+        for p in packages {
+            let route_key = prefixed(b"r/", &p.kp_ref);
+            if p.last_resort {
+                // One last-resort package per device: the new one replaces the old.
+                for old in self.tree.scan_prefix(kp_prefix(rid, dev, true)).keys() {
+                    batch.remove(old.map_err(backend)?);
+                }
+            }
+            let mut key = kp_prefix(rid, dev, p.last_resort);
+            key.extend_from_slice(&p.kp_ref);
+            let mut value = Vec::with_capacity(8 + p.bytes.len());
+            value.extend_from_slice(&p.not_after_ms.to_be_bytes());
+            value.extend_from_slice(&p.bytes);
+            batch.insert(key, value);
+            let mut route = Vec::with_capacity(44);
+            route.extend_from_slice(&rid.0);
+            route.extend_from_slice(&dev.0.to_be_bytes());
+            route.extend_from_slice(&p.not_after_ms.to_be_bytes());
+            batch.insert(route_key, route);
+        }
+        self.tree.apply_batch(batch).map_err(backend)?;
+        Ok(packages.len() as u32)
+    }
+
+    fn claim_locked(&self, targets: &[Rid], now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::new();
+        for rid in targets {
+            for dev in self.active_devices(rid)? {
+                let mut claimed = None;
+                for item in self.tree.scan_prefix(kp_prefix(rid, dev, false)) {
+                    let (k, v) = item.map_err(backend)?;
+                    let not_after = be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)?;
+                    batch.remove(k.to_vec()); // expired, or handed out now: never again
+                    if not_after > now_ms {
+                        claimed = Some((Bytes::copy_from_slice(&v[8..]), false));
+                        break;
+                    }
+                }
+                if claimed.is_none() {
+                    for item in self.tree.scan_prefix(kp_prefix(rid, dev, true)) {
+                        let (_, v) = item.map_err(backend)?;
+                        let not_after = be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)?;
+                        if not_after > now_ms {
+                            claimed = Some((Bytes::copy_from_slice(&v[8..]), true));
+                            break;
+                        }
+                    }
+                }
+                if let Some((bytes, last_resort)) = claimed {
+                    out.push(ClaimedKeyPackage {
+                        rid: *rid,
+                        device: dev,
+                        bytes,
+                        last_resort,
+                    });
+                }
+            }
+        }
+        self.tree.apply_batch(batch).map_err(backend)?;
+        Ok(out)
+    }
+
+    fn sweep_key_packages(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.scan_prefix(b"y/") {
+            let (k, v) = item.map_err(backend)?;
+            if be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)? <= now_ms {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        for item in self.tree.scan_prefix(b"r/") {
+            let (k, v) = item.map_err(backend)?;
+            if be_u64(v.get(36..44).ok_or(StoreError::Corrupt("key package route"))?)? <= now_ms {
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch).map_err(backend)?;
+        Ok(n)
     }
 
     /// Drops the oldest entries of a device until `incoming` more bytes fit, leaving one
@@ -430,6 +584,90 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    async fn upload_key_packages(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+        max_per_device: usize,
+        _now_ms: u64,
+    ) -> Result<u32, KeyPackageError> {
+        let n = {
+            let _guard = self.lock();
+            self.upload_key_packages_locked(&rid, device, &packages, max_per_device)?
+        };
+        self.durable().await?;
+        Ok(n)
+    }
+
+    async fn claim_key_packages(&self, targets: Vec<Rid>, now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        let claimed = {
+            let _guard = self.lock();
+            self.claim_locked(&targets, now_ms)?
+        };
+        // Exactly once: the removal is durable before anyone sees the package.
+        self.durable().await?;
+        Ok(claimed)
+    }
+
+    async fn key_package_count(&self, rid: Rid, device: DeviceId, now_ms: u64) -> Result<KeyPackageCount, StoreError> {
+        let mut count = KeyPackageCount::default();
+        for (last_resort, slot) in [(false, 0), (true, 1)] {
+            for item in self.tree.scan_prefix(kp_prefix(&rid, device, last_resort)) {
+                let (_, v) = item.map_err(backend)?;
+                if be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)? > now_ms {
+                    if slot == 0 {
+                        count.one_time += 1;
+                    } else {
+                        count.last_resort = true;
+                    }
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn devices_for_key_packages(
+        &self,
+        refs: Vec<Vec<u8>>,
+    ) -> Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError> {
+        let mut out: Vec<(Rid, DeviceId)> = Vec::with_capacity(refs.len());
+        for (index, r) in refs.iter().enumerate() {
+            let Some(v) = self.tree.get(prefixed(b"r/", r)).map_err(backend)? else {
+                return Ok(Err(index));
+            };
+            if v.len() != 44 {
+                return Err(StoreError::Corrupt("key package route"));
+            }
+            let target = (
+                Rid(v[..32].try_into().map_err(|_| StoreError::Corrupt("rid"))?),
+                DeviceId(be_u32(&v[32..36])?),
+            );
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    async fn group_epoch(&self, group_key: [u8; 32]) -> Result<Option<u64>, StoreError> {
+        self.tree
+            .get(prefixed(b"g/", &group_key))
+            .map_err(backend)?
+            .map(|v| be_u64(&v))
+            .transpose()
+    }
+
+    async fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            self.tree
+                .insert(prefixed(b"g/", &group_key), &epoch.to_be_bytes())
+                .map_err(backend)?;
+        }
+        self.durable().await
+    }
+
     async fn register_device(&self, req: NewDevice) -> Result<DeviceId, RegisterError> {
         let device = {
             let _guard = self.lock();
@@ -516,6 +754,9 @@ impl Store for SledStore {
             blobs.write(&mut batch);
             batch.remove(device_key(&rid, device));
             batch.remove(prefixed(b"c/", &rec.lookup));
+            for k in self.tree.scan_prefix(device_key_with(b"y/", &rid, device)).keys() {
+                batch.remove(k.map_err(backend)?);
+            }
             self.tree.apply_batch(batch).map_err(backend)?;
         }
         self.durable().await?;
@@ -601,6 +842,8 @@ impl Store for SledStore {
         let mailbox_entries = self.sweep_mailbox_chunk(now_ms)?;
         let blobs = self.sweep_blobs(now_ms)?;
         let nonces = self.sweep_nonces(now_ms)?;
+        let key_packages = self.sweep_key_packages(now_ms)?;
+        metrics::counter!("relay_key_packages_expired_total").increment(key_packages);
         metrics::counter!("relay_mailbox_ops_total", "op" => "expire").increment(mailbox_entries);
         Ok(SweepStats {
             blobs,
@@ -850,6 +1093,15 @@ fn device_key_with(prefix: &[u8; 2], rid: &Rid, dev: DeviceId) -> Vec<u8> {
 
 fn device_key(rid: &Rid, dev: DeviceId) -> Vec<u8> {
     device_key_with(b"d/", rid, dev)
+}
+
+/// `[u8; 16]` server id, 32-byte request digest, epoch flag, epoch.
+const IDEM_RECORD_LEN: usize = 57;
+
+fn kp_prefix(rid: &Rid, dev: DeviceId, last_resort: bool) -> Vec<u8> {
+    let mut k = device_key_with(b"y/", rid, dev);
+    k.push(u8::from(last_resort));
+    k
 }
 
 fn mailbox_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {

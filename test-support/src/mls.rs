@@ -1,7 +1,7 @@
 //! Real MLS members, driven by openmls, for end-to-end tests.
 
 use bytes::Bytes;
-use openmls::prelude::tls_codec::DeserializeBytes as _;
+use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -62,6 +62,60 @@ impl Member {
         let kp = bundle.key_package().clone();
         let bytes = MlsMessageOut::from(kp.clone()).to_bytes().unwrap();
         (kp, bytes.into())
+    }
+
+    /// A fresh one-time KeyPackage as the directory stores it (TLS-encoded KeyPackage).
+    pub fn key_package_bytes(&self) -> Bytes {
+        self.key_package().0.tls_serialize_detached().unwrap().into()
+    }
+
+    /// A last-resort KeyPackage (RFC 9420 section 16.8), TLS-encoded.
+    pub fn last_resort_key_package_bytes(&self) -> Bytes {
+        let caps = Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None);
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(caps)
+            .mark_as_last_resort()
+            .build(SUITE, &self.provider, &self.signer, self.credential.clone())
+            .unwrap();
+        bundle.key_package().tls_serialize_detached().unwrap().into()
+    }
+
+    /// Parses and verifies a KeyPackage claimed from the directory.
+    pub fn verify_key_package(&self, bytes: &[u8]) -> KeyPackage {
+        KeyPackageIn::tls_deserialize_exact_bytes(bytes)
+            .unwrap()
+            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+            .unwrap()
+    }
+
+    /// A self-update commit left pending: merge it with [`Member::merge_pending`] once
+    /// the DS accepted it, or drop it with [`Member::discard_pending`] if it lost.
+    pub fn pending_update(&mut self) -> Bytes {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().expect("member has a group");
+        let bundle = group
+            .self_update(provider, signer, LeafNodeParameters::default())
+            .unwrap();
+        let (commit, _, _) = bundle.into_contents();
+        commit.to_bytes().unwrap().into()
+    }
+
+    pub fn merge_pending(&mut self) {
+        let provider = &self.provider;
+        self.group
+            .as_mut()
+            .expect("member has a group")
+            .merge_pending_commit(provider)
+            .unwrap();
+    }
+
+    pub fn discard_pending(&mut self) {
+        let provider = &self.provider;
+        self.group
+            .as_mut()
+            .expect("member has a group")
+            .clear_pending_commit(provider.storage())
+            .unwrap();
     }
 
     pub fn create_group(&mut self) {

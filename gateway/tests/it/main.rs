@@ -24,6 +24,7 @@ mod bad_input;
 mod http3;
 mod interop;
 mod limits;
+mod mls;
 mod process;
 mod roundtrip;
 mod tidy;

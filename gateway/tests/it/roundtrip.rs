@@ -36,11 +36,23 @@ async fn mls_group_of_three_round_trip(p: Protocol) {
     let mut bob = Member::new(BOB);
     let mut carol = Member::new(CAROL);
 
+    // Bob and Carol publish KeyPackages; Alice claims them from the directory.
+    b.upload_key_packages(&[bob.key_package_bytes()]).await.unwrap();
+    c.upload_key_packages(&[carol.key_package_bytes()]).await.unwrap();
+    let claimed = a.claim_key_packages(&[BOB, CAROL]).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let kps: Vec<_> = claimed
+        .iter()
+        .map(|k| alice.verify_key_package(&k.key_package))
+        .collect();
     alice.create_group();
-    let (bob_kp, _) = bob.key_package();
-    let (carol_kp, _) = carol.key_package();
-    let (_commit, welcome) = alice.add(&[bob_kp, carol_kp]);
-    send(&a, &[BOB, CAROL], &welcome).await;
+    let (commit, welcome) = alice.add(&kps);
+    // The creator is alone at epoch 0: the commit goes to the DS only, to set the epoch.
+    let accepted = a.send(&[], commit, None, false).await.unwrap();
+    assert_eq!(accepted.accepted_epoch, Some(0));
+    // The Welcome names the claimed KeyPackages; the DS routes it with no recipient list.
+    let routed = a.send(&[], welcome.clone(), None, false).await.unwrap();
+    assert_eq!(routed.recipient_devices, 2, "one Welcome reaches every new member");
     for (client, member) in [(&b, &mut bob), (&c, &mut carol)] {
         let got = drain(client).await;
         assert_eq!(got, vec![welcome.clone()], "Welcome arrives byte-identical");

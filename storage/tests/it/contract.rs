@@ -53,6 +53,7 @@ fn send_req(to: &[Rid], m: Ciphertext) -> SendRequest {
         now_ms: NOW,
         ttl_ms: TTL,
         max_queue_bytes: QUOTA,
+        ordering: None,
     }
 }
 
@@ -373,4 +374,236 @@ pub(crate) async fn concurrent_sends_are_all_durable<H: Harness>() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 640, "server ids are unique");
+}
+
+fn kp(tag: u8, last_resort: bool, not_after_ms: u64) -> NewKeyPackage {
+    NewKeyPackage {
+        kp_ref: vec![tag; 32],
+        bytes: Bytes::from(vec![tag; 100]),
+        not_after_ms,
+        last_resort,
+    }
+}
+
+pub(crate) async fn key_packages_claimed_exactly_once_then_last_resort<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let later = NOW + 3_600_000;
+    s.upload_key_packages(
+        rid(1),
+        d,
+        vec![kp(1, false, later), kp(2, false, later), kp(3, true, later)],
+        10,
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.key_package_count(rid(1), d, NOW).await.unwrap(),
+        KeyPackageCount {
+            one_time: 2,
+            last_resort: true
+        }
+    );
+    let mut handed = Vec::new();
+    for _ in 0..2 {
+        let c = s.claim_key_packages(vec![rid(1)], NOW).await.unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].last_resort);
+        handed.push(c[0].bytes.clone());
+    }
+    handed.sort();
+    handed.dedup();
+    assert_eq!(handed.len(), 2, "each one-time package is handed out once");
+    for _ in 0..3 {
+        let c = s.claim_key_packages(vec![rid(1)], NOW).await.unwrap();
+        assert!(c[0].last_resort, "then the last-resort package, again and again");
+        assert_eq!(c[0].bytes, kp(3, true, later).bytes);
+    }
+    assert_eq!(
+        s.key_package_count(rid(1), d, NOW).await.unwrap(),
+        KeyPackageCount {
+            one_time: 0,
+            last_resort: true
+        }
+    );
+    assert!(
+        s.claim_key_packages(vec![rid(9)], NOW).await.unwrap().is_empty(),
+        "unknown address: nothing"
+    );
+}
+
+pub(crate) async fn concurrent_claims_hand_out_each_package_once<H: Harness>() {
+    let h = std::sync::Arc::new(H::new());
+    let d = register(h.store(), rid(1), 1).await;
+    let later = NOW + 3_600_000;
+    let packages: Vec<_> = (1..=20)
+        .map(|i| kp(i, false, later))
+        .chain([kp(99, true, later)])
+        .collect();
+    h.store()
+        .upload_key_packages(rid(1), d, packages, 100, NOW)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let h = std::sync::Arc::clone(&h);
+        tasks.spawn(async move { h.store().claim_key_packages(vec![rid(1)], NOW).await.unwrap() });
+    }
+    let (mut one_time, mut last_resort) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        for c in r.unwrap() {
+            if c.last_resort {
+                last_resort += 1
+            } else {
+                one_time.push(c.bytes)
+            }
+        }
+    }
+    let n = one_time.len();
+    one_time.sort();
+    one_time.dedup();
+    assert_eq!((n, one_time.len(), last_resort), (20, 20, 20));
+}
+
+pub(crate) async fn key_package_rules<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let later = NOW + 3_600_000;
+    s.upload_key_packages(rid(1), d, vec![kp(1, false, later), kp(2, true, later)], 3, NOW)
+        .await
+        .unwrap();
+    let dup = s
+        .upload_key_packages(rid(1), d, vec![kp(5, false, later), kp(1, false, later)], 3, NOW)
+        .await;
+    assert!(matches!(dup, Err(KeyPackageError::Duplicate { index: 1 })));
+    let dup_in_request = s
+        .upload_key_packages(rid(1), d, vec![kp(6, false, later), kp(6, false, later)], 9, NOW)
+        .await;
+    assert!(matches!(dup_in_request, Err(KeyPackageError::Duplicate { index: 1 })));
+    let too_many = s
+        .upload_key_packages(rid(1), d, vec![kp(7, false, later), kp(8, false, later)], 3, NOW)
+        .await;
+    assert!(matches!(too_many, Err(KeyPackageError::TooMany { max: 3 })));
+    assert_eq!(
+        s.key_package_count(rid(1), d, NOW).await.unwrap(),
+        KeyPackageCount {
+            one_time: 1,
+            last_resort: true
+        },
+        "rejections store nothing"
+    );
+    // A new last-resort package replaces the old one (and does not count twice).
+    s.upload_key_packages(rid(1), d, vec![kp(10, true, later)], 2, NOW)
+        .await
+        .unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..2 {
+        claims.extend(s.claim_key_packages(vec![rid(1)], NOW).await.unwrap());
+    }
+    assert_eq!(claims[1].bytes, kp(10, true, later).bytes);
+    // Expired packages are never served, and are swept.
+    let d2 = register(s, rid(2), 1).await;
+    s.upload_key_packages(rid(2), d2, vec![kp(20, false, NOW + 10)], 3, NOW)
+        .await
+        .unwrap();
+    assert!(s.claim_key_packages(vec![rid(2)], NOW + 10).await.unwrap().is_empty());
+    // Welcome routing finds the uploading device by KeyPackageRef, even after the claim.
+    assert_eq!(
+        s.devices_for_key_packages(vec![vec![1; 32], vec![2; 32]])
+            .await
+            .unwrap(),
+        Ok(vec![(rid(1), d)])
+    );
+    assert_eq!(
+        s.devices_for_key_packages(vec![vec![1; 32], vec![77; 32]])
+            .await
+            .unwrap(),
+        Err(1)
+    );
+}
+
+fn ordered(kind: OrderingKind, epoch: u64, tag: &str) -> SendRequest {
+    let mut r = send_req(&[rid(1)], msg(tag));
+    r.ordering = Some(GroupOrdering {
+        group_key: [42; 32],
+        epoch,
+        kind,
+    });
+    r
+}
+
+pub(crate) async fn one_commit_per_epoch<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    register(s, rid(1), 1).await;
+    let err = s.send(ordered(OrderingKind::Commit, 3, "future")).await.unwrap_err();
+    assert!(matches!(err, SendError::UnknownGroup));
+    assert_eq!(s.group_epoch([42; 32]).await.unwrap(), None);
+    let first = s.send(ordered(OrderingKind::Commit, 0, "create")).await.unwrap();
+    assert_eq!(first.accepted_epoch, Some(0));
+    let before = s.stats().await.unwrap();
+    let err = s.send(ordered(OrderingKind::Commit, 0, "loser")).await.unwrap_err();
+    assert!(matches!(err, SendError::WrongEpoch { epoch: 0, current: 1 }));
+    assert_eq!(s.stats().await.unwrap(), before, "the losing commit stores nothing");
+    assert_eq!(
+        s.send(ordered(OrderingKind::Commit, 1, "next"))
+            .await
+            .unwrap()
+            .accepted_epoch,
+        Some(1)
+    );
+    let err = s
+        .send(ordered(OrderingKind::Proposal, 1, "stale proposal"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SendError::WrongEpoch { epoch: 1, current: 2 }));
+    s.send(ordered(OrderingKind::Application { window: 1 }, 1, "recent"))
+        .await
+        .unwrap();
+    let err = s
+        .send(ordered(OrderingKind::Application { window: 1 }, 0, "old"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SendError::EpochTooOld { epoch: 0, current: 2 }));
+    // A commit with no other member (the creator alone) still advances the epoch.
+    let mut solo = ordered(OrderingKind::Commit, 2, "solo");
+    solo.recipients.clear();
+    assert_eq!(s.send(solo).await.unwrap().accepted_epoch, Some(2));
+    assert_eq!(s.group_epoch([42; 32]).await.unwrap(), Some(3));
+    s.set_group_epoch([42; 32], 7).await.unwrap();
+    assert_eq!(s.group_epoch([42; 32]).await.unwrap(), Some(7));
+}
+
+pub(crate) async fn concurrent_commits_exactly_one_wins<H: Harness>() {
+    let h = std::sync::Arc::new(H::new());
+    register(h.store(), rid(1), 1).await;
+    for epoch in 0..10u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let h = std::sync::Arc::clone(&h);
+            tasks.spawn(async move {
+                h.store()
+                    .send(ordered(OrderingKind::Commit, epoch, &format!("{epoch}-{i}")))
+                    .await
+            });
+        }
+        let (mut won, mut lost) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(o) => {
+                    assert_eq!(o.accepted_epoch, Some(epoch));
+                    won += 1;
+                }
+                Err(SendError::WrongEpoch { current, .. }) => {
+                    assert_eq!(current, epoch + 1);
+                    lost += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((won, lost), (1, 7));
+    }
 }

@@ -84,6 +84,11 @@ macro_rules! contract_tests {
             delete_device_removes_mailbox,
             writes_survive_reopen,
             concurrent_sends_are_all_durable,
+            key_packages_claimed_exactly_once_then_last_resort,
+            concurrent_claims_hand_out_each_package_once,
+            key_package_rules,
+            one_commit_per_epoch,
+            concurrent_commits_exactly_one_wins,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
