@@ -629,30 +629,6 @@ async fn ack(State(state): State<AppState>, req: Request) -> Result<StatusCode, 
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(q: &str, expect: Result<(u64, u32, u64), ErrorCode>) {
-        let got = parse_receive_query(Some(q), &Limits::default())
-            .map(|r| (r.after, r.limit, r.wait.as_secs()))
-            .map_err(|e| e.code);
-        assert_eq!(got, expect, "{q}");
-    }
-
-    #[test]
-    fn receive_query() {
-        check("", Ok((0, 100, 0)));
-        check("after=5&limit=10&wait=30", Ok((5, 10, 30)));
-        check("after=-1", Err(ErrorCode::InvalidCursor));
-        check("after=abc", Err(ErrorCode::InvalidCursor));
-        check("limit=0", Err(ErrorCode::InvalidLimit));
-        check("limit=1001", Err(ErrorCode::InvalidLimit));
-        check("wait=61", Err(ErrorCode::InvalidWait));
-        check("wait=x", Err(ErrorCode::InvalidWait));
-    }
-}
-
 /// Largest KeyPackage upload body: 100 packages of a few KiB each.
 const KEY_PACKAGE_BODY_LIMIT: usize = 1 << 20;
 
@@ -775,4 +751,28 @@ async fn count_key_packages(State(state): State<AppState>, headers: HeaderMap) -
         last_resort: count.last_resort,
     };
     Ok(proto_response(StatusCode::OK, &resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(q: &str, expect: Result<(u64, u32, u64), ErrorCode>) {
+        let got = parse_receive_query(Some(q), &Limits::default())
+            .map(|r| (r.after, r.limit, r.wait.as_secs()))
+            .map_err(|e| e.code);
+        assert_eq!(got, expect, "{q}");
+    }
+
+    #[test]
+    fn receive_query() {
+        check("", Ok((0, 100, 0)));
+        check("after=5&limit=10&wait=30", Ok((5, 10, 30)));
+        check("after=-1", Err(ErrorCode::InvalidCursor));
+        check("after=abc", Err(ErrorCode::InvalidCursor));
+        check("limit=0", Err(ErrorCode::InvalidLimit));
+        check("limit=1001", Err(ErrorCode::InvalidLimit));
+        check("wait=61", Err(ErrorCode::InvalidWait));
+        check("wait=x", Err(ErrorCode::InvalidWait));
+    }
 }
