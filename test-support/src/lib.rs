@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod mls;
+pub mod mlsrs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -119,9 +119,11 @@ impl Member {
     }
 
     pub fn create_group(&mut self) {
+        // Send ciphertext, accept PublicMessage too (mls-rs sends commits in the clear).
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(SUITE)
             .use_ratchet_tree_extension(true)
+            .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .build();
         self.group = Some(MlsGroup::new(&self.provider, &self.signer, &config, self.credential.clone()).unwrap());
     }
@@ -198,7 +200,10 @@ impl Member {
         let msg = MlsMessageIn::tls_deserialize_exact_bytes(bytes).unwrap();
         match msg.extract() {
             MlsMessageBodyIn::Welcome(welcome) => {
-                let config = MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build();
+                let config = MlsGroupJoinConfig::builder()
+                    .use_ratchet_tree_extension(true)
+                    .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
+                    .build();
                 let staged = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None).unwrap();
                 self.group = Some(staged.into_group(&self.provider).unwrap());
                 Processed::Joined

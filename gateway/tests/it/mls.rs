@@ -320,3 +320,65 @@ async fn admin_put(addr: std::net::SocketAddr, path: &str, body: &str) -> String
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// mls-rs, an independent MLS implementation, interoperates through the DS: its
+/// KeyPackage passes the gateway's validation, an openmls creator adds it from the
+/// directory, the Welcome is routed to it, and messages and commits flow both ways.
+async fn mls_rs_member_interoperates(p: Protocol) {
+    const CAROL: &str = "tel:+15550100003";
+    let gw = TestGateway::start().await.speaking(p);
+    let (a, _) = gw.device(ALICE).await;
+    let (c, _) = gw.device(CAROL).await;
+    let mut alice = Member::new(ALICE);
+    let mut carol = test_support::mlsrs::member(CAROL);
+    assert_eq!(
+        c.upload_key_packages(&[carol.key_package_bytes(), carol.key_package_bytes()])
+            .await
+            .unwrap(),
+        2
+    );
+    let claimed = a.claim_key_packages(&[CAROL]).await.unwrap();
+    let kp = alice.verify_key_package(&claimed[0].key_package);
+    alice.create_group();
+    let (commit, welcome) = alice.add(&[kp]);
+    a.send(&[], commit, None, false).await.unwrap();
+    assert_eq!(a.send(&[], welcome, None, false).await.unwrap().recipient_devices, 1);
+    let inbox = drain_one(&c).await;
+    carol.join(&inbox[0]);
+    assert_eq!(carol.epoch(), alice.epoch());
+
+    let to_carol = [Recipient::address(CAROL)];
+    let to_alice = [Recipient::address(ALICE)];
+    a.send(&to_carol, alice.encrypt(b"openmls to mls-rs"), None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        carol.process(&drain_one(&c).await[0]),
+        Some(b"openmls to mls-rs".to_vec())
+    );
+    c.send(&to_alice, carol.encrypt(b"mls-rs to openmls"), None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.process(&drain_one(&a).await[0]),
+        Processed::Application(b"mls-rs to openmls".to_vec())
+    );
+
+    // An mls-rs commit is epoch-checked like any other.
+    let epoch = carol.epoch();
+    let racing = alice.pending_update(); // openmls's commit for the same epoch, sent second
+    let commit = carol.pending_commit();
+    let accepted = c.send(&to_alice, commit, None, false).await.unwrap();
+    assert_eq!(accepted.accepted_epoch, Some(epoch));
+    carol.merge_pending();
+    crate::assert_api_error(a.send(&to_carol, racing, None, false).await, 409, "wrong_epoch");
+    alice.discard_pending();
+    assert_eq!(alice.process(&drain_one(&a).await[0]), Processed::Commit);
+    a.send(&to_carol, alice.encrypt(b"new epoch"), None, false)
+        .await
+        .unwrap();
+    assert_eq!(carol.process(&drain_one(&c).await[0]), Some(b"new epoch".to_vec()));
+    gw.stop().await;
+}
+
+both_transports!(mls_rs_member_interoperates);

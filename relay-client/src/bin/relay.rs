@@ -96,6 +96,28 @@ enum Command {
     DeleteDevice,
     /// Check the gateway answers.
     Health,
+    /// The KeyPackage directory (RFC 9420 section 10; files hold TLS-encoded KeyPackages).
+    #[command(subcommand)]
+    Keypackages(KeyPackageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyPackageCommand {
+    /// Upload KeyPackages made by this device's MLS client (at most 100 per call).
+    Upload {
+        #[arg(long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Claim one KeyPackage per device of each address.
+    Claim {
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// Write each package to DIR/<address>-<device>.kp.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// How many KeyPackages this device has left.
+    Count,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -235,6 +257,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             authed()?.ack(&ids, up_to).await?;
             println!("acknowledged");
+        }
+        Command::Keypackages(KeyPackageCommand::Upload { files }) => {
+            let packages = files
+                .iter()
+                .map(|f| {
+                    std::fs::read(f)
+                        .map(Bytes::from)
+                        .with_context(|| format!("reading {}", f.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let stored = authed()?.upload_key_packages(&packages).await?;
+            println!("stored {stored}");
+        }
+        Command::Keypackages(KeyPackageCommand::Claim { addresses, out_dir }) => {
+            let addrs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let claimed = authed()?.claim_key_packages(&addrs).await?;
+            if let Some(dir) = &out_dir {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            for k in &claimed {
+                let kind = if k.last_resort { " last_resort" } else { "" };
+                println!(
+                    "{} device={} bytes={}{kind}",
+                    k.address,
+                    k.device_id,
+                    k.key_package.len()
+                );
+                if let Some(dir) = &out_dir {
+                    let name = format!("{}-{}.kp", k.address.trim_start_matches("tel:+"), k.device_id);
+                    std::fs::write(dir.join(&name), &k.key_package).with_context(|| format!("writing {name}"))?;
+                }
+            }
+        }
+        Command::Keypackages(KeyPackageCommand::Count) => {
+            let c = authed()?.key_package_count().await?;
+            println!("one_time={} last_resort={}", c.one_time, c.last_resort);
         }
         Command::DeleteDevice => {
             authed()?.delete_device().await?;

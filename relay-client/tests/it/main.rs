@@ -83,6 +83,49 @@ async fn cli_walkthrough() {
     assert!(out.contains("seq=2 "), "{out}");
     let out = relay(d, &gw, "bob.toml", &["--http3", "health"]);
     assert!(out.contains("ok"), "{out}");
+
+    // The KeyPackage directory from the CLI.
+    let bob = test_support::mls::Member::new("tel:+15550100002");
+    for (i, kp) in [bob.key_package_bytes(), bob.last_resort_key_package_bytes()]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(d.join(format!("kp{i}.bin")), kp).unwrap();
+    }
+    let out = relay(
+        d,
+        &gw,
+        "bob.toml",
+        &["keypackages", "upload", "--file", "kp0.bin", "--file", "kp1.bin"],
+    );
+    assert!(out.contains("stored 2"), "{out}");
+    let out = relay(d, &gw, "bob.toml", &["keypackages", "count"]);
+    assert!(out.contains("one_time=1 last_resort=true"), "{out}");
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &[
+            "keypackages",
+            "claim",
+            "--address",
+            "tel:+15550100002",
+            "--out-dir",
+            "kps",
+        ],
+    );
+    assert!(out.contains("tel:+15550100002 device=1"), "{out}");
+    assert_eq!(
+        std::fs::read(d.join("kps/15550100002-1.kp")).unwrap(),
+        std::fs::read(d.join("kp0.bin")).unwrap()
+    );
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["--http3", "keypackages", "claim", "--address", "tel:+15550100002"],
+    );
+    assert!(out.contains("last_resort"), "{out}");
     let out = Command::new(RELAY)
         .current_dir(d)
         .args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE])
