@@ -181,11 +181,15 @@ impl Client {
             });
         }
         let tls = tls_config(&trust, &[])?; // hyper-rustls sets ALPN (h2) itself
+        // TCP_NODELAY: a lone request must not wait for the peer's delayed ACK (40 ms).
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http2()
-            .build();
+            .wrap_connector(tcp);
         let http = HyperClient::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_initial_stream_window_size(1 << 20)

@@ -185,12 +185,21 @@ fn header(group_id: &[u8], epoch: u64, content_type: ContentType) -> GroupHeader
 /// arbitrary ciphertext. Used by tests, fuzz seeds and load generation that need many
 /// distinct well-formed envelopes cheaply; real clients get theirs from an MLS library.
 pub fn frame_private_message(group_id: &[u8], epoch: u64, ciphertext: &[u8]) -> Vec<u8> {
+    frame_private(group_id, epoch, MessageContentType::Application, ciphertext)
+}
+
+/// [`frame_private_message`] with another content type (a commit, for ordering benchmarks).
+pub fn frame_private(group_id: &[u8], epoch: u64, content_type: MessageContentType, ciphertext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + group_id.len() + ciphertext.len());
     out.extend_from_slice(&1u16.to_be_bytes()); // version mls10
     out.extend_from_slice(&2u16.to_be_bytes()); // wire_format mls_private_message
     put_varbytes(&mut out, group_id);
     out.extend_from_slice(&epoch.to_be_bytes());
-    out.push(1); // content_type application
+    out.push(match content_type {
+        MessageContentType::Application => 1,
+        MessageContentType::Proposal => 2,
+        MessageContentType::Commit => 3,
+    });
     put_varbytes(&mut out, &[]); // authenticated_data
     put_varbytes(&mut out, &[0u8; 16]); // encrypted_sender_data
     put_varbytes(&mut out, ciphertext);
