@@ -69,6 +69,15 @@ impl Member {
         self.key_package().0.tls_serialize_detached().unwrap().into()
     }
 
+    /// A KeyPackage with the given lifetime (seconds since the Unix epoch), TLS-encoded.
+    pub fn key_package_with_lifetime_bytes(&self, not_before: u64, not_after: u64) -> Bytes {
+        let bundle = KeyPackage::builder()
+            .key_package_lifetime(Lifetime::init(not_before, not_after))
+            .build(SUITE, &self.provider, &self.signer, self.credential.clone())
+            .unwrap();
+        bundle.key_package().tls_serialize_detached().unwrap().into()
+    }
+
     /// A last-resort KeyPackage (RFC 9420 section 16.8), TLS-encoded.
     pub fn last_resort_key_package_bytes(&self) -> Bytes {
         let caps = Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None);

@@ -172,6 +172,14 @@ async fn delivery_service_bad_input() {
     );
     let alices = Member::new(ALICE).key_package_bytes();
     crate::assert_api_error(upload(vec![alices]).await, 403, "identity_mismatch");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = bob.key_package_with_lifetime_bytes(now - 7200, now - 3600);
+    crate::assert_api_error(upload(vec![expired]).await, 400, "key_package_expired");
+    let not_yet = bob.key_package_with_lifetime_bytes(now + 86_400, now + 2 * 86_400);
+    crate::assert_api_error(upload(vec![not_yet]).await, 400, "key_package_expired");
     let eleven: Vec<_> = (0..11).map(|_| bob.key_package_bytes()).collect();
     crate::assert_api_error(upload(eleven).await, 413, "too_many_key_packages");
     let once = bob.key_package_bytes();
