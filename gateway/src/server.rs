@@ -116,20 +116,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     });
     telemetry::prometheus();
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let (listener, endpoint) = bind_client_listeners(config, &tls, &h3_settings).await?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin {}", config.admin_listen))?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    // HTTP/3 on the same port number, over UDP.
-    let endpoint = if config.http3.enabled {
-        Some(crate::h3::endpoint(addr, &tls, &h3_settings)?)
-    } else {
-        None
-    };
 
     let tracker = TaskTracker::new();
     let router = api(state.clone());
@@ -203,6 +195,31 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown,
         grace: settings.timeouts.shutdown_grace,
     })
+}
+
+/// Binds the client listener (TCP) and, for HTTP/3, UDP on the same port number. With an
+/// ephemeral port (`:0`) the UDP half of the pair may already be taken by another
+/// socket, so a few fresh pairs are tried; a configured port must be free on both.
+async fn bind_client_listeners(
+    config: &crate::config::Config,
+    tls: &rustls::ServerConfig,
+    h3: &crate::h3::H3Settings,
+) -> anyhow::Result<(TcpListener, Option<quinn::Endpoint>)> {
+    let attempts = if config.listen.port() == 0 { 16 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        if !config.http3.enabled {
+            return Ok((listener, None));
+        }
+        match crate::h3::endpoint(listener.local_addr()?, tls, h3) {
+            Ok(endpoint) => return Ok((listener, Some(endpoint))),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no listener bound")))
 }
 
 #[derive(Debug, Clone, Copy)]

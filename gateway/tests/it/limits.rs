@@ -121,3 +121,28 @@ async fn open_registration_on_loopback() {
     );
     closed.stop().await;
 }
+
+/// HTTP/3 needs the listener's port number on UDP too: a configured port whose UDP side is
+/// taken is a start-up error naming it (with `:0`, the gateway picks another pair instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_port_with_udp_taken_fails_clearly() {
+    let (udp, port) = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break (udp, port);
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway::Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..gateway::Config::default()
+    };
+    let err = gateway::start(config.validate().unwrap(), tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("binding UDP"), "{err:#}");
+    drop(udp);
+}

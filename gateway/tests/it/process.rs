@@ -21,12 +21,15 @@ struct Proc {
     ca: PathBuf,
 }
 
+/// A port free for both TCP and UDP (the gateway serves HTTP/3 on the same number).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
