@@ -355,25 +355,40 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Expired KeyPackages and their routes. Scanned without the writer lock (removing an
+    /// expired record cannot race with anything meaningful: an expired package is never
+    /// served and cannot be uploaded again), removed in bounded batches.
     fn sweep_key_packages(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let _guard = self.lock();
+        let packages = self.remove_expired(b"y/", now_ms, |v| v.get(..8))?;
+        self.remove_expired(b"r/", now_ms, |v| v.get(36..44))?;
+        Ok(packages)
+    }
+
+    /// Removes every record under `prefix` whose big-endian expiry (found by `expiry`) has
+    /// passed, `SWEEP_CHUNK` keys per batch.
+    fn remove_expired(
+        &self,
+        prefix: &[u8],
+        now_ms: u64,
+        expiry: impl Fn(&[u8]) -> Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
         let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.tree.scan_prefix(b"y/") {
+        let mut pending = 0usize;
+        for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(backend)?;
-            if be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)? <= now_ms {
+            if be_u64(expiry(&v).ok_or(StoreError::Corrupt("expiry"))?)? <= now_ms {
                 batch.remove(k);
-                n += 1;
-            }
-        }
-        for item in self.tree.scan_prefix(b"r/") {
-            let (k, v) = item.map_err(backend)?;
-            if be_u64(v.get(36..44).ok_or(StoreError::Corrupt("key package route"))?)? <= now_ms {
-                batch.remove(k);
+                pending += 1;
+                if pending == SWEEP_CHUNK {
+                    self.tree.apply_batch(std::mem::take(&mut batch)).map_err(backend)?;
+                    removed += pending as u64;
+                    pending = 0;
+                }
             }
         }
         self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(n)
+        Ok(removed + pending as u64)
     }
 
     /// Drops the oldest entries of a device until `incoming` more bytes fit, leaving one
@@ -568,18 +583,8 @@ impl SledStore {
     }
 
     fn sweep_nonces(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let _guard = self.lock();
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.tree.scan_prefix(b"p/") {
-            let (k, v) = item.map_err(backend)?;
-            if be_u64(&v)? <= now_ms {
-                batch.remove(k);
-                n += 1;
-            }
-        }
-        self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(n)
+        // Expired tokens are refused before storage is asked, so no lock is needed.
+        self.remove_expired(b"p/", now_ms, |v| v.get(..8))
     }
 }
 
