@@ -510,10 +510,21 @@ pub(crate) async fn key_package_rules<H: Harness>() {
         .await
         .unwrap();
     assert!(s.claim_key_packages(vec![rid(2)], NOW + 10).await.unwrap().is_empty());
-    assert_eq!(s.devices_for_key_packages(vec![vec![20; 32]]).await.unwrap(), Ok(vec![(rid(2), d2)]));
+    assert_eq!(
+        s.devices_for_key_packages(vec![vec![20; 32]]).await.unwrap(),
+        Ok(vec![(rid(2), d2)])
+    );
     s.sweep(NOW + 11).await.unwrap();
-    assert_eq!(s.devices_for_key_packages(vec![vec![20; 32]]).await.unwrap(), Err(0), "expired routes are swept");
-    assert_eq!(s.key_package_count(rid(2), d2, 0).await.unwrap().one_time, 0, "expired packages are swept");
+    assert_eq!(
+        s.devices_for_key_packages(vec![vec![20; 32]]).await.unwrap(),
+        Err(0),
+        "expired routes are swept"
+    );
+    assert_eq!(
+        s.key_package_count(rid(2), d2, 0).await.unwrap().one_time,
+        0,
+        "expired packages are swept"
+    );
     // Welcome routing finds the uploading device by KeyPackageRef, even after the claim.
     assert_eq!(
         s.devices_for_key_packages(vec![vec![1; 32], vec![2; 32]])
