@@ -125,6 +125,7 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/keypackages", post(upload_key_packages))
         .route("/v1/keypackages/claim", post(claim_key_packages))
         .route("/v1/keypackages/count", get(count_key_packages))
+        .route("/v1/groups/{group}/info", get(get_group_info).put(put_group_info))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |req, next| {
@@ -218,15 +219,21 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, A
 
 /// Reads a protobuf body: media type, encoding, declared and actual size, read timeout.
 async fn read_proto<M: Message + Default>(state: &AppState, req: Request, limit: usize) -> Result<M, ApiError> {
+    let bytes = read_body(state, req, limit, &[PROTOBUF, "application/protobuf"]).await?;
+    M::decode(bytes).map_err(|_| ApiError::new(ErrorCode::InvalidBody, "body is not a valid protobuf message"))
+}
+
+/// Reads a body of one of the `media` types, checking encoding, size and read time.
+async fn read_body(state: &AppState, req: Request, limit: usize, media: &[&str]) -> Result<Bytes, ApiError> {
     let headers = req.headers();
-    let media = headers
+    let given = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    if !matches!(media.as_deref(), Some(PROTOBUF | "application/protobuf")) {
+    if !given.as_deref().is_some_and(|g| media.contains(&g)) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            "body must be application/x-protobuf",
+            format!("body must be {}", media[0]),
         ));
     }
     if let Some(enc) = headers.get(header::CONTENT_ENCODING)
@@ -258,7 +265,7 @@ async fn read_proto<M: Message + Default>(state: &AppState, req: Request, limit:
         Ok(Err(_)) => return Err(ApiError::new(ErrorCode::InvalidBody, "request body could not be read")),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    M::decode(bytes).map_err(|_| ApiError::new(ErrorCode::InvalidBody, "body is not a valid protobuf message"))
+    Ok(bytes)
 }
 
 fn body_too_large(limit: usize) -> ApiError {
@@ -751,6 +758,74 @@ async fn count_key_packages(State(state): State<AppState>, headers: HeaderMap) -
         last_resort: count.last_resort,
     };
     Ok(proto_response(StatusCode::OK, &resp))
+}
+
+/// Media type of a raw MLSMessage (RFC 9420 section 17.10).
+const MESSAGE_MLS: &str = "message/mls";
+
+fn group_id_from_path(hex: &str) -> Result<Vec<u8>, ApiError> {
+    let bad = || ApiError::new(ErrorCode::InvalidBody, "the group id in the path must be non-empty hex");
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > 512 {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+/// `PUT /v1/groups/{hex group id}/info`: a member publishes the group's latest GroupInfo
+/// (an MLSMessage, `message/mls`) for external joins. The DS checks it is a GroupInfo for
+/// that group; joiners verify its signature themselves.
+async fn put_group_info(
+    State(state): State<AppState>,
+    axum::extract::Path(group): axum::extract::Path<String>,
+    req: Request,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&state, req.headers()).await?;
+    let group_id = group_id_from_path(&group)?;
+    let limit = state.inner.limits.max_envelope_bytes;
+    let body = read_body(&state, req, limit, &[MESSAGE_MLS]).await?;
+    let envelope = Envelope::parse(body, &state.inner.limits).map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
+        _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
+    })?;
+    let Some(info_group) = envelope.group_info_group_id() else {
+        return Err(ApiError::new(
+            ErrorCode::UnexpectedMessageType,
+            "the body must be a GroupInfo MLSMessage",
+        ));
+    };
+    if info_group != group_id.as_slice() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidMls,
+            "the GroupInfo describes another group",
+        ));
+    }
+    let key = crate::mls::group_key(&group_id);
+    state
+        .inner
+        .store
+        .set_group_info(key, envelope.into_ciphertext().into_bytes())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/groups/{hex group id}/info`: the latest GroupInfo, `message/mls`.
+async fn get_group_info(
+    State(state): State<AppState>,
+    axum::extract::Path(group): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let group_id = group_id_from_path(&group)?;
+    match state.inner.store.group_info(crate::mls::group_key(&group_id)).await? {
+        Some(bytes) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, MESSAGE_MLS)], bytes).into_response()),
+        None => Err(ApiError::new(
+            ErrorCode::UnknownGroup,
+            "no GroupInfo was published for this group",
+        )),
+    }
 }
 
 #[cfg(test)]

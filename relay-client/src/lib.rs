@@ -334,6 +334,28 @@ impl Client {
         v1::KeyPackageCountResponse::decode(resp.body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Publishes a group's latest GroupInfo (an MLSMessage) for external joins.
+    pub async fn put_group_info(&self, group_id: &[u8], group_info: Bytes) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{}/info", hex(group_id));
+        let ct = [(header::CONTENT_TYPE, "message/mls".to_owned())];
+        let resp = self.raw(Method::PUT, &path, &ct, group_info).await?;
+        expect_status(&resp, StatusCode::NO_CONTENT)
+    }
+
+    /// The latest GroupInfo published for a group.
+    pub async fn group_info(&self, group_id: &[u8]) -> Result<Bytes, ClientError> {
+        let resp = self
+            .raw(
+                Method::GET,
+                &format!("/v1/groups/{}/info", hex(group_id)),
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+        expect_status(&resp, StatusCode::OK)?;
+        Ok(resp.body)
+    }
+
     /// Deletes this device and its queued envelopes.
     pub async fn delete_device(&self) -> Result<(), ClientError> {
         let resp = self.raw(Method::DELETE, "/v1/devices/self", &[], Bytes::new()).await?;
@@ -406,6 +428,10 @@ impl Client {
             body,
         })
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn expect_status(resp: &RawResponse, expect: StatusCode) -> Result<(), ClientError> {

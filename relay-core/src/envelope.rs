@@ -90,6 +90,7 @@ pub struct Envelope {
     kind: MessageKind,
     header: Option<GroupHeader>,
     welcome_refs: Vec<Vec<u8>>,
+    group_info_group_id: Option<Bytes>,
 }
 
 /// Why an upload is not an acceptable MLS message.
@@ -125,7 +126,12 @@ impl Envelope {
             WireFormat::KeyPackage => MessageKind::KeyPackage,
         };
         let mut welcome_refs = Vec::new();
+        let mut group_info_group_id = None;
         let header = match message.extract() {
+            MlsMessageBodyIn::GroupInfo(g) => {
+                group_info_group_id = Some(Bytes::copy_from_slice(g.group_id().as_slice()));
+                None
+            }
             MlsMessageBodyIn::Welcome(w) => {
                 welcome_refs = w.secrets().iter().map(|s| s.new_member().as_slice().to_vec()).collect();
                 None
@@ -143,6 +149,7 @@ impl Envelope {
             kind,
             header,
             welcome_refs,
+            group_info_group_id,
         })
     }
 
@@ -153,6 +160,11 @@ impl Envelope {
     /// The cleartext group header, for PublicMessage and PrivateMessage only.
     pub fn header(&self) -> Option<&GroupHeader> {
         self.header.as_ref()
+    }
+
+    /// For a GroupInfo: the (unverified) group id it describes.
+    pub fn group_info_group_id(&self) -> Option<&[u8]> {
+        self.group_info_group_id.as_deref()
     }
 
     /// For a Welcome: the `KeyPackageRef` of every new member (RFC 9420 section 12.4.3.1).

@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + 'static {
     /// Operator reset of a group's epoch (RFC 9750 section 5.3 desynchronisation).
     fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Stores the latest GroupInfo (an opaque MLSMessage) of a group, for external joins.
+    fn set_group_info(
+        &self,
+        group_key: [u8; 32],
+        group_info: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The latest GroupInfo of a group.
+    fn group_info(&self, group_key: [u8; 32]) -> impl Future<Output = Result<Option<bytes::Bytes>, StoreError>> + Send;
+
     /// Deletes everything whose time to live has passed.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
 

@@ -14,6 +14,7 @@
 //! y/{rid:32}{dev:4}{lr:1}{ref} -> {not_after:8}{KeyPackage}   directory; lr=1 last resort
 //! r/{ref}                      -> {rid:32}{dev:4}{not_after:8} Welcome routing by KeyPackageRef
 //! g/{blake3(group_id):32}      -> current epoch               per-group commit ordering
+//! f/{blake3(group_id):32}      -> latest GroupInfo MLSMessage  external joins
 //! ```
 //! Integers are big-endian so ranges scan in order.
 //!
@@ -653,6 +654,21 @@ impl Store for SledStore {
             }
         }
         Ok(Ok(out))
+    }
+
+    async fn set_group_info(&self, group_key: [u8; 32], group_info: Bytes) -> Result<(), StoreError> {
+        self.tree
+            .insert(prefixed(b"f/", &group_key), group_info.as_ref())
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .tree
+            .get(prefixed(b"f/", &group_key))
+            .map_err(backend)?
+            .map(|v| Bytes::copy_from_slice(&v)))
     }
 
     async fn group_epoch(&self, group_key: [u8; 32]) -> Result<Option<u64>, StoreError> {

@@ -193,6 +193,18 @@ impl Member {
             .expect("identity is a member")
     }
 
+    /// The group's current GroupInfo (signed, with the ratchet tree) as an MLSMessage.
+    pub fn group_info(&mut self) -> Bytes {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self.group.as_mut().expect("member has a group");
+        group
+            .export_group_info(provider.crypto(), signer, true)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .into()
+    }
+
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Bytes {
         let (provider, signer) = (&self.provider, &self.signer);
         let group = self.group.as_mut().expect("member has a group");

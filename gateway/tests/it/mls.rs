@@ -390,3 +390,41 @@ async fn mls_rs_member_interoperates(p: Protocol) {
 }
 
 both_transports!(mls_rs_member_interoperates);
+
+/// The latest GroupInfo a member publishes is served to others (external joins); the DS
+/// checks it is a GroupInfo of the group named in the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_info_published_and_fetched() {
+    let gw = TestGateway::start().await;
+    let ((a, mut alice), (b, mut bob)) = pair(&gw).await;
+    let gid = alice.group_id();
+    crate::assert_api_error(b.group_info(&gid).await, 404, "unknown_group");
+    let info = alice.group_info();
+    a.put_group_info(&gid, info.clone()).await.unwrap();
+    assert_eq!(b.group_info(&gid).await.unwrap(), info, "served byte for byte");
+    // A newer one replaces it.
+    let update = alice.update();
+    a.send(&[Recipient::address(BOB)], update, None, false).await.unwrap();
+    assert_eq!(bob.process(&drain_one(&b).await[0]), Processed::Commit);
+    let newer = alice.group_info();
+    a.put_group_info(&gid, newer.clone()).await.unwrap();
+    assert_eq!(b.group_info(&gid).await.unwrap(), newer);
+    // Wrong group, wrong message type, bad path: refused, nothing replaced.
+    crate::assert_api_error(
+        a.put_group_info(b"another group", info.clone()).await,
+        400,
+        "invalid_mls",
+    );
+    let app = alice.encrypt(b"not a group info");
+    crate::assert_api_error(a.put_group_info(&gid, app).await, 400, "unexpected_message_type");
+    let resp = a
+        .raw(Method::GET, "/v1/groups/zz/info", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.error_code().as_deref()),
+        (400, Some("invalid_body"))
+    );
+    assert_eq!(b.group_info(&gid).await.unwrap(), newer);
+    gw.stop().await;
+}
