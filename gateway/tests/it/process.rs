@@ -32,48 +32,57 @@ fn free_port() -> u16 {
     }
 }
 
+/// Starts the gateway binary and waits until it is healthy. Ports are picked free and
+/// released before the child binds them, so another socket (our own clients' outgoing
+/// connections draw from the same ephemeral range) can take one in between: when the
+/// child exits during start-up, it is started again on fresh ports.
 async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
-    let port = free_port();
-    let admin = free_port();
-    let config = data_dir.with_extension("toml");
-    std::fs::write(&config, "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n").unwrap();
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let mut cmd = Command::new(GATEWAY);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin}"))
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    let p = Proc {
-        done: false,
-        child,
-        url: format!("https://localhost:{port}"),
-        ca: data_dir.join("tls/dev-ca.pem"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if p.ca.exists()
-            && let Ok(c) = Client::new(&p.url, Trust::CaFile(p.ca.clone()))
-            && c.healthz().await.is_ok()
-        {
-            return p;
+    for _attempt in 0..10 {
+        let (port, admin) = (free_port(), free_port());
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n").unwrap();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = Command::new(GATEWAY);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin}"))
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not become healthy; see {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut p = Proc {
+            done: false,
+            child: cmd.spawn().unwrap(),
+            url: format!("https://localhost:{port}"),
+            ca: data_dir.join("tls/dev-ca.pem"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if p.ca.exists()
+                && let Ok(c) = Client::new(&p.url, Trust::CaFile(p.ca.clone()))
+                && c.healthz().await.is_ok()
+            {
+                return p;
+            }
+            if p.child.try_wait().unwrap().is_some() {
+                p.done = true; // exited (e.g. a port was taken): try fresh ports
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not become healthy; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    panic!("gateway kept exiting at start-up; see {}", log.display());
 }
 
 impl Proc {
