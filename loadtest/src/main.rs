@@ -1,0 +1,482 @@
+//! `loadtest`: drives a real gateway through the client SDK (so it tests the real wire).
+//!
+//! Scenarios: `send` (1:1), `fanout` (one send to N recipients), `drain` (queue `count`
+//! envelopes, then receive + ack them all), `live` (long-polling receivers; latency is
+//! send → receive). Modes: open loop at a fixed arrival `--rate` (latency is measured from
+//! the *intended* send time, so queueing is not hidden by coordinated omission) or closed
+//! loop with `--concurrency` workers. Every run is bounded by `--duration` and/or `--count`
+//! and stops by itself; `--warmup` seconds are excluded. Writes `report.json`, `report.md`
+//! and `latency.svg` to `--report`.
+//!
+//! Devices are registered in a setup phase with provisioning tokens signed by the
+//! gateway's development key (`--data-dir`), so point it at a test gateway only.
+
+#![allow(clippy::print_stdout, reason = "a load generator reports on standard output")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use relay_client::{Client, Protocol, Recipient, Trust};
+use ring::signature::Ed25519KeyPair;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    Send,
+    Fanout,
+    Drain,
+    Live,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about = "Load generator for rcs-relay")]
+struct Args {
+    /// Gateway URL, e.g. https://localhost:8443.
+    #[arg(long)]
+    server: String,
+    /// The gateway's data dir: its dev CA and provisioning key.
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "send")]
+    scenario: Scenario,
+    /// Use HTTP/3 instead of HTTP/2.
+    #[arg(long)]
+    http3: bool,
+    /// Open loop: requests per second (fixed arrival rate). Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: concurrent workers. Open loop: cap on requests in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Stop after this many measured requests (also bounds `drain`'s queue).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Recipients per send (`fanout`).
+    #[arg(long, default_value_t = 100)]
+    recipients: usize,
+    /// Ciphertext bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Connections the senders spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value = "loadtest-report")]
+    report: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: Scenario,
+    protocol: &'static str,
+    mode: &'static str,
+    rate: Option<f64>,
+    concurrency: usize,
+    measured_secs: f64,
+    sent: u64,
+    received: u64,
+    errors: u64,
+    per_sec: f64,
+    latency_ms: Percentiles,
+    /// (percentile, milliseconds) for the latency curve.
+    curve: Vec<(f64, f64)>,
+    /// Completed requests per second of the measured period.
+    timeline: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(run(&args))?;
+    std::fs::create_dir_all(&args.report).with_context(|| format!("creating {}", args.report.display()))?;
+    std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(args.report.join("report.md"), markdown(&report))?;
+    std::fs::write(args.report.join("latency.svg"), svg(&report))?;
+    println!("{}", markdown(&report));
+    Ok(())
+}
+
+struct Setup {
+    senders: Vec<Client>,
+    receivers: Vec<Client>,
+    recipients: Vec<Recipient>,
+}
+
+async fn setup(args: &Args) -> anyhow::Result<Setup> {
+    let key_path = args.data_dir.join("keys/provisioning.pk8");
+    let pkcs8 = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let key = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| anyhow::anyhow!("provisioning key: {e}"))?;
+    let protocol = if args.http3 { Protocol::Http3 } else { Protocol::Http2 };
+    let trust = Trust::CaFile(args.data_dir.join("tls/dev-ca.pem"));
+    let run_id: u32 = rand::random::<u32>() % 100_000;
+    let register = |n: usize| {
+        let key = &key;
+        let trust = trust.clone();
+        async move {
+            let address = format!("tel:+1{run_id:05}{n:06}");
+            let claims = relay_core::provisioning::ProvisioningClaims {
+                address: relay_core::Address::parse(&address)?,
+                expires_at_ms: now_ms() + 600_000,
+                nonce: rand::random(),
+            };
+            let client = Client::connect(&args.server, trust, protocol)?;
+            let reg = client.register(&relay_core::provisioning::sign(key, &claims)).await?;
+            anyhow::Ok((client.with_credential(reg.credential), address))
+        }
+    };
+    let mut senders = Vec::new();
+    for i in 0..args.connections.max(1) {
+        senders.push(register(i).await?.0);
+    }
+    let wanted = if args.scenario == Scenario::Fanout {
+        args.recipients.max(1)
+    } else {
+        1
+    };
+    let mut receivers = Vec::new();
+    let mut recipients = Vec::new();
+    for i in 0..wanted {
+        let (client, address) = register(1000 + i).await?;
+        receivers.push(client);
+        recipients.push(Recipient::address(address));
+    }
+    Ok(Setup {
+        senders,
+        receivers,
+        recipients,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A distinct well-formed MLS message carrying the wall-clock send time (for `live`).
+fn message(size: usize, seq: u64) -> Bytes {
+    let mut ct = vec![0u8; size.max(16)];
+    let sent_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    ct[..8].copy_from_slice(&sent_us.to_be_bytes());
+    ct[8..16].copy_from_slice(&seq.to_be_bytes());
+    relay_core::envelope::frame_private_message(b"loadtest", 1, &ct).into()
+}
+
+struct Recorder {
+    hist: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    timeline: std::sync::Mutex<Vec<u64>>,
+    measure_from: Instant,
+}
+
+impl Recorder {
+    fn new(measure_from: Instant, secs: u64) -> Self {
+        Self {
+            hist: std::sync::Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant digits is valid")),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeline: std::sync::Mutex::new(vec![0; secs as usize + 1]),
+            measure_from,
+        }
+    }
+
+    fn record(&self, intended: Instant, ok: bool) {
+        let done = Instant::now();
+        if intended < self.measure_from {
+            return;
+        }
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        let us = done.duration_since(intended).as_micros() as u64;
+        let _ = self.hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1));
+        let second = done.duration_since(self.measure_from).as_secs() as usize;
+        if let Some(slot) = self.timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
+            *slot += 1;
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<Report> {
+    let s = setup(args).await?;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
+    let rec = Arc::new(Recorder::new(measure_from, args.duration));
+    let issued = Arc::new(AtomicU64::new(0));
+    let limit = args.count.unwrap_or(u64::MAX);
+    let received = Arc::new(AtomicU64::new(0));
+
+    if args.scenario == Scenario::Drain {
+        // Queue `count` envelopes (default 1,000), then measure receive + ack until empty.
+        let total = args.count.unwrap_or(1_000);
+        for i in 0..total {
+            s.senders[0]
+                .send(&s.recipients, message(args.size, i), None, false)
+                .await?;
+        }
+        let t0 = Instant::now();
+        let receiver = &s.receivers[0];
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut got = 0u64;
+        loop {
+            let t = Instant::now();
+            let page = receiver.receive(0, 100, 0).await?;
+            if page.envelopes.is_empty() {
+                break;
+            }
+            got += page.envelopes.len() as u64;
+            receiver.ack(&[], Some(page.next_cursor)).await?;
+            hist.record(t.elapsed().as_micros() as u64)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        return Ok(report(args, total, got, 0, secs, &hist, vec![]));
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.scenario == Scenario::Live {
+        // Receivers long-poll and record send → receive latency from the embedded time.
+        for r in s.receivers.clone() {
+            let (rec, received) = (Arc::clone(&rec), Arc::clone(&received));
+            tasks.spawn(async move {
+                let mut cursor = 0;
+                while Instant::now() < end + Duration::from_secs(2) {
+                    let Ok(page) = r.receive(cursor, 100, 1).await else {
+                        continue;
+                    };
+                    for e in &page.envelopes {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sent_us) = live_sent_us(&e.message) {
+                            let now_us = SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as u64);
+                            let lat = Duration::from_micros(now_us.saturating_sub(sent_us));
+                            rec.record(Instant::now().checked_sub(lat).unwrap_or(measure_from), true);
+                        }
+                    }
+                    cursor = page.next_cursor;
+                    if !page.envelopes.is_empty() {
+                        let _ = r.ack(&[], Some(cursor)).await;
+                    }
+                }
+                anyhow::Ok(())
+            });
+        }
+    }
+    let record_sends = args.scenario != Scenario::Live;
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    match args.rate {
+        Some(rate) => {
+            // Open loop: the i-th request is due at start + i / rate, whatever happened before.
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut i = 0u64;
+            loop {
+                let intended = start + interval.mul_f64(i as f64);
+                if intended >= end || issued.load(Ordering::Relaxed) >= limit {
+                    break;
+                }
+                tokio::time::sleep_until(intended.into()).await;
+                let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
+                    break;
+                };
+                let client = s.senders[i as usize % s.senders.len()].clone();
+                let (rec, to, size) = (Arc::clone(&rec), s.recipients.clone(), args.size);
+                if intended >= measure_from {
+                    issued.fetch_add(1, Ordering::Relaxed);
+                }
+                tasks.spawn(async move {
+                    let ok = client.send(&to, message(size, i), None, false).await.is_ok();
+                    if record_sends || !ok {
+                        rec.record(intended, ok);
+                    }
+                    drop(permit);
+                    anyhow::Ok(())
+                });
+                i += 1;
+            }
+        }
+        None => {
+            for w in 0..args.concurrency.max(1) {
+                let client = s.senders[w % s.senders.len()].clone();
+                let (rec, to, size, issued) = (Arc::clone(&rec), s.recipients.clone(), args.size, Arc::clone(&issued));
+                tasks.spawn(async move {
+                    let mut seq = (w as u64) << 32;
+                    loop {
+                        let intended = Instant::now();
+                        if intended >= end || issued.load(Ordering::Relaxed) >= limit {
+                            return anyhow::Ok(());
+                        }
+                        if intended >= measure_from {
+                            issued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ok = client.send(&to, message(size, seq), None, false).await.is_ok();
+                        if record_sends || !ok {
+                            rec.record(intended, ok);
+                        }
+                        seq += 1;
+                    }
+                });
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let measured = end
+        .min(Instant::now())
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(0.001);
+    let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sent = issued.load(Ordering::Relaxed);
+    let got = if args.scenario == Scenario::Live {
+        received.load(Ordering::Relaxed)
+    } else {
+        rec.ok.load(Ordering::Relaxed)
+    };
+    Ok(report(
+        args,
+        sent,
+        got,
+        rec.errors.load(Ordering::Relaxed),
+        measured,
+        &hist,
+        timeline,
+    ))
+}
+
+/// The send time embedded by [`message`]: the first 8 ciphertext bytes, which
+/// `frame_private_message` places after the fixed-size header fields.
+fn live_sent_us(message: &[u8]) -> Option<u64> {
+    // version(2) wire_format(2) group_id(1 + 8 "loadtest") epoch(8) content_type(1)
+    // authenticated_data(1) encrypted_sender_data(1 + 16) ciphertext(varint) ...
+    let mut at = 2 + 2 + 1 + 8 + 8 + 1 + 1 + 1 + 16;
+    let first = *message.get(at)?;
+    at += match first >> 6 {
+        0 => 1,
+        1 => 2,
+        _ => 4,
+    };
+    Some(u64::from_be_bytes(message.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn report(
+    args: &Args,
+    sent: u64,
+    received: u64,
+    errors: u64,
+    secs: f64,
+    hist: &hdrhistogram::Histogram<u64>,
+    timeline: Vec<u64>,
+) -> Report {
+    let ms = |v: u64| v as f64 / 1000.0;
+    let curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
+        .iter()
+        .map(|p| (*p, ms(hist.value_at_percentile(*p))))
+        .collect();
+    Report {
+        scenario: args.scenario,
+        protocol: if args.http3 { "h3" } else { "h2" },
+        mode: if args.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        },
+        rate: args.rate,
+        concurrency: args.concurrency,
+        measured_secs: secs,
+        sent,
+        received,
+        errors,
+        per_sec: received as f64 / secs,
+        latency_ms: Percentiles {
+            p50: ms(hist.value_at_quantile(0.5)),
+            p90: ms(hist.value_at_quantile(0.9)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            p999: ms(hist.value_at_quantile(0.999)),
+            max: ms(hist.max()),
+        },
+        curve,
+        timeline,
+    }
+}
+
+fn markdown(r: &Report) -> String {
+    format!(
+        "# loadtest: {:?} over {} ({})\n\n| sent | received | errors | per second | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        r.scenario,
+        r.protocol,
+        r.mode,
+        r.sent,
+        r.received,
+        r.errors,
+        r.per_sec,
+        r.latency_ms.p50,
+        r.latency_ms.p90,
+        r.latency_ms.p99,
+        r.latency_ms.p999,
+        r.latency_ms.max
+    )
+}
+
+/// A dependency-free SVG: the latency percentile curve.
+fn svg(r: &Report) -> String {
+    let (w, h) = (640.0, 360.0);
+    let max = r.curve.iter().map(|c| c.1).fold(0.001, f64::max);
+    let points: Vec<String> = r
+        .curve
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| {
+            let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
+            let y = h - 30.0 - (h - 60.0) * v / max;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let labels: String = r
+        .curve
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| {
+            let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
+            format!(
+                "<text x=\"{x:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">p{p}</text>",
+                h - 12.0
+            )
+        })
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"40\" y=\"20\" font-size=\"13\">{:?} {} {}: latency by percentile (max {max:.2} ms)</text>\
+         <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>{labels}</svg>\n",
+        r.scenario,
+        r.protocol,
+        r.mode,
+        points.join(" ")
+    )
+}

@@ -1,0 +1,89 @@
+//! Smoke runs of every scenario against a real gateway: tiny counts, seconds, and the
+//! report must exist and add up. No timing assertions.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use test_support::TestGateway;
+
+const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
+
+fn run(gw: &TestGateway, args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(LOADTEST)
+        .arg("--server")
+        .arg(gw.url())
+        .arg("--data-dir")
+        .arg(&gw.data_dir)
+        .arg("--report")
+        .arg(dir.path())
+        .args(["--duration", "1", "--warmup", "0", "--connections", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadtest {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["report.json", "report.md", "latency.svg"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    assert!(
+        std::fs::read_to_string(dir.path().join("latency.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_reports_and_adds_up() {
+    let gw = TestGateway::start().await;
+    let r = run(&gw, &["--scenario", "send", "--concurrency", "4", "--count", "50"]);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["sent"], r["received"], "closed loop: every issued send completed");
+    assert!(r["sent"].as_u64().unwrap() > 0);
+
+    let r = run(&gw, &["--scenario", "send", "--rate", "100", "--http3"]);
+    assert_eq!(
+        (r["mode"].as_str(), r["protocol"].as_str()),
+        (Some("open-loop"), Some("h3"))
+    );
+    assert_eq!(r["sent"], r["received"]);
+
+    let r = run(
+        &gw,
+        &[
+            "--scenario",
+            "fanout",
+            "--recipients",
+            "20",
+            "--count",
+            "10",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["sent"], r["received"]);
+
+    let r = run(&gw, &["--scenario", "drain", "--count", "120"]);
+    assert_eq!(
+        (r["sent"].as_u64(), r["received"].as_u64()),
+        (Some(120), Some(120)),
+        "drain: sent = received"
+    );
+
+    let r = run(&gw, &["--scenario", "live", "--rate", "50"]);
+    assert!(
+        r["received"].as_u64().unwrap() >= r["sent"].as_u64().unwrap(),
+        "every live send was received"
+    );
+    assert!(
+        r["latency_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "send→receive latency was measured"
+    );
+    gw.stop().await;
+}
