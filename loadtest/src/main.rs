@@ -32,6 +32,9 @@ enum Scenario {
     Fanout,
     Drain,
     Live,
+    /// `--recipients` devices each hold a long-poll open for the duration (memory per
+    /// idle receiver: sample the gateway's RSS meanwhile, e.g. `benches/idle.sh`).
+    Idle,
 }
 
 #[derive(Debug, Parser)]
@@ -128,9 +131,14 @@ async fn setup(args: &Args) -> anyhow::Result<Setup> {
     let protocol = if args.http3 { Protocol::Http3 } else { Protocol::Http2 };
     let trust = Trust::CaFile(args.data_dir.join("tls/dev-ca.pem"));
     let run_id: u32 = rand::random::<u32>() % 100_000;
+    // Devices share `connections` connections (HTTP/2 or QUIC multiplexing), so thousands
+    // of receivers do not need thousands of sockets.
+    let bases = (0..args.connections.max(1))
+        .map(|_| Client::connect(&args.server, trust.clone(), protocol))
+        .collect::<Result<Vec<_>, _>>()?;
     let register = |n: usize| {
         let key = &key;
-        let trust = trust.clone();
+        let base = bases[n % bases.len()].clone();
         async move {
             let address = format!("tel:+1{run_id:05}{n:06}");
             let claims = relay_core::provisioning::ProvisioningClaims {
@@ -138,16 +146,15 @@ async fn setup(args: &Args) -> anyhow::Result<Setup> {
                 expires_at_ms: now_ms() + 600_000,
                 nonce: rand::random(),
             };
-            let client = Client::connect(&args.server, trust, protocol)?;
-            let reg = client.register(&relay_core::provisioning::sign(key, &claims)).await?;
-            anyhow::Ok((client.with_credential(reg.credential), address))
+            let reg = base.register(&relay_core::provisioning::sign(key, &claims)).await?;
+            anyhow::Ok((base.with_credential(reg.credential), address))
         }
     };
     let mut senders = Vec::new();
     for i in 0..args.connections.max(1) {
         senders.push(register(i).await?.0);
     }
-    let wanted = if args.scenario == Scenario::Fanout {
+    let wanted = if matches!(args.scenario, Scenario::Fanout | Scenario::Idle) {
         args.recipients.max(1)
     } else {
         1
@@ -254,6 +261,39 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         }
         let secs = t0.elapsed().as_secs_f64();
         return Ok(report(args, total, got, 0, secs, &hist, vec![]));
+    }
+
+    if args.scenario == Scenario::Idle {
+        // Every receiver long-polls (60 s) until the end; nothing is sent.
+        let mut tasks = tokio::task::JoinSet::new();
+        let held = Arc::new(AtomicU64::new(0));
+        for r in s.receivers.clone() {
+            let held = Arc::clone(&held);
+            tasks.spawn(async move {
+                held.fetch_add(1, Ordering::Relaxed);
+                while Instant::now() < end {
+                    let wait = end.saturating_duration_since(Instant::now()).as_secs().clamp(1, 60) as u32;
+                    r.receive(0, 10, wait).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        println!("holding {} idle receivers until the end of the run", s.receivers.len());
+        let mut errors = 0;
+        while let Some(r) = tasks.join_next().await {
+            errors += u64::from(r?.is_err());
+        }
+        let secs = args.duration as f64;
+        let hist = hdrhistogram::Histogram::<u64>::new(3)?;
+        return Ok(report(
+            args,
+            held.load(Ordering::Relaxed),
+            s.receivers.len() as u64 - errors,
+            errors,
+            secs,
+            &hist,
+            vec![],
+        ));
     }
 
     let mut tasks = tokio::task::JoinSet::new();

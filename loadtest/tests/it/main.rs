@@ -76,6 +76,12 @@ async fn every_scenario_reports_and_adds_up() {
         "drain: sent = received"
     );
 
+    let r = run(&gw, &["--scenario", "idle", "--recipients", "30"]);
+    assert_eq!(
+        (r["sent"].as_u64(), r["received"].as_u64(), r["errors"].as_u64()),
+        (Some(30), Some(30), Some(0))
+    );
+
     let r = run(&gw, &["--scenario", "live", "--rate", "50"]);
     assert!(
         r["received"].as_u64().unwrap() >= r["sent"].as_u64().unwrap(),

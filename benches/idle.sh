@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Memory per idle live receiver: N devices each hold a long-poll open on a release gateway;
+# prints the gateway's RSS before and while they are held.
+#   benches/idle.sh [RECEIVERS] [CONNECTIONS]   (defaults: 10000 64)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-10000}
+conns=${2:-64}
+cargo build --release --locked -p loadtest >&2
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_gateway
+# Refresh the relay_live_receivers gauge every second (the sweeper publishes it).
+printf '[storage]\nsweep_interval_secs = 1\n' >> "$tmp/gateway.toml"
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>>"$tmp/gateway.log"
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
+gpid=${pids[-1]}
+rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$gpid/status"; }
+echo "gateway RSS before: $(rss)"
+spawn "$bin/loadtest" --server "https://localhost:$gw_port" --data-dir "$tmp/data" --scenario idle \
+    --recipients "$n" --connections "$conns" --duration 40 --warmup 0 --report "$tmp/idle"
+lt=${pids[-1]}
+peak=0
+for _ in $(seq 40); do
+    sleep 1
+    live=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^relay_live_receivers / {print $2}')
+    kb=$(awk '/VmRSS/ {print $2}' "/proc/$gpid/status")
+    [ "$kb" -gt "$peak" ] && peak=$kb
+    echo "live_receivers=${live:-?} rss=${kb} kB"
+    kill -0 "$lt" 2>/dev/null || break
+done
+echo "gateway peak RSS with $n idle receivers: $((peak / 1024)) MiB"
