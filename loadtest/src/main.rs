@@ -11,7 +11,11 @@
 //! Devices are registered in a setup phase with provisioning tokens signed by the
 //! gateway's development key (`--data-dir`), so point it at a test gateway only.
 
-#![allow(clippy::print_stdout, reason = "a load generator reports on standard output")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a load generator reports on standard output and shows progress on standard error"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ enum Scenario {
     Fanout,
     Drain,
     Live,
+    /// 1:1 sends (latency recorded) while live receivers receive and acknowledge.
+    Mixed,
     /// `--recipients` devices each hold a long-poll open for the duration (memory per
     /// idle receiver: sample the gateway's RSS meanwhile, e.g. `benches/idle.sh`).
     Idle,
@@ -74,6 +80,10 @@ struct Args {
     /// Connections the senders spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Spread connections over 127.0.0.1 ..= 127.0.0.N source addresses (loopback servers;
+    /// for thousands of connections once one address runs out of ports).
+    #[arg(long)]
+    source_ips: Option<u8>,
     #[arg(long, default_value = "loadtest-report")]
     report: PathBuf,
 }
@@ -134,7 +144,12 @@ async fn setup(args: &Args) -> anyhow::Result<Setup> {
     // Devices share `connections` connections (HTTP/2 or QUIC multiplexing), so thousands
     // of receivers do not need thousands of sockets.
     let bases = (0..args.connections.max(1))
-        .map(|_| Client::connect(&args.server, trust.clone(), protocol))
+        .map(|i| {
+            let local = args
+                .source_ips
+                .map(|n| std::net::IpAddr::from([127, 0, 0, 1 + (i % usize::from(n.max(1))) as u8]));
+            Client::connect_from(&args.server, trust.clone(), protocol, local)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let register = |n: usize| {
         let key = &key;
@@ -204,7 +219,7 @@ impl Recorder {
             hist: std::sync::Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant digits is valid")),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            timeline: std::sync::Mutex::new(vec![0; secs as usize + 1]),
+            timeline: std::sync::Mutex::new(vec![0; secs as usize]),
             measure_from,
         }
     }
@@ -297,10 +312,30 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    if args.scenario == Scenario::Live {
+    let mixed_received = Arc::new(AtomicU64::new(0));
+    {
+        // Progress, once a second, on standard error.
+        let (rec, issued) = (Arc::clone(&rec), Arc::clone(&issued));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            while Instant::now() < end {
+                tick.tick().await;
+                let t = start.elapsed().as_secs();
+                eprintln!(
+                    "[{t:>3}s] issued={} ok={} errors={}",
+                    issued.load(Ordering::Relaxed),
+                    rec.ok.load(Ordering::Relaxed),
+                    rec.errors.load(Ordering::Relaxed)
+                );
+            }
+        });
+    }
+    if matches!(args.scenario, Scenario::Live | Scenario::Mixed) {
+        let mixed = args.scenario == Scenario::Mixed;
         // Receivers long-poll and record send → receive latency from the embedded time.
         for r in s.receivers.clone() {
-            let rec = Arc::clone(&rec);
+            let (rec, mixed_received) = (Arc::clone(&rec), Arc::clone(&mixed_received));
             tasks.spawn(async move {
                 let mut cursor = 0;
                 while Instant::now() < end + Duration::from_secs(2) {
@@ -308,6 +343,10 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                         continue;
                     };
                     for e in &page.envelopes {
+                        if mixed {
+                            mixed_received.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         if let Some(sent_us) = live_sent_us(&e.message) {
                             let now_us = SystemTime::now()
                                 .duration_since(UNIX_EPOCH)
@@ -393,7 +432,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let sent = issued.load(Ordering::Relaxed);
     // Only what was sent and received in the measured period counts (warm-up excluded).
-    let got = rec.ok.load(Ordering::Relaxed);
+    let got = if args.scenario == Scenario::Mixed {
+        mixed_received.load(Ordering::Relaxed)
+    } else {
+        rec.ok.load(Ordering::Relaxed)
+    };
     Ok(report(
         args,
         sent,
@@ -479,39 +522,49 @@ fn markdown(r: &Report) -> String {
     )
 }
 
-/// A dependency-free SVG: the latency percentile curve.
+/// A dependency-free SVG: the latency percentile curve (top) and completed requests per
+/// second over the measured period (bottom).
 fn svg(r: &Report) -> String {
-    let (w, h) = (640.0, 360.0);
-    let max = r.curve.iter().map(|c| c.1).fold(0.001, f64::max);
-    let points: Vec<String> = r
-        .curve
-        .iter()
-        .enumerate()
-        .map(|(i, (_, v))| {
-            let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
-            let y = h - 30.0 - (h - 60.0) * v / max;
-            format!("{x:.1},{y:.1}")
-        })
-        .collect();
+    let w = 640.0;
+    let panel = |values: &[f64], top: f64, height: f64| -> String {
+        let max = values.iter().copied().fold(0.001, f64::max);
+        let n = values.len().max(2) - 1;
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    40.0 + (w - 60.0) * i as f64 / n as f64,
+                    top + height - height * v / max
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let latency: Vec<f64> = r.curve.iter().map(|c| c.1).collect();
+    let throughput: Vec<f64> = r.timeline.iter().map(|v| *v as f64).collect();
+    let max_latency = latency.iter().copied().fold(0.0, f64::max);
+    let max_rate = throughput.iter().copied().fold(0.0, f64::max);
     let labels: String = r
         .curve
         .iter()
         .enumerate()
         .map(|(i, (p, _))| {
             let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
-            format!(
-                "<text x=\"{x:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">p{p}</text>",
-                h - 12.0
-            )
+            format!("<text x=\"{x:.1}\" y=\"190\" font-size=\"10\" text-anchor=\"middle\">p{p}</text>")
         })
         .collect();
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"40\" y=\"20\" font-size=\"13\">{:?} {} {}: latency by percentile (max {max:.2} ms)</text>\
-         <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>{labels}</svg>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"400\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"40\" y=\"20\" font-size=\"13\">{:?} {} {}: latency by percentile (max {max_latency:.2} ms)</text>\
+         <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>{labels}\
+         <text x=\"40\" y=\"220\" font-size=\"13\">completed per second (max {max_rate:.0})</text>\
+         <polyline fill=\"none\" stroke=\"darkorange\" stroke-width=\"2\" points=\"{}\"/></svg>\n",
         r.scenario,
         r.protocol,
         r.mode,
-        points.join(" ")
+        panel(&latency, 30.0, 140.0),
+        panel(&throughput, 235.0, 140.0)
     )
 }

@@ -16,6 +16,7 @@ pub(crate) struct H3 {
     host: String,
     port: u16,
     config: quinn::ClientConfig,
+    local: Option<std::net::IpAddr>,
     state: Mutex<Option<(quinn::Endpoint, Sender)>>,
 }
 
@@ -29,7 +30,11 @@ impl std::fmt::Debug for H3 {
 }
 
 impl H3 {
-    pub(crate) fn new(uri: &Uri, mut tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+    pub(crate) fn new(
+        uri: &Uri,
+        mut tls: rustls::ClientConfig,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, ClientError> {
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Config(format!("QUIC TLS: {e}")))?;
@@ -45,6 +50,7 @@ impl H3 {
             host,
             port: uri.port_u16().unwrap_or(443),
             config,
+            local,
             state: Mutex::new(None),
         })
     }
@@ -55,12 +61,11 @@ impl H3 {
             .map_err(|e| ClientError::Transport(format!("resolving {}: {e}", self.host)))?
             .next()
             .ok_or_else(|| ClientError::Transport(format!("{} has no address", self.host)))?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse()
-        } else {
-            "0.0.0.0:0".parse()
-        }
-        .map_err(|_| ClientError::Config("bind address".into()))?;
+        let bind = match self.local {
+            Some(ip) => SocketAddr::new(ip, 0),
+            None if addr.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
+            None => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Transport(e.to_string()))?;
         endpoint.set_default_client_config(self.config.clone());
         let conn = endpoint

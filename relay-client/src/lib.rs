@@ -165,6 +165,21 @@ impl Client {
         reason = "the trust setting is handed over, like a builder argument"
     )]
     pub fn connect(server: &str, trust: Trust, protocol: Protocol) -> Result<Self, ClientError> {
+        Self::connect_from(server, trust, protocol, None)
+    }
+
+    /// Like [`Client::connect`], with the local (source) address to connect from — load
+    /// generators spread connections over 127.0.0.x when one address runs out of ports.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "the trust setting is handed over, like a builder argument"
+    )]
+    pub fn connect_from(
+        server: &str,
+        trust: Trust,
+        protocol: Protocol,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/');
         let uri: Uri = base
             .parse()
@@ -173,7 +188,7 @@ impl Client {
             return Err(ClientError::Config("server URL must start with https://".into()));
         }
         if protocol == Protocol::Http3 {
-            let h3 = h3::H3::new(&uri, tls_config(&trust, &[])?)?;
+            let h3 = h3::H3::new(&uri, tls_config(&trust, &[])?, local)?;
             return Ok(Self {
                 transport: Transport::H3(Arc::new(h3)),
                 base: base.into(),
@@ -185,6 +200,7 @@ impl Client {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
+        tcp.set_local_address(local);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()

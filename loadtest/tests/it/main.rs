@@ -76,6 +76,13 @@ async fn every_scenario_reports_and_adds_up() {
         "drain: sent = received"
     );
 
+    let r = run(&gw, &["--scenario", "mixed", "--rate", "50", "--source-ips", "3"]);
+    assert_eq!(r["errors"], 0);
+    assert!(
+        r["received"].as_u64().unwrap() >= r["sent"].as_u64().unwrap(),
+        "mixed: everything sent was received"
+    );
+
     let r = run(&gw, &["--scenario", "idle", "--recipients", "30"]);
     assert_eq!(
         (r["sent"].as_u64(), r["received"].as_u64(), r["errors"].as_u64()),
