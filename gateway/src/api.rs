@@ -268,6 +268,14 @@ async fn read_body(state: &AppState, req: Request, limit: usize, media: &[&str])
     Ok(bytes)
 }
 
+/// Parses an uploaded MLS message; the error codes are the same for every endpoint.
+fn parse_envelope(bytes: Bytes, limits: &Limits) -> Result<Envelope, ApiError> {
+    Envelope::parse(bytes, limits).map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
+        _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
+    })
+}
+
 fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(ErrorCode::BodyTooLarge, format!("request body exceeds {limit} bytes"))
 }
@@ -364,10 +372,7 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
                 ApiError::new(ErrorCode::InvalidClientMessageId, "client_message_id must be 16 bytes")
             })?),
         };
-    let envelope = Envelope::parse(body.message, limits).map_err(|e| match e {
-        EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
-        _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
-    })?;
+    let envelope = parse_envelope(body.message, limits)?;
     let is_commit = envelope
         .header()
         .is_some_and(|h| h.content_type == MessageContentType::Commit);
@@ -786,10 +791,7 @@ async fn put_group_info(
     let group_id = group_id_from_path(&group)?;
     let limit = state.inner.limits.max_envelope_bytes;
     let body = read_body(&state, req, limit, &[MESSAGE_MLS]).await?;
-    let envelope = Envelope::parse(body, &state.inner.limits).map_err(|e| match e {
-        EnvelopeError::TooLarge { .. } => ApiError::new(ErrorCode::EnvelopeTooLarge, e.to_string()),
-        _ => ApiError::new(ErrorCode::InvalidMls, e.to_string()),
-    })?;
+    let envelope = parse_envelope(body, &state.inner.limits)?;
     let Some(info_group) = envelope.group_info_group_id() else {
         return Err(ApiError::new(
             ErrorCode::UnexpectedMessageType,
