@@ -113,12 +113,17 @@ impl SledStore {
     }
 
     fn active_devices(&self, rid: &Rid) -> Result<Vec<DeviceId>, StoreError> {
+        Ok(self.active_device_records(rid)?.into_iter().map(|(d, _)| d).collect())
+    }
+
+    /// Active devices of an address with their records, from one prefix scan.
+    fn active_device_records(&self, rid: &Rid) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(prefixed(b"d/", &rid.0)) {
             let (k, v) = item.map_err(backend)?;
             let rec = DeviceRecord::decode(&v)?;
             if rec.status == DEVICE_ACTIVE {
-                out.push(DeviceId(be_u32(&k[34..38])?));
+                out.push((DeviceId(be_u32(&k[34..38])?), rec));
             }
         }
         Ok(out)
@@ -185,28 +190,26 @@ impl SledStore {
 
         // Resolve every recipient device before writing anything.
         let mut targets: Vec<(Rid, DeviceId, DeviceRecord)> = Vec::new();
+        let mut seen: std::collections::HashSet<(Rid, DeviceId)> = std::collections::HashSet::new();
         for (index, r) in req.recipients.iter().enumerate() {
-            let active = self.active_devices(&r.rid)?;
+            // One scan yields every active device with its record (no second read).
+            let active = self.active_device_records(&r.rid)?;
             if active.is_empty() {
                 return Err(SendError::UnknownRecipient { index });
             }
-            let chosen: Vec<DeviceId> = match &r.devices {
+            let chosen: Vec<(DeviceId, DeviceRecord)> = match &r.devices {
                 None => active,
                 Some(wanted) => {
-                    if wanted.iter().any(|d| !active.contains(d)) {
+                    if wanted.iter().any(|w| !active.iter().any(|(d, _)| d == w)) {
                         return Err(SendError::UnknownDevice { index });
                     }
-                    wanted.clone()
+                    active.into_iter().filter(|(d, _)| wanted.contains(d)).collect()
                 }
             };
-            for dev in chosen {
-                if targets.iter().any(|(rid, d, _)| *rid == r.rid && *d == dev) {
-                    continue;
+            for (dev, rec) in chosen {
+                if seen.insert((r.rid, dev)) {
+                    targets.push((r.rid, dev, rec));
                 }
-                let rec = self
-                    .device_record(&r.rid, dev)?
-                    .ok_or(StoreError::Corrupt("device vanished under write lock"))?;
-                targets.push((r.rid, dev, rec));
             }
         }
 
