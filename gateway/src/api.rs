@@ -769,14 +769,8 @@ async fn count_key_packages(State(state): State<AppState>, headers: HeaderMap) -
 const MESSAGE_MLS: &str = "message/mls";
 
 fn group_id_from_path(hex: &str) -> Result<Vec<u8>, ApiError> {
-    let bad = || ApiError::new(ErrorCode::InvalidBody, "the group id in the path must be non-empty hex");
-    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > 512 {
-        return Err(bad());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
-        .collect()
+    crate::mls::decode_group_id(hex)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidBody, "the group id in the path must be non-empty hex"))
 }
 
 /// `PUT /v1/groups/{hex group id}/info`: a member publishes the group's latest GroupInfo

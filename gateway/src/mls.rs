@@ -92,10 +92,35 @@ pub fn ordering(envelope: &Envelope, config: &MlsConfig) -> Option<GroupOrdering
     })
 }
 
+/// Decodes a group id written as hex (API paths, admin endpoints): non-empty, even length,
+/// at most 256 bytes. Never panics on arbitrary input.
+pub fn decode_group_id(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > 512 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Groups are stored under a hash of their id.
 pub fn group_key(group_id: &[u8]) -> [u8; 32] {
     *blake3::Hasher::new_derive_key("rcs-relay 2026-11 group key v1")
         .update(group_id)
         .finalize()
         .as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_group_id;
+
+    #[test]
+    fn group_ids_decode_and_bad_input_is_refused_without_panicking() {
+        assert_eq!(decode_group_id("00ff10"), Some(vec![0, 0xff, 0x10]));
+        for bad in ["", "0", "zz", "a\u{e9}b", "\u{e9}\u{e9}", &"ab".repeat(257)] {
+            assert_eq!(decode_group_id(bad), None, "{bad:?}");
+        }
+    }
 }

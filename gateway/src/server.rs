@@ -352,7 +352,7 @@ async fn serve_admin(
     let set_epoch = move |axum::extract::Path(group): axum::extract::Path<String>, body: String| {
         let store = Arc::clone(&store);
         async move {
-            let Some(group_id) = decode_hex(&group) else {
+            let Some(group_id) = crate::mls::decode_group_id(&group) else {
                 return (http::StatusCode::BAD_REQUEST, "group id must be hex\n".to_owned()).into_response();
             };
             let Ok(epoch) = body.trim().parse::<u64>() else {
@@ -453,14 +453,4 @@ async fn sweeper(state: AppState, every: Duration, shutdown: CancellationToken) 
         metrics::gauge!("relay_storage_disk_bytes").set(state.store().size_on_disk() as f64);
         metrics::gauge!("relay_live_receivers").set(state.live().len() as f64);
     }
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }

@@ -174,14 +174,9 @@ impl Member {
 
     /// A self-update commit (merged at once).
     pub fn update(&mut self) -> Bytes {
-        let (provider, signer) = (&self.provider, &self.signer);
-        let group = self.group.as_mut().expect("member has a group");
-        let bundle = group
-            .self_update(provider, signer, LeafNodeParameters::default())
-            .unwrap();
-        let (commit, _, _) = bundle.into_contents();
-        group.merge_pending_commit(provider).unwrap();
-        commit.to_bytes().unwrap().into()
+        let commit = self.pending_update();
+        self.merge_pending();
+        commit
     }
 
     /// Leaf index of a member with `identity`.
