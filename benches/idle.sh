@@ -11,11 +11,7 @@ cargo build --release --locked -p loadtest >&2
 . benches/lib.sh
 start_gateway
 # Refresh the relay_live_receivers gauge every second (the sweeper publishes it).
-printf '[storage]\nsweep_interval_secs = 1\n' >> "$tmp/gateway.toml"
-kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
-spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>>"$tmp/gateway.log"
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
-gpid=${pids[-1]}
+restart_gateway $'[storage]\nsweep_interval_secs = 1'
 rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$gpid/status"; }
 echo "gateway RSS before: $(rss)"
 spawn "$bin/loadtest" --server "https://localhost:$gw_port" --data-dir "$tmp/data" --scenario idle \

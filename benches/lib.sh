@@ -3,7 +3,8 @@
 #   $gw_port      gateway TCP+UDP port    $admin_port  gateway admin port
 #   $credential   a registered sender     $tmp/body.bin protobuf SendRequest, 1 KiB MLS message
 #   $tmp/data     gateway data dir (its dev certificate is reused by the baselines)
-# `spawn CMD...` runs a background process that is stopped on exit; `port` prints a free port.
+# `spawn CMD...` runs a background process that is stopped on exit; `port` prints a free port;
+# `restart_gateway TOML` appends TOML to the gateway's config and restarts it ($gpid).
 
 cargo build --release --locked -p gateway -p relay-client -p benches >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -27,7 +28,8 @@ requests_per_second = 1000000
 burst = 1000000
 TOML
     spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log"
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
+    gpid=${pids[-1]}
+    wait_healthy
     local relay=("$bin/relay" --server "https://localhost:$gw_port" --ca "$tmp/data/tls/dev-ca.pem")
     "${relay[@]}" --profile "$tmp/sender.toml" register \
         --token "$("$bin/gateway" --config "$tmp/gateway.toml" provision tel:+15550900001)" >&2
@@ -35,4 +37,18 @@ TOML
         --token "$("$bin/gateway" --config "$tmp/gateway.toml" provision tel:+15550900002)" >&2
     credential=$(sed -n 's/^credential = "\(.*\)"$/\1/p' "$tmp/sender.toml")
     "$bin/send-body" --to tel:+15550900002 --size 1024 > "$tmp/body.bin"
+}
+
+wait_healthy() {
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && return; sleep 0.1; done
+    echo "gateway did not become healthy; see $tmp/gateway.log" >&2
+    return 1
+}
+
+restart_gateway() {
+    printf '%s\n' "$1" >> "$tmp/gateway.toml"
+    kill "$gpid"; wait "$gpid" 2>/dev/null || true
+    spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>>"$tmp/gateway.log"
+    gpid=${pids[-1]}
+    wait_healthy
 }

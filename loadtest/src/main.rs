@@ -200,8 +200,11 @@ fn message(size: usize, seq: u64) -> Bytes {
     let sent_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    ct[..8].copy_from_slice(&sent_us.to_be_bytes());
-    ct[8..16].copy_from_slice(&seq.to_be_bytes());
+    // The ciphertext is the last field of the frame (RFC 9420 section 6.3), so its tail is
+    // the message's tail: sequence number, then send time.
+    let n = ct.len();
+    ct[n - 16..n - 8].copy_from_slice(&seq.to_be_bytes());
+    ct[n - 8..].copy_from_slice(&sent_us.to_be_bytes());
     relay_core::envelope::frame_private_message(b"loadtest", 1, &ct).into()
 }
 
@@ -448,19 +451,10 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     ))
 }
 
-/// The send time embedded by [`message`]: the first 8 ciphertext bytes, which
-/// `frame_private_message` places after the fixed-size header fields.
+/// The send time embedded by [`message`]: the last 8 bytes.
 fn live_sent_us(message: &[u8]) -> Option<u64> {
-    // version(2) wire_format(2) group_id(1 + 8 "loadtest") epoch(8) content_type(1)
-    // authenticated_data(1) encrypted_sender_data(1 + 16) ciphertext(varint) ...
-    let mut at = 2 + 2 + 1 + 8 + 8 + 1 + 1 + 1 + 16;
-    let first = *message.get(at)?;
-    at += match first >> 6 {
-        0 => 1,
-        1 => 2,
-        _ => 4,
-    };
-    Some(u64::from_be_bytes(message.get(at..at + 8)?.try_into().ok()?))
+    let tail = message.get(message.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
 }
 
 fn report(
