@@ -116,6 +116,15 @@ struct Percentiles {
     max: f64,
 }
 
+/// A seconds-elapsed bar on a terminal; hidden (and replaced by log lines) otherwise.
+fn progress_bar(total_secs: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total_secs), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len}s {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -317,21 +326,30 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut tasks = tokio::task::JoinSet::new();
     let mixed_received = Arc::new(AtomicU64::new(0));
     {
-        // Progress, once a second, on standard error.
+        // Progress on standard error: a bar on a terminal, a line a second in logs.
         let (rec, issued) = (Arc::clone(&rec), Arc::clone(&issued));
+        let total = end.saturating_duration_since(start).as_secs();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let bar = progress_bar(total);
+            let mut tick = tokio::time::interval(Duration::from_millis(if bar.is_hidden() { 1000 } else { 200 }));
             tick.tick().await;
             while Instant::now() < end {
                 tick.tick().await;
                 let t = start.elapsed().as_secs();
-                eprintln!(
-                    "[{t:>3}s] issued={} ok={} errors={}",
+                let status = format!(
+                    "issued={} ok={} errors={}",
                     issued.load(Ordering::Relaxed),
                     rec.ok.load(Ordering::Relaxed),
                     rec.errors.load(Ordering::Relaxed)
                 );
+                if bar.is_hidden() {
+                    eprintln!("[{t:>3}s] {status}");
+                } else {
+                    bar.set_position(t.min(total));
+                    bar.set_message(status);
+                }
             }
+            bar.finish_and_clear();
         });
     }
     if matches!(args.scenario, Scenario::Live | Scenario::Mixed) {
