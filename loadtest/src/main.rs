@@ -245,8 +245,14 @@ impl Recorder {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.record_latency(done.duration_since(intended));
+    }
+
+    /// A success whose request belongs to the measured period, taking `latency`.
+    fn record_latency(&self, latency: Duration) {
+        let done = Instant::now();
         self.ok.fetch_add(1, Ordering::Relaxed);
-        let us = done.duration_since(intended).as_micros() as u64;
+        let us = latency.as_micros() as u64;
         let _ = self.hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1));
         let second = done.duration_since(self.measure_from).as_secs() as usize;
         if let Some(slot) = self.timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
@@ -368,12 +374,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                             mixed_received.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        if let Some(sent_us) = live_sent_us(&e.message) {
+                        if let Some((tag, sent_us)) = live_stamp(&e.message)
+                            && tag & MEASURED != 0
+                        {
                             let now_us = SystemTime::now()
                                 .duration_since(UNIX_EPOCH)
                                 .map_or(0, |d| d.as_micros() as u64);
-                            let lat = Duration::from_micros(now_us.saturating_sub(sent_us));
-                            rec.record(Instant::now().checked_sub(lat).unwrap_or(measure_from), true);
+                            rec.record_latency(Duration::from_micros(now_us.saturating_sub(sent_us)));
                         }
                     }
                     cursor = page.next_cursor;
@@ -406,8 +413,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 if intended >= measure_from {
                     issued.fetch_add(1, Ordering::Relaxed);
                 }
+                let tag = if intended >= measure_from { i | MEASURED } else { i };
                 tasks.spawn(async move {
-                    let ok = client.send(&to, message(size, i), None, false).await.is_ok();
+                    let ok = client.send(&to, message(size, tag), None, false).await.is_ok();
                     if record_sends || !ok {
                         rec.record(intended, ok);
                     }
@@ -431,7 +439,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                         if intended >= measure_from {
                             issued.fetch_add(1, Ordering::Relaxed);
                         }
-                        let ok = client.send(&to, message(size, seq), None, false).await.is_ok();
+                        let tag = if intended >= measure_from { seq | MEASURED } else { seq };
+                        let ok = client.send(&to, message(size, tag), None, false).await.is_ok();
                         if record_sends || !ok {
                             rec.record(intended, ok);
                         }
@@ -469,10 +478,16 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     ))
 }
 
-/// The send time embedded by [`message`]: the last 8 bytes.
-fn live_sent_us(message: &[u8]) -> Option<u64> {
-    let tail = message.get(message.len().checked_sub(8)?..)?;
-    Some(u64::from_be_bytes(tail.try_into().ok()?))
+/// Set in a message's sequence number when it was sent in the measured period.
+const MEASURED: u64 = 1 << 63;
+
+/// The sequence number and send time embedded by [`message`]: the last 16 bytes.
+fn live_stamp(message: &[u8]) -> Option<(u64, u64)> {
+    let tail = message.get(message.len().checked_sub(16)?..)?;
+    Some((
+        u64::from_be_bytes(tail[..8].try_into().ok()?),
+        u64::from_be_bytes(tail[8..].try_into().ok()?),
+    ))
 }
 
 fn report(
