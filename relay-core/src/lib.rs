@@ -11,6 +11,8 @@
 //! - [`envelope`]: [`Envelope::parse`] turns upload bytes into a checked MLS envelope.
 //! - [`credential`]: device bearer credentials and their salted hashes.
 //! - [`provisioning`]: operator-signed registration tokens (Ed25519).
+//! - [`push`]: when to wake a device (coalescing window, urgent, delayed), retry backoff,
+//!   the opaque pointer token.
 //! - [`wire`]: the protobuf client API (`proto/relay/v1/relay.proto`).
 //! - [`error_code`]: the machine-readable error codes of the API.
 //!
@@ -27,6 +29,7 @@ pub mod error_code;
 pub mod ids;
 pub mod limits;
 pub mod provisioning;
+pub mod push;
 pub mod wire;
 
 pub use address::{Address, AddressError};
