@@ -11,6 +11,7 @@
 pub mod handle;
 pub mod jwt;
 pub mod providers;
+pub mod sender;
 pub mod webpush;
 
 pub use handle::{HandleError, HandleKeys, PushTarget};

@@ -6,6 +6,7 @@
 
 pub mod mls;
 pub mod mlsrs;
+pub mod push_sinks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

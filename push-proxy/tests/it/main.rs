@@ -1,0 +1,143 @@
+//! The sender against local APNs and Web Push sinks that check what the real services check.
+
+use std::time::Duration;
+
+use push_proxy::providers::{Outcome, payload};
+use push_proxy::sender::{ApnsConfig, Sender, SenderConfig};
+use push_proxy::{PushTarget, webpush};
+use relay_core::push::{Backoff, Pointer};
+use test_support::push_sinks::{PushSink, SinkKind};
+
+fn apns_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from(webpush::random_secret())
+}
+
+fn sender(ca: std::path::PathBuf, apns: Option<(&PushSink, &p256::ecdsa::SigningKey)>) -> Sender {
+    Sender::new(SenderConfig {
+        ca_file: ca,
+        apns: apns.map(|(sink, key)| ApnsConfig {
+            base_url: sink.url(),
+            topic: "net.example.rcs".into(),
+            team_id: "TEAM123456".into(),
+            key_id: "KEY1234567".into(),
+            key: key.clone(),
+        }),
+        fcm: None,
+        vapid_key: apns_key(),
+        vapid_subject: "mailto:push-ops@example.net".into(),
+        ttl: Duration::from_secs(3600),
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(5),
+            max_attempts: 4,
+        },
+        max_in_flight: 8,
+        request_timeout: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+fn pointer(n: u8) -> Pointer {
+    Pointer::from_random([n; 16])
+}
+
+#[tokio::test]
+async fn apns_pushes_carry_only_the_pointer_retry_after_503_and_report_dead_tokens() {
+    let key = apns_key();
+    let sink = PushSink::start(SinkKind::Apns {
+        key: *key.verifying_key(),
+        team_id: "TEAM123456".into(),
+        key_id: "KEY1234567".into(),
+        topic: "net.example.rcs".into(),
+    })
+    .await;
+    let s = sender(sink.ca(), Some((&sink, &key)));
+    let token = PushTarget::Apns {
+        token: "a1b2c3d4".into(),
+    };
+
+    assert_eq!(s.push(&token, &pointer(1), false).await, Outcome::Delivered);
+    let pushes = sink.pushes();
+    assert_eq!((pushes.len(), sink.refused()), (1, vec![]));
+    let body: serde_json::Value = serde_json::from_slice(&pushes[0].payload).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"aps": {"content-available": 1}, "p": pointer(1).encode()}),
+        "exactly the pointer, nothing else"
+    );
+    assert_eq!(pushes[0].headers["apns-push-type"], "background");
+    assert_eq!(pushes[0].path, "/3/device/a1b2c3d4");
+
+    // Urgent: an alert at priority 10.
+    assert_eq!(s.push(&token, &pointer(2), true).await, Outcome::Delivered);
+    assert_eq!(sink.pushes()[1].headers["apns-priority"], "10");
+
+    // 503 with Retry-After: 1 is retried no sooner than a second later.
+    sink.script(&[(503, Some(1))]);
+    assert_eq!(s.push(&token, &pointer(3), false).await, Outcome::Delivered);
+    let p = sink.pushes();
+    assert_eq!((p[2].status, p[3].status), (503, 200));
+    assert!(
+        p[3].at.duration_since(p[2].at) >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+
+    // Unregistered: dead, not retried.
+    sink.mark_dead("deadbeef");
+    let before = sink.pushes().len();
+    assert_eq!(
+        s.push(
+            &PushTarget::Apns {
+                token: "deadbeef".into()
+            },
+            &pointer(4),
+            false
+        )
+        .await,
+        Outcome::Dead("Unregistered".into())
+    );
+    assert_eq!(sink.pushes().len(), before + 1);
+
+    // Persistent 500s: bounded attempts, then given up.
+    sink.script(&[(500, None); 4]);
+    assert!(matches!(s.push(&token, &pointer(5), false).await, Outcome::Rejected(r) if r.contains("gave up")));
+
+    // A provider token signed by another key is refused by the sink (the check is real).
+    let wrong = sender(sink.ca(), Some((&sink, &apns_key())));
+    assert!(matches!(
+        wrong.push(&token, &pointer(6), false).await,
+        Outcome::Rejected(_)
+    ));
+    assert_eq!(sink.refused().len(), 1);
+}
+
+#[tokio::test]
+async fn webpush_payload_decrypts_to_the_pointer_at_a_constant_size() {
+    let ua = webpush::random_secret();
+    let auth = [3u8; 16];
+    let sink = PushSink::start(SinkKind::WebPush {
+        ua_secret: ua.clone(),
+        auth,
+    })
+    .await;
+    let s = sender(sink.ca(), None);
+    let target = PushTarget::WebPush {
+        endpoint: format!("{}/push/sub-1", sink.url()),
+        p256dh: webpush::public_bytes(&ua.public_key()),
+        auth: auth.to_vec(),
+    };
+    for n in 0..3 {
+        assert_eq!(s.push(&target, &pointer(n), n == 2).await, Outcome::Delivered);
+    }
+    let pushes = sink.pushes();
+    assert_eq!((pushes.len(), sink.refused()), (3, vec![]));
+    for (n, p) in pushes.iter().enumerate() {
+        assert_eq!(p.payload, payload(&pointer(n as u8)).as_bytes());
+        assert_eq!(p.body.len(), pushes[0].body.len(), "constant ciphertext size");
+        assert_eq!(p.headers["topic"], "rcs-relay");
+    }
+    assert_eq!(pushes[2].headers["urgency"], "high");
+
+    sink.mark_dead("sub-1");
+    assert_eq!(s.push(&target, &pointer(9), false).await, Outcome::Dead("410".into()));
+}
