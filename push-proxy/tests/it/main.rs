@@ -34,7 +34,7 @@ fn sender(ca: std::path::PathBuf, apns: Option<(&PushSink, &p256::ecdsa::Signing
         max_in_flight: 8,
         request_timeout: Duration::from_secs(5),
     })
-    .unwrap()
+    .expect("a valid sender configuration")
 }
 
 fn pointer(n: u8) -> Pointer {
