@@ -8,10 +8,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod handle;
 pub mod jwt;
+pub mod keys;
 pub mod providers;
 pub mod sender;
+pub mod server;
+pub mod service;
+pub mod tls;
 pub mod webpush;
 
 pub use handle::{HandleError, HandleKeys, PushTarget};

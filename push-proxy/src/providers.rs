@@ -37,7 +37,7 @@ pub struct Context<'a> {
     /// The current FCM OAuth2 access token.
     pub fcm_access_token: &'a str,
     /// `Authorization` header for a Web Push endpoint's origin (VAPID).
-    pub vapid: &'a dyn Fn(&str) -> String,
+    pub vapid: &'a (dyn Fn(&str) -> String + Sync),
     pub ttl: Duration,
     /// Seconds since the Unix epoch (APNs expiration).
     pub now_unix: u64,
@@ -203,7 +203,7 @@ pub fn b64(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn cx(vapid: &dyn Fn(&str) -> String) -> Context<'_> {
+    fn cx(vapid: &(dyn Fn(&str) -> String + Sync)) -> Context<'_> {
         Context {
             apns_base: "https://apns.test:1/",
             apns_topic: "net.example.rcs",

@@ -152,9 +152,11 @@ impl Sender {
             PushTarget::Fcm { .. } => 1,
             PushTarget::WebPush { .. } => 2,
         };
+        let queued = Instant::now();
         let Ok(_permit) = self.in_flight[slot].acquire().await else {
             return Outcome::Rejected("shutting down".into());
         };
+        metrics::histogram!("push_queue_seconds", "provider" => provider).record(queued.elapsed().as_secs_f64());
         metrics::gauge!("push_in_flight", "provider" => provider).increment(1.0);
         let mut attempt = 0;
         let outcome = loop {
@@ -249,6 +251,35 @@ impl Sender {
                 reason: "timeout".into(),
             },
         }
+    }
+
+    /// The UnifiedPush discovery probe: a `GET` of the endpoint must answer 2xx with JSON
+    /// naming `unifiedpush` — proof that the URL is a push distributor, not an arbitrary
+    /// service the proxy would otherwise be made to POST to.
+    pub async fn probe_unifiedpush(&self, endpoint: &str) -> Result<(), String> {
+        let req = http::Request::get(endpoint)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("probe answered {}", resp.status()));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "probe: not JSON".to_owned())?;
+            if v.get("unifiedpush").is_some_and(serde_json::Value::is_object) {
+                Ok(())
+            } else {
+                Err("probe: not a UnifiedPush endpoint".into())
+            }
+        };
+        tokio::time::timeout(self.cfg.request_timeout, exchange)
+            .await
+            .map_err(|_| "probe: timeout".to_owned())?
     }
 
     /// The shared APNs provider token, re-signed every 30 minutes.

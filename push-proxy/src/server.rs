@@ -1,0 +1,227 @@
+//! Listeners: device-facing TLS (`/v1/push/register`, `/healthz`), gateway-facing mutual TLS
+//! (`/v1/notify`, `/healthz`) and a plain admin listener (`/metrics`, `/healthz`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use relay_core::push::Backoff;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::sender::{ApnsConfig, FcmConfig, Sender, SenderConfig};
+use crate::service::{self, Proxy};
+
+/// Bodies larger than this are refused (a registration or a full notify batch fits).
+const MAX_BODY: usize = 256 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 4096;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // In a process that already has a recorder (a test running a gateway too), ours
+        // renders only what reaches it.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A running push proxy.
+#[derive(Debug)]
+pub struct Running {
+    pub listen: SocketAddr,
+    pub notify_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Waits until every listener and connection has finished after shutdown.
+    pub async fn stopped(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Builds the proxy from `config` and serves until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, String> {
+    let key_dir = config.data_dir.join("keys");
+    let keys = crate::keys::handle_keys(&key_dir, config.handles.current_key_id)?;
+    let vapid_key = crate::keys::vapid_key(config.webpush.vapid_key_file.as_deref(), &key_dir)?;
+    let apns = match &config.apns {
+        Some(a) => Some(ApnsConfig {
+            base_url: a.base_url.clone(),
+            topic: a.topic.clone(),
+            team_id: a.team_id.clone(),
+            key_id: a.key_id.clone(),
+            key: crate::keys::p256_key(&a.key_file)?,
+        }),
+        None => None,
+    };
+    let fcm = match &config.fcm {
+        Some(f) => {
+            let sa = crate::keys::service_account(&f.service_account_file)?;
+            Some(FcmConfig {
+                base_url: f.base_url.clone(),
+                project_id: sa.project_id,
+                token_uri: sa.token_uri,
+                client_email: sa.client_email,
+                key: sa.key,
+            })
+        }
+        None => None,
+    };
+    let d = &config.delivery;
+    let sender = Sender::new(SenderConfig {
+        ca_file: d.ca_file.clone(),
+        apns,
+        fcm,
+        vapid_key,
+        vapid_subject: config.webpush.subject.clone(),
+        ttl: Duration::from_secs(d.ttl_secs),
+        backoff: Backoff {
+            base: Duration::from_millis(d.backoff_base_ms),
+            cap: Duration::from_secs(d.backoff_cap_secs),
+            max_attempts: d.max_attempts,
+        },
+        max_in_flight: d.max_in_flight_per_provider,
+        request_timeout: config.request_timeout(),
+    })?;
+    let proxy = Arc::new(Proxy::new(
+        keys,
+        sender,
+        d.queue,
+        Duration::from_millis(d.notify_wait_ms),
+        d.max_batch,
+        config.webpush.allowed_hosts.clone(),
+    ));
+    let (device_tls, notify_tls) = crate::tls::server_configs(&config)?;
+    let body_limit = tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY);
+    let device = Router::new()
+        .route("/v1/push/register", post(service::register))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(body_limit)
+        .with_state(Arc::clone(&proxy));
+    let notify = Router::new()
+        .route("/v1/notify", post(service::notify))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(body_limit)
+        .with_state(proxy);
+    let metrics = prometheus();
+    let admin = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }));
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding {addr}: {e}"))
+    };
+    let (l1, l2, l3) = (
+        bind(config.listen).await?,
+        bind(config.notify_listen).await?,
+        bind(config.admin_listen).await?,
+    );
+    let addr = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+    let running = Running {
+        listen: addr(&l1)?,
+        notify_listen: addr(&l2)?,
+        admin_listen: addr(&l3)?,
+        tracker: TaskTracker::new(),
+    };
+    let t = running.tracker.clone();
+    t.spawn(serve_tls(
+        l1,
+        TlsAcceptor::from(device_tls),
+        device,
+        shutdown.clone(),
+        t.clone(),
+    ));
+    t.spawn(serve_tls(
+        l2,
+        TlsAcceptor::from(notify_tls),
+        notify,
+        shutdown.clone(),
+        t.clone(),
+    ));
+    t.spawn(async move {
+        let _ = axum::serve(l3, admin)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    tracing::info!(
+        listen = %running.listen,
+        notify_listen = %running.notify_listen,
+        admin_listen = %running.admin_listen,
+        "push proxy ready"
+    );
+    Ok(running)
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let tcp = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("push_connections_refused_total").increment(1);
+            continue;
+        };
+        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(cause = %e, "TLS handshake failed");
+                    metrics::counter!("push_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! TLS for the two listeners, and the development PKI.
+//!
+//! Both listeners speak TLS 1.3 only. The notify listener requires a client certificate
+//! issued by `tls.gateway_ca` (rustls `WebPkiClientVerifier`): only gateways may ask for
+//! pushes. Without configured certificates, `data_dir/tls/` gets a development CA, a server
+//! certificate for localhost, and `gateway-client.pem`/`gateway-client-key.pem` for a local
+//! gateway.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::config::Config;
+
+pub const DEV_CA: &str = "dev-ca.pem";
+pub const GATEWAY_CLIENT_CERT: &str = "gateway-client.pem";
+pub const GATEWAY_CLIENT_KEY: &str = "gateway-client-key.pem";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// (device listener, notify listener) server configurations.
+pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), String> {
+    let dir = config.data_dir.join("tls");
+    let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            ensure_dev_pki(&dir)?;
+            (dir.join("dev-cert.pem"), dir.join("dev-key.pem"))
+        }
+    };
+    let gateway_ca = match &config.tls.gateway_ca {
+        Some(ca) => ca.clone(),
+        None => {
+            ensure_dev_pki(&dir)?;
+            dir.join(DEV_CA)
+        }
+    };
+    let chain = load_certs(&cert)?;
+    let builder = || {
+        ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())
+    };
+    let mut device = builder()?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), load_key(&key)?)
+        .map_err(|e| format!("server certificate: {e}"))?;
+    device.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(&gateway_ca)? {
+        roots.add(c).map_err(|e| format!("gateway CA: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("gateway CA: {e}"))?;
+    let mut notify = builder()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, load_key(&key)?)
+        .map_err(|e| format!("server certificate: {e}"))?;
+    notify.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(device), Arc::new(notify)))
+}
+
+/// Creates the development CA, server certificate and gateway client certificate.
+pub fn ensure_dev_pki(dir: &Path) -> Result<(), String> {
+    if dir.join(GATEWAY_CLIENT_KEY).exists() {
+        return Ok(());
+    }
+    let err = |e: rcgen::Error| e.to_string();
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "rcs-relay push proxy development CA");
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+
+    let server_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut server =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]).map_err(err)?;
+    server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server.signed_by(&server_key, &issuer).map_err(err)?;
+
+    let client_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rcs-relay development gateway");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer).map_err(err)?;
+
+    let write = |name: &str, data: String, secret: bool| -> Result<(), String> {
+        let path = dir.join(name);
+        crate::keys::write_file(&path, data.as_bytes(), secret)
+    };
+    write(DEV_CA, ca_cert.pem(), false)?;
+    write("dev-cert.pem", server_cert.pem(), false)?;
+    write("dev-key.pem", server_key.serialize_pem(), true)?;
+    write(GATEWAY_CLIENT_CERT, client_cert.pem(), false)?;
+    write(GATEWAY_CLIENT_KEY, client_key.serialize_pem(), true)
+}
