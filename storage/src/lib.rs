@@ -112,6 +112,27 @@ pub trait Store: Send + Sync + 'static {
     /// The latest GroupInfo of a group.
     fn group_info(&self, group_key: [u8; 32]) -> impl Future<Output = Result<Option<bytes::Bytes>, StoreError>> + Send;
 
+    /// Sets (`Some`) or clears (`None`) a device's push handle (sealed by the push proxy,
+    /// opaque here). `false` if the device does not exist.
+    fn set_push_handle(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        handle: Option<String>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A device's push handle.
+    fn push_handle(&self, rid: Rid, device: DeviceId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Clears a device's push handle only if it is still `handle` (compare-and-delete: a
+    /// handle the device registered since the push proxy reported the old one dead survives).
+    fn drop_push_handle_if(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        handle: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Deletes everything whose time to live has passed.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
 

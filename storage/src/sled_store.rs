@@ -15,6 +15,7 @@
 //! r/{ref}                      -> {rid:32}{dev:4}{not_after:8} Welcome routing by KeyPackageRef
 //! g/{blake3(group_id):32}      -> current epoch               per-group commit ordering
 //! f/{blake3(group_id):32}      -> latest GroupInfo MLSMessage  external joins
+//! h/{rid:32}{dev:4}            -> push handle (sealed by the push proxy, opaque here)
 //! ```
 //! Integers are big-endian so ranges scan in order.
 //!
@@ -666,6 +667,48 @@ impl Store for SledStore {
         self.durable().await
     }
 
+    async fn set_push_handle(&self, rid: Rid, device: DeviceId, handle: Option<String>) -> Result<bool, StoreError> {
+        {
+            let _guard = self.lock();
+            if self.device_record(&rid, device)?.is_none() {
+                return Ok(false);
+            }
+            let key = device_key_with(b"h/", &rid, device);
+            match handle {
+                Some(h) => self.tree.insert(key, h.as_bytes()).map_err(backend)?,
+                None => self.tree.remove(key).map_err(backend)?,
+            };
+        }
+        self.durable().await?;
+        Ok(true)
+    }
+
+    async fn push_handle(&self, rid: Rid, device: DeviceId) -> Result<Option<String>, StoreError> {
+        self.tree
+            .get(device_key_with(b"h/", &rid, device))
+            .map_err(backend)?
+            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push handle")))
+            .transpose()
+    }
+
+    async fn drop_push_handle_if(&self, rid: Rid, device: DeviceId, handle: &str) -> Result<bool, StoreError> {
+        let dropped = {
+            let _guard = self.lock();
+            let key = device_key_with(b"h/", &rid, device);
+            let current = self.tree.get(&key).map_err(backend)?;
+            if current.as_deref() == Some(handle.as_bytes()) {
+                self.tree.remove(key).map_err(backend)?;
+                true
+            } else {
+                false
+            }
+        };
+        if dropped {
+            self.durable().await?;
+        }
+        Ok(dropped)
+    }
+
     async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
         Ok(self
             .tree
@@ -777,6 +820,7 @@ impl Store for SledStore {
             self.remove_entries(&mut batch, &mut blobs, &rid, device, &entries)?;
             blobs.write(&mut batch);
             batch.remove(device_key(&rid, device));
+            batch.remove(device_key_with(b"h/", &rid, device));
             batch.remove(prefixed(b"c/", &rec.lookup));
             for k in self.tree.scan_prefix(device_key_with(b"y/", &rid, device)).keys() {
                 batch.remove(k.map_err(backend)?);

@@ -622,3 +622,28 @@ pub(crate) async fn concurrent_commits_exactly_one_wins<H: Harness>() {
         assert_eq!((won, lost), (1, 7));
     }
 }
+
+pub(crate) async fn push_handle_set_clear_and_compare_and_delete<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap(), None);
+    assert!(!s.set_push_handle(rid(9), d, Some("ph1.x".into())).await.unwrap(), "unknown device");
+    assert!(s.set_push_handle(rid(1), d, Some("ph1.old".into())).await.unwrap());
+    // The device re-registers a new handle before the dead report for the old one arrives.
+    assert!(s.set_push_handle(rid(1), d, Some("ph1.new".into())).await.unwrap());
+    assert!(!s.drop_push_handle_if(rid(1), d, "ph1.old").await.unwrap());
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap().as_deref(), Some("ph1.new"));
+    assert!(s.drop_push_handle_if(rid(1), d, "ph1.new").await.unwrap());
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap(), None);
+    // Survives a restart; goes with the device.
+    assert!(s.set_push_handle(rid(1), d, Some("ph1.kept".into())).await.unwrap());
+    let h = h.reopen();
+    let s = h.store();
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap().as_deref(), Some("ph1.kept"));
+    assert!(s.set_push_handle(rid(1), d, None).await.unwrap());
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap(), None);
+    s.set_push_handle(rid(1), d, Some("ph1.again".into())).await.unwrap();
+    assert!(s.delete_device(rid(1), d).await.unwrap());
+    assert_eq!(s.push_handle(rid(1), d).await.unwrap(), None);
+}

@@ -89,6 +89,7 @@ macro_rules! contract_tests {
             key_package_rules,
             one_commit_per_epoch,
             concurrent_commits_exactly_one_wins,
+            push_handle_set_clear_and_compare_and_delete,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
