@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use bytes::Bytes;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -57,6 +57,7 @@ struct Inner {
     claim_limiter: DefaultKeyedRateLimiter<(Rid, Rid)>,
     mls: MlsConfig,
     shutdown: CancellationToken,
+    push: Option<crate::push::PushEvents>,
 }
 
 /// What the API needs to run.
@@ -72,6 +73,8 @@ pub struct ApiConfig {
     pub burst: NonZeroU32,
     pub mls: MlsConfig,
     pub shutdown: CancellationToken,
+    /// Where push events go (`None`: no push proxy configured).
+    pub push: Option<crate::push::PushEvents>,
 }
 
 impl AppState {
@@ -85,7 +88,7 @@ impl AppState {
                 limits: c.limits,
                 timeouts: c.timeouts,
                 open_registration: c.open_registration,
-                live: Arc::new(Live::default()),
+                live: Arc::new(Live::new(c.push.clone())),
                 limiter: RateLimiter::keyed(quota),
                 claim_limiter: RateLimiter::keyed(
                     Quota::with_period(Duration::from_secs(c.mls.claim_refill_secs.max(1)))
@@ -94,6 +97,7 @@ impl AppState {
                 ),
                 mls: c.mls,
                 shutdown: c.shutdown,
+                push: c.push,
             }),
         }
     }
@@ -120,6 +124,7 @@ pub fn api(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/devices", post(register))
         .route("/v1/devices/self", axum::routing::delete(delete_self))
+        .route("/v1/devices/self/push", put(set_push_handle).delete(clear_push_handle))
         .route("/v1/messages", post(send).get(receive))
         .route("/v1/messages/ack", post(ack))
         .route("/v1/keypackages", post(upload_key_packages))
@@ -351,6 +356,36 @@ async fn delete_self(State(state): State<AppState>, headers: HeaderMap) -> Resul
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest push handle accepted (the push proxy's handles are far shorter).
+const MAX_PUSH_HANDLE: usize = 2048;
+
+async fn set_push_handle(State(state): State<AppState>, req: Request) -> Result<StatusCode, ApiError> {
+    let device = authenticate(&state, req.headers()).await?;
+    let body: v1::SetPushHandleRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
+    let h = &body.handle;
+    let well_formed = h.len() <= MAX_PUSH_HANDLE
+        && h.strip_prefix("ph1.")
+            .is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    if !well_formed {
+        return Err(ApiError::new(
+            ErrorCode::InvalidPushHandle,
+            "a push handle is \"ph1.\" and base64url, as returned by the push proxy",
+        ));
+    }
+    state
+        .inner
+        .store
+        .set_push_handle(device.rid, device.id, Some(body.handle))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_push_handle(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let device = authenticate(&state, &headers).await?;
+    state.inner.store.set_push_handle(device.rid, device.id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn send(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let sender = authenticate(&state, req.headers()).await?;
     let limits = &state.inner.limits;
@@ -447,13 +482,14 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         }
     }
     let ordering = crate::mls::ordering(&envelope, &state.inner.mls);
+    let urgent = body.urgent;
     let request = SendRequest {
         sender: (sender.rid, sender.id),
         recipients,
         message: envelope.into_ciphertext(),
         client_message_id,
         request_digest: *digest.finalize().as_bytes(),
-        urgent: body.urgent,
+        urgent,
         now_ms: now_ms(),
         ttl_ms: limits.ttl_ms,
         max_queue_bytes: limits.max_queue_bytes_per_device,
@@ -493,7 +529,12 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         SendError::Store(e) => e.into(),
     })?;
     for key in &outcome.delivered_to {
-        state.inner.live.wake(key);
+        // No live receiver: the notifier decides whether to push (never awaited here).
+        if !state.inner.live.wake(key)
+            && let Some(push) = &state.inner.push
+        {
+            push.send(crate::push::Event::Stored { key: *key, urgent });
+        }
     }
     metrics::counter!("relay_envelopes_stored_total").increment(u64::from(!outcome.duplicate));
     metrics::counter!("relay_envelope_bytes_stored_total").increment(if outcome.duplicate { 0 } else { size as u64 });

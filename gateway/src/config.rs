@@ -42,6 +42,54 @@ pub struct Config {
     pub http3: Http3Config,
     #[serde(default)]
     pub mls: MlsConfig,
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// Waking devices through the push proxy (DESIGN.md section 6). Without `proxy_url`, no
+/// pushes are sent (devices must keep a live receiver).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The push proxy's notify listener, e.g. `https://push-proxy.internal:8451`.
+    pub proxy_url: Option<String>,
+    /// CA of the push proxy's server certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This gateway's client certificate chain and key for mutual TLS (PEM).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// At most one background push per device per window.
+    #[serde(default = "d_push_window")]
+    pub window_secs: u64,
+    /// Push this long after a live receiver disconnects with envelopes pending.
+    #[serde(default = "d_push_delay")]
+    pub disconnect_delay_secs: u64,
+    /// Push events waiting for the notifier; beyond it they are dropped (and counted), never
+    /// delaying a send.
+    #[serde(default = "d_push_queue")]
+    pub queue: usize,
+    /// Notifications per request to the push proxy.
+    #[serde(default = "d_push_batch")]
+    pub batch: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every push setting has a default")
+    }
+}
+
+const fn d_push_window() -> u64 {
+    20 * 60
+}
+const fn d_push_delay() -> u64 {
+    60
+}
+const fn d_push_queue() -> usize {
+    65_536
+}
+const fn d_push_batch() -> usize {
+    100
 }
 
 /// MLS Delivery Service policy (DESIGN.md section 5).
@@ -419,6 +467,18 @@ impl Config {
             shutdown_grace: Duration::from_secs(t.shutdown_grace_secs),
             keepalive: Duration::from_secs(t.keepalive_secs.max(1)),
         };
+        let p = &self.push;
+        if let Some(url) = &p.proxy_url {
+            if !url.starts_with("https://") {
+                return invalid("push.proxy_url must be https://");
+            }
+            if p.ca.is_none() || p.client_cert.is_none() || p.client_key.is_none() {
+                return invalid("push.proxy_url needs push.ca, push.client_cert and push.client_key (mutual TLS)");
+            }
+        }
+        if p.queue == 0 || p.batch == 0 {
+            return invalid("push.queue and push.batch must be positive");
+        }
         Ok(Settings {
             limits,
             timeouts,

@@ -30,6 +30,7 @@ pub mod h3;
 pub mod keys;
 pub mod live;
 pub mod mls;
+pub mod push;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

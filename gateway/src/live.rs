@@ -17,6 +17,8 @@ type Key = (Rid, DeviceId);
 #[derive(Debug, Default)]
 pub struct Live {
     map: Mutex<HashMap<Key, Arc<Notify>>>,
+    /// Told when a device's first receiver arrives and its last one leaves (push scheduling).
+    events: Option<crate::push::PushEvents>,
 }
 
 /// A registered waiter; dropping it unregisters.
@@ -28,8 +30,22 @@ pub struct Subscription {
 }
 
 impl Live {
+    pub fn new(events: Option<crate::push::PushEvents>) -> Self {
+        Self {
+            map: Mutex::default(),
+            events,
+        }
+    }
+
     pub fn subscribe(self: &Arc<Self>, key: Key) -> Subscription {
-        let notify = Arc::clone(self.lock().entry(key).or_default());
+        let mut map = self.lock();
+        let first = !map.contains_key(&key);
+        let notify = Arc::clone(map.entry(key).or_default());
+        // Sent under the lock, so connect and disconnect events of a device stay in order.
+        if first && let Some(e) = &self.events {
+            e.send(crate::push::Event::Connected(key));
+        }
+        drop(map);
         Subscription {
             live: Arc::clone(self),
             key,
@@ -46,6 +62,11 @@ impl Live {
             }
             None => false,
         }
+    }
+
+    /// Whether `key` has a live receiver now.
+    pub fn is_live(&self, key: &Key) -> bool {
+        self.lock().contains_key(key)
     }
 
     /// Number of devices with a live receiver.
@@ -75,6 +96,9 @@ impl Drop for Subscription {
         // the map's own reference plus ours means we are the last waiter.
         if Arc::strong_count(&self.notify) == 2 {
             map.remove(&self.key);
+            if let Some(e) = &self.live.events {
+                e.send(crate::push::Event::Disconnected(self.key));
+            }
         }
     }
 }

@@ -102,6 +102,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .context("opening storage")?;
     let store = Arc::new(store);
     let rate = &config.rate_limit;
+    let (push_events, push_rx) = if config.push.proxy_url.is_some() {
+        let (tx, rx) = crate::push::PushEvents::channel(config.push.queue);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let state = AppState::new(ApiConfig {
         store: Arc::clone(&store),
         rid_key: keys.rid_key(),
@@ -113,7 +119,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
         mls: config.mls.clone(),
         shutdown: shutdown.clone(),
+        push: push_events,
     });
+    let notifier = crate::push::Notifier::new(&config.push, Arc::clone(&store), Arc::clone(state.live()))
+        .context("setting up the push proxy client")?;
     telemetry::prometheus();
 
     let (listener, endpoint) = bind_client_listeners(config, &tls, &h3_settings).await?;
@@ -171,6 +180,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
         tracker.clone(),
     ));
+    if let (Some(notifier), Some(rx)) = (notifier, push_rx) {
+        tracker.spawn(notifier.run(rx, shutdown.clone()));
+    }
     tracker.spawn(reload_on_sighup(Arc::clone(&certs), shutdown.clone()));
     tracker.spawn(sweeper(
         state.clone(),

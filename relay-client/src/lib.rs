@@ -372,6 +372,21 @@ impl Client {
         Ok(resp.body)
     }
 
+    /// Stores this device's push handle (from the push proxy) at the gateway.
+    pub async fn set_push_handle(&self, handle: &str) -> Result<(), ClientError> {
+        let body = v1::SetPushHandleRequest { handle: handle.into() };
+        let resp = self.raw_proto(Method::PUT, "/v1/devices/self/push", &body).await?;
+        expect_status(&resp, StatusCode::NO_CONTENT)
+    }
+
+    /// Removes this device's push handle: no more pushes.
+    pub async fn clear_push_handle(&self) -> Result<(), ClientError> {
+        let resp = self
+            .raw(Method::DELETE, "/v1/devices/self/push", &[], Bytes::new())
+            .await?;
+        expect_status(&resp, StatusCode::NO_CONTENT)
+    }
+
     /// Deletes this device and its queued envelopes.
     pub async fn delete_device(&self) -> Result<(), ClientError> {
         let resp = self.raw(Method::DELETE, "/v1/devices/self", &[], Bytes::new()).await?;

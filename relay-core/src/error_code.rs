@@ -47,6 +47,7 @@ pub enum ErrorCode {
     UnknownKeyPackage,
     UnexpectedMessageType,
     InvalidRecipients,
+    InvalidPushHandle,
 }
 
 impl ErrorCode {
@@ -93,6 +94,7 @@ impl ErrorCode {
             Self::UnknownKeyPackage => "unknown_key_package",
             Self::UnexpectedMessageType => "unexpected_message_type",
             Self::InvalidRecipients => "invalid_recipients",
+            Self::InvalidPushHandle => "invalid_push_handle",
         }
     }
 
@@ -130,7 +132,7 @@ impl ErrorCode {
             Self::UnknownGroup => 404,
             Self::UnknownKeyPackage => 404,
             Self::UnexpectedMessageType => 400,
-            Self::InvalidRecipients => 400,
+            Self::InvalidRecipients | Self::InvalidPushHandle => 400,
             Self::Unavailable => 503,
         }
     }
@@ -141,7 +143,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 41] = [
+const ALL: [ErrorCode; 42] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -183,6 +185,7 @@ const ALL: [ErrorCode; 41] = [
     ErrorCode::UnknownKeyPackage,
     ErrorCode::UnexpectedMessageType,
     ErrorCode::InvalidRecipients,
+    ErrorCode::InvalidPushHandle,
 ];
 
 #[cfg(test)]

@@ -122,7 +122,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// A device's push handle.
-    fn push_handle(&self, rid: Rid, device: DeviceId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn push_handle(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Clears a device's push handle only if it is still `handle` (compare-and-delete: a
     /// handle the device registered since the push proxy reported the old one dead survives).

@@ -108,6 +108,14 @@ impl TestGateway {
         (c.with_credential(reg.credential), reg.device_id)
     }
 
+    /// The recipient id of `address` under this gateway's key.
+    pub fn rid(&self, address: &str) -> relay_core::Rid {
+        use gateway::keys::KeyProvider as _;
+        let keys =
+            gateway::keys::FileKeyProvider::open_or_create(&gateway::keys::key_dir(&self.data_dir), None).unwrap();
+        keys.rid_key().rid(&relay_core::Address::parse(address).unwrap())
+    }
+
     pub async fn stats(&self) -> storage::Stats {
         self.state.store().stats().await.unwrap()
     }

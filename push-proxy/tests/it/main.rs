@@ -1,5 +1,7 @@
 //! The sender against local APNs and Web Push sinks that check what the real services check.
 
+mod e2e;
+
 use std::time::Duration;
 
 use push_proxy::providers::{Outcome, payload};

@@ -628,7 +628,10 @@ pub(crate) async fn push_handle_set_clear_and_compare_and_delete<H: Harness>() {
     let s = h.store();
     let d = register(s, rid(1), 1).await;
     assert_eq!(s.push_handle(rid(1), d).await.unwrap(), None);
-    assert!(!s.set_push_handle(rid(9), d, Some("ph1.x".into())).await.unwrap(), "unknown device");
+    assert!(
+        !s.set_push_handle(rid(9), d, Some("ph1.x".into())).await.unwrap(),
+        "unknown device"
+    );
     assert!(s.set_push_handle(rid(1), d, Some("ph1.old".into())).await.unwrap());
     // The device re-registers a new handle before the dead report for the old one arrives.
     assert!(s.set_push_handle(rid(1), d, Some("ph1.new".into())).await.unwrap());

@@ -1,0 +1,373 @@
+//! End to end: a real gateway, the real `push-proxy` binary (its logs captured), and loopback
+//! APNs and Web Push endpoints that verify what real providers verify.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, header};
+use p256::pkcs8::EncodePrivateKey as _;
+use push_proxy::webpush;
+use relay_client::{Client, Protocol, Recipient, Trust};
+use relay_core::push::Pointer;
+use storage::Store as _;
+use test_support::push_sinks::{PushSink, SinkKind};
+use test_support::{TestGateway, framed_message};
+
+struct ProxyProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+    listen: String,
+    notify_listen: String,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    fn tls(&self) -> PathBuf {
+        self.dir.path().join("data/tls")
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..].split_whitespace().next()
+}
+
+/// Starts the binary with `extra` TOML appended; waits for its "ready" line.
+fn start_proxy(apns: &PushSink, apns_key: &p256::ecdsa::SigningKey, web: &PushSink) -> ProxyProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("apns.p8");
+    std::fs::write(
+        &key_file,
+        apns_key
+            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+            .expect("pkcs8")
+            .as_bytes(),
+    )
+    .expect("write key");
+    // One bundle trusting both loopback providers.
+    let mut bundle = std::fs::read_to_string(apns.ca()).expect("ca");
+    bundle.push_str(&std::fs::read_to_string(web.ca()).expect("ca"));
+    std::fs::write(dir.path().join("providers-ca.pem"), bundle).expect("bundle");
+    let config = format!(
+        r#"data_dir = "{data}"
+listen = "127.0.0.1:0"
+notify_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[delivery]
+ca_file = "{ca}"
+backoff_base_ms = 100
+max_attempts = 4
+[apns]
+base_url = "{apns_url}"
+topic = "net.example.rcs"
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+key_file = "{key}"
+[webpush]
+subject = "mailto:push-ops@example.net"
+allowed_hosts = ["localhost"]
+"#,
+        data = dir.path().join("data").display(),
+        ca = dir.path().join("providers-ca.pem").display(),
+        apns_url = apns.url(),
+        key = key_file.display(),
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).expect("config");
+    let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_push-proxy"))
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawning push-proxy");
+    let mut p = ProxyProcess {
+        child,
+        dir,
+        listen: String::new(),
+        notify_listen: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = p.log();
+        if let Some(line) = log.lines().find(|l| l.contains("push proxy ready")) {
+            p.listen = field(line, "listen").expect("listen").to_owned();
+            p.notify_listen = field(line, "notify_listen").expect("notify_listen").to_owned();
+            return p;
+        }
+        assert!(p.child.try_wait().expect("wait").is_none(), "push-proxy exited:\n{log}");
+        assert!(Instant::now() < deadline, "push-proxy not ready:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn register_token(proxy: &ProxyProcess, body: serde_json::Value) -> String {
+    let port = proxy.listen.rsplit(':').next().expect("port");
+    let c = Client::connect(
+        &format!("https://localhost:{port}"),
+        Trust::CaFile(proxy.tls().join("dev-ca.pem")),
+        Protocol::Http2,
+    )
+    .expect("client");
+    let resp = c
+        .raw(
+            Method::POST,
+            "/v1/push/register",
+            &[(header::CONTENT_TYPE, "application/json".into())],
+            Bytes::from(body.to_string()),
+        )
+        .await
+        .expect("register");
+    assert_eq!(resp.status, 201, "{:?}", resp.body);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+    v["handle"].as_str().expect("handle").to_owned()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pushes_to(sink: &PushSink, suffix: &str) -> Vec<test_support::push_sinks::Recorded> {
+    sink.pushes().into_iter().filter(|p| p.path.ends_with(suffix)).collect()
+}
+
+const BOB_TOKEN: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+const CAROL_TOKEN: &str = "ca401ca401ca401ca401ca401ca401ca";
+const ERIN_TOKEN: &str = "e41ee41ee41ee41ee41ee41ee41ee41e";
+const DAVE_TOKEN: &str = "da7eda7eda7eda7eda7eda7eda7eda7e";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointer_pushes_through_gateway_proxy_and_providers() {
+    let apns_key = p256::ecdsa::SigningKey::from(webpush::random_secret());
+    let apns = PushSink::start(SinkKind::Apns {
+        key: *apns_key.verifying_key(),
+        team_id: "TEAM123456".into(),
+        key_id: "KEY1234567".into(),
+        topic: "net.example.rcs".into(),
+    })
+    .await;
+    let ua = webpush::random_secret();
+    let web = PushSink::start(SinkKind::WebPush {
+        ua_secret: ua.clone(),
+        auth: [9; 16],
+    })
+    .await;
+    let proxy = start_proxy(&apns, &apns_key, &web);
+    let tls = proxy.tls();
+    let notify_port = proxy.notify_listen.rsplit(':').next().expect("port").to_owned();
+    let gw = TestGateway::start_with(|c| {
+        c.push.proxy_url = Some(format!("https://localhost:{notify_port}"));
+        c.push.ca = Some(tls.join("dev-ca.pem"));
+        c.push.client_cert = Some(tls.join("gateway-client.pem"));
+        c.push.client_key = Some(tls.join("gateway-client-key.pem"));
+        c.push.disconnect_delay_secs = 1;
+    })
+    .await;
+
+    let (alice, _) = gw.device("tel:+15550100001").await;
+    let (bob, _) = gw.device("tel:+15550100002").await;
+    let bob_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": BOB_TOKEN})).await;
+    assert!(!bob_handle.contains(BOB_TOKEN), "the handle is sealed");
+    bob.set_push_handle(&bob_handle).await.expect("set handle");
+    let to_bob = [Recipient::address("tel:+15550100002")];
+
+    // Offline device: exactly one push, carrying only the pointer; the device then fetches.
+    alice
+        .send(&to_bob, framed_message(b"one"), None, false)
+        .await
+        .expect("send");
+    wait_for("bob's first push", || pushes_to(&apns, BOB_TOKEN).len() == 1).await;
+    let first = pushes_to(&apns, BOB_TOKEN).remove(0);
+    let body: serde_json::Value = serde_json::from_slice(&first.payload).expect("json");
+    let obj = body.as_object().expect("object");
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["aps", "p"], "only aps and the pointer");
+    assert_eq!(body["aps"], serde_json::json!({"content-available": 1}));
+    assert!(Pointer::parse(body["p"].as_str().expect("pointer")).is_some());
+    assert_eq!(first.headers["apns-push-type"], "background");
+    let page = bob.receive(0, 10, 0).await.expect("fetch");
+    assert_eq!(page.envelopes.len(), 1);
+
+    // Coalesced within the window; urgent bypasses it.
+    alice
+        .send(&to_bob, framed_message(b"two"), None, false)
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(pushes_to(&apns, BOB_TOKEN).len(), 1, "coalesced");
+    alice
+        .send(&to_bob, framed_message(b"three"), None, true)
+        .await
+        .expect("send");
+    wait_for("bob's urgent push", || pushes_to(&apns, BOB_TOKEN).len() == 2).await;
+    let urgent = pushes_to(&apns, BOB_TOKEN).remove(1);
+    assert_eq!(urgent.headers["apns-priority"], "10");
+    assert_ne!(urgent.payload, first.payload, "a fresh pointer per push");
+
+    // A live receiver is not pushed; when it leaves with envelopes pending, one delayed push.
+    let (carol, _) = gw.device("tel:+15550100003").await;
+    let carol_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": CAROL_TOKEN})).await;
+    carol.set_push_handle(&carol_handle).await.expect("set handle");
+    let poll = tokio::spawn({
+        let carol = carol.clone();
+        async move { carol.receive(0, 10, 10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left_at = Instant::now();
+    alice
+        .send(
+            &[Recipient::address("tel:+15550100003")],
+            framed_message(b"live"),
+            None,
+            false,
+        )
+        .await
+        .expect("send");
+    let page = poll.await.expect("join").expect("long-poll");
+    assert_eq!(page.envelopes.len(), 1, "woken live (and not acknowledged)");
+    assert!(pushes_to(&apns, CAROL_TOKEN).is_empty(), "no push to a live receiver");
+    wait_for("carol's delayed push", || pushes_to(&apns, CAROL_TOKEN).len() == 1).await;
+    assert!(pushes_to(&apns, CAROL_TOKEN)[0].at.duration_since(left_at) >= Duration::from_secs(1));
+
+    // 503 with Retry-After is retried after the delay.
+    let (dave, _) = gw.device("tel:+15550100004").await;
+    let dave_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": DAVE_TOKEN})).await;
+    dave.set_push_handle(&dave_handle).await.expect("set handle");
+    apns.script(&[(503, Some(1))]);
+    alice
+        .send(
+            &[Recipient::address("tel:+15550100004")],
+            framed_message(b"retry"),
+            None,
+            false,
+        )
+        .await
+        .expect("send");
+    wait_for("dave's retried push", || pushes_to(&apns, DAVE_TOKEN).len() == 2).await;
+    let d = pushes_to(&apns, DAVE_TOKEN);
+    assert_eq!((d[0].status, d[1].status), (503, 200));
+    assert!(d[1].at.duration_since(d[0].at) >= Duration::from_secs(1));
+
+    // A dead token: the gateway drops the handle.
+    let (erin, erin_dev) = gw.device("tel:+15550100005").await;
+    let erin_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": ERIN_TOKEN})).await;
+    erin.set_push_handle(&erin_handle).await.expect("set handle");
+    apns.mark_dead(ERIN_TOKEN);
+    alice
+        .send(
+            &[Recipient::address("tel:+15550100005")],
+            framed_message(b"dead"),
+            None,
+            false,
+        )
+        .await
+        .expect("send");
+    let erin_rid = gw.rid("tel:+15550100005");
+    let store = gw.state().store().clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store
+        .push_handle(erin_rid, relay_core::DeviceId(erin_dev))
+        .await
+        .expect("read")
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "dead handle was not dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pushes_to(&apns, ERIN_TOKEN).len(), 1);
+
+    // Web Push: the decrypted payload is exactly the pointer, at a constant size.
+    let (frank, _) = gw.device("tel:+15550100006").await;
+    let web_handle = register_token(
+        &proxy,
+        serde_json::json!({
+            "platform": "webpush",
+            "endpoint": format!("{}/push/frank", web.url()),
+            "p256dh": push_proxy::providers::b64(&webpush::public_bytes(&ua.public_key())),
+            "auth": push_proxy::providers::b64(&[9; 16]),
+        }),
+    )
+    .await;
+    frank.set_push_handle(&web_handle).await.expect("set handle");
+    let to_frank = [Recipient::address("tel:+15550100006")];
+    alice
+        .send(&to_frank, framed_message(b"web"), None, false)
+        .await
+        .expect("send");
+    alice
+        .send(&to_frank, framed_message(b"web2"), None, true)
+        .await
+        .expect("send");
+    wait_for("frank's pushes", || web.pushes().len() == 2).await;
+    let w = web.pushes();
+    assert_eq!(web.refused(), Vec::<String>::new());
+    for p in &w {
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
+        assert_eq!(v.as_object().expect("object").len(), 1, "only the pointer");
+        assert!(Pointer::parse(v["p"].as_str().expect("p")).is_some());
+        assert_eq!(p.body.len(), w[0].body.len(), "constant size");
+    }
+    assert_eq!(apns.refused(), Vec::<String>::new());
+
+    // Canary: no token, address or credential in the gateway's data, the proxy's logs, or a
+    // push payload (every write is flushed before its 2xx, so the files are complete).
+    let mut canaries: Vec<Vec<u8>> = [
+        BOB_TOKEN,
+        CAROL_TOKEN,
+        DAVE_TOKEN,
+        ERIN_TOKEN,
+        "15550100002",
+        "15550100005",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    canaries.push(push_proxy::providers::b64(&webpush::public_bytes(&ua.public_key())).into_bytes());
+    canaries.push(b"push/frank".to_vec());
+    let log = proxy.log();
+    assert!(
+        log.contains("DEBUG"),
+        "the proxy logged at debug level (positive control)"
+    );
+    let payloads: Vec<Vec<u8>> = apns
+        .pushes()
+        .iter()
+        .chain(web.pushes().iter())
+        .map(|p| p.payload.clone())
+        .collect();
+    for c in &canaries {
+        let files = test_support::files_containing(&gw.data_dir, c);
+        assert!(files.is_empty(), "{} found in {files:?}", String::from_utf8_lossy(c));
+        assert!(
+            !test_support::contains(log.as_bytes(), c),
+            "{} in the proxy log",
+            String::from_utf8_lossy(c)
+        );
+        for p in &payloads {
+            assert!(
+                !test_support::contains(p, c),
+                "{} in a push payload",
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
+    // Positive control for the data-dir scan: the handle itself is stored there.
+    assert!(!test_support::files_containing(&gw.data_dir, bob_handle.as_bytes()).is_empty());
+    gw.stop().await;
+}
