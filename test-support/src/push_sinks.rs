@@ -31,6 +31,14 @@ pub enum SinkKind {
     },
     /// A Web Push service: VAPID on every request, body decrypted with the subscription key.
     WebPush { ua_secret: p256::SecretKey, auth: [u8; 16] },
+    /// FCM HTTP v1 and its OAuth2 token endpoint (`POST /token`): the JWT-bearer assertion
+    /// must be signed (RS256) by the service account's key (`rsa_public_der`, PKCS#1 DER);
+    /// messages need a token the endpoint issued.
+    Fcm {
+        rsa_public_der: Vec<u8>,
+        client_email: String,
+        project_id: String,
+    },
 }
 
 impl std::fmt::Debug for SinkKind {
@@ -38,6 +46,7 @@ impl std::fmt::Debug for SinkKind {
         f.write_str(match self {
             Self::Apns { .. } => "SinkKind::Apns",
             Self::WebPush { .. } => "SinkKind::WebPush",
+            Self::Fcm { .. } => "SinkKind::Fcm",
         })
     }
 }
@@ -61,6 +70,8 @@ struct Inner {
     dead: HashSet<String>,
     pushes: Vec<Recorded>,
     refused: Vec<String>,
+    /// OAuth2 access tokens issued (FCM).
+    issued: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -142,6 +153,11 @@ impl PushSink {
         self.lock().pushes.clone()
     }
 
+    /// OAuth2 access tokens the FCM token endpoint issued.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().issued.clone()
+    }
+
     /// Requests refused because a check failed, with the reason.
     pub fn refused(&self) -> Vec<String> {
         self.lock().refused.clone()
@@ -162,6 +178,34 @@ type SinkState = (Arc<SinkKind>, Arc<Mutex<Inner>>, SocketAddr);
 
 async fn handle(State((kind, inner, addr)): State<SinkState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_owned();
+    if let (
+        SinkKind::Fcm {
+            rsa_public_der,
+            client_email,
+            ..
+        },
+        "/token",
+    ) = (kind.as_ref(), path.as_str())
+    {
+        let audience = format!("https://localhost:{}/token", addr.port());
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        return match check_oauth(rsa_public_der, client_email, &audience, &body) {
+            Ok(()) => {
+                let token = format!("ya29.test-{}", inner.issued.len());
+                inner.issued.push(token.clone());
+                axum::Json(serde_json::json!({ "access_token": token, "expires_in": 3599, "token_type": "Bearer" }))
+                    .into_response()
+            }
+            Err(reason) => {
+                inner.refused.push(reason);
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({ "error": "invalid_grant" })),
+                )
+                    .into_response()
+            }
+        };
+    }
     let checked = match kind.as_ref() {
         SinkKind::Apns {
             key,
@@ -170,6 +214,10 @@ async fn handle(State((kind, inner, addr)): State<SinkState>, uri: Uri, headers:
             topic,
         } => check_apns(key, team_id, key_id, topic, &path, &headers, &body),
         SinkKind::WebPush { ua_secret, auth } => check_webpush(ua_secret, auth, addr, &headers, &body),
+        SinkKind::Fcm { project_id, .. } => {
+            let issued = inner.lock().unwrap_or_else(|e| e.into_inner()).issued.clone();
+            check_fcm(project_id, &issued, &path, &headers, &body)
+        }
     };
     let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
     let payload = match checked {
@@ -179,12 +227,20 @@ async fn handle(State((kind, inner, addr)): State<SinkState>, uri: Uri, headers:
             return (StatusCode::BAD_REQUEST, reason).into_response();
         }
     };
-    let ok = if matches!(kind.as_ref(), SinkKind::Apns { .. }) {
-        200
-    } else {
+    let ok = if matches!(kind.as_ref(), SinkKind::WebPush { .. }) {
         201
+    } else {
+        200
     };
-    let (status, retry_after) = if inner.dead.iter().any(|d| path.ends_with(d.as_str())) {
+    // FCM names the token in the body; the others in the path.
+    let target = match kind.as_ref() {
+        SinkKind::Fcm { .. } => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"]["token"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        _ => path.clone(),
+    };
+    let (status, retry_after) = if inner.dead.iter().any(|d| target.ends_with(d.as_str())) {
         (410, None)
     } else {
         inner.script.pop_front().unwrap_or((ok, None))
@@ -199,6 +255,19 @@ async fn handle(State((kind, inner, addr)): State<SinkState>, uri: Uri, headers:
     });
     let mut resp = if status == 410 && matches!(kind.as_ref(), SinkKind::Apns { .. }) {
         (StatusCode::GONE, r#"{"reason":"Unregistered"}"#).into_response()
+    } else if status == 410 && matches!(kind.as_ref(), SinkKind::Fcm { .. }) {
+        // FCM's answer for a token that is gone: 404 UNREGISTERED.
+        (
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":404,"status":"NOT_FOUND","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#,
+        )
+            .into_response()
+    } else if status == 429 && matches!(kind.as_ref(), SinkKind::Fcm { .. }) {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"QUOTA_EXCEEDED"}]}}"#,
+        )
+            .into_response()
     } else {
         StatusCode::from_u16(status).unwrap_or(StatusCode::OK).into_response()
     };
@@ -276,4 +345,108 @@ fn check_webpush(
         return Err("Urgency".into());
     }
     push_proxy::webpush::decrypt(ua_secret, auth, body).map_err(|e| e.to_string())
+}
+
+fn check_oauth(rsa_public_der: &[u8], client_email: &str, audience: &str, body: &[u8]) -> Result<(), String> {
+    let form = std::str::from_utf8(body).map_err(|_| "form is not UTF-8")?;
+    let mut grant = None;
+    let mut assertion = None;
+    for pair in form.split('&') {
+        match pair.split_once('=') {
+            Some(("grant_type", v)) => grant = Some(v),
+            Some(("assertion", v)) => assertion = Some(v),
+            _ => {}
+        }
+    }
+    if grant != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
+        return Err("grant_type is not jwt-bearer".into());
+    }
+    let claims = push_proxy::jwt::verify_rs256(rsa_public_der, assertion.ok_or("no assertion")?)?;
+    if claims["iss"] != client_email || claims["aud"] != audience {
+        return Err(format!("iss/aud: {claims}"));
+    }
+    if claims["scope"] != "https://www.googleapis.com/auth/firebase.messaging" {
+        return Err("scope".into());
+    }
+    let (iat, exp) = (
+        claims["iat"].as_u64().ok_or("iat")?,
+        claims["exp"].as_u64().ok_or("exp")?,
+    );
+    if exp <= unix_now() || exp > iat + 3600 {
+        return Err("exp".into());
+    }
+    Ok(())
+}
+
+fn check_fcm(
+    project_id: &str,
+    issued: &[String],
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    if path != format!("/v1/projects/{project_id}/messages:send") {
+        return Err(format!("path {path}"));
+    }
+    let token = header(headers, "authorization")?
+        .strip_prefix("Bearer ")
+        .ok_or("authorization is not a Bearer token")?;
+    if !issued.iter().any(|t| t == token) {
+        return Err("UNAUTHENTICATED: access token was not issued".into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
+    let m = &v["message"];
+    if !m["token"].is_string() || !matches!(m["android"]["priority"].as_str(), Some("high" | "normal")) {
+        return Err("message.token / android.priority".into());
+    }
+    if !m["android"]["ttl"].as_str().is_some_and(|t| t.ends_with('s')) || !m["android"]["collapse_key"].is_string() {
+        return Err("android.ttl / collapse_key".into());
+    }
+    serde_json::to_vec(&m["data"]).map_err(|e| e.to_string())
+}
+
+/// A 2048-bit RSA key for a test FCM service account, made with the `openssl` command line:
+/// (PKCS#8 PEM, PKCS#1 DER public key for [`SinkKind::Fcm`]).
+pub fn rsa_key(dir: &std::path::Path) -> (String, Vec<u8>) {
+    let key = dir.join("fcm-key.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .expect("the openssl command line is installed (.ci/run installs it)");
+    assert!(status.success(), "openssl genpkey failed");
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl rsa");
+    assert!(public.status.success(), "openssl rsa failed");
+    (std::fs::read_to_string(&key).expect("key"), public.stdout)
+}
+
+/// Writes a Google service-account JSON file for `sink` (its `/token` endpoint).
+pub fn write_service_account(
+    dir: &std::path::Path,
+    sink: &PushSink,
+    key_pem: &str,
+    project_id: &str,
+    client_email: &str,
+) -> PathBuf {
+    let sa = serde_json::json!({
+        "type": "service_account",
+        "project_id": project_id,
+        "client_email": client_email,
+        "private_key": key_pem,
+        "token_uri": format!("{}/token", sink.url()),
+    });
+    let path = dir.join("service-account.json");
+    std::fs::write(&path, sa.to_string()).expect("write service account");
+    path
 }

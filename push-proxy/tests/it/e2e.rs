@@ -45,8 +45,21 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Starts the binary with `extra` TOML appended; waits for its "ready" line.
-fn start_proxy(apns: &PushSink, apns_key: &p256::ecdsa::SigningKey, web: &PushSink) -> ProxyProcess {
+fn start_proxy(
+    apns: &PushSink,
+    apns_key: &p256::ecdsa::SigningKey,
+    web: &PushSink,
+    fcm: &PushSink,
+    fcm_key_pem: &str,
+) -> ProxyProcess {
     let dir = tempfile::tempdir().expect("temp dir");
+    let sa = test_support::push_sinks::write_service_account(
+        dir.path(),
+        fcm,
+        fcm_key_pem,
+        "proj",
+        "relay@proj.iam.gserviceaccount.com",
+    );
     let key_file = dir.path().join("apns.p8");
     std::fs::write(
         &key_file,
@@ -59,6 +72,7 @@ fn start_proxy(apns: &PushSink, apns_key: &p256::ecdsa::SigningKey, web: &PushSi
     // One bundle trusting both loopback providers.
     let mut bundle = std::fs::read_to_string(apns.ca()).expect("ca");
     bundle.push_str(&std::fs::read_to_string(web.ca()).expect("ca"));
+    bundle.push_str(&std::fs::read_to_string(fcm.ca()).expect("ca"));
     std::fs::write(dir.path().join("providers-ca.pem"), bundle).expect("bundle");
     let config = format!(
         r#"data_dir = "{data}"
@@ -75,6 +89,9 @@ topic = "net.example.rcs"
 team_id = "TEAM123456"
 key_id = "KEY1234567"
 key_file = "{key}"
+[fcm]
+base_url = "{fcm_url}"
+service_account_file = "{sa}"
 [webpush]
 subject = "mailto:push-ops@example.net"
 allowed_hosts = ["localhost"]
@@ -83,6 +100,8 @@ allowed_hosts = ["localhost"]
         ca = dir.path().join("providers-ca.pem").display(),
         apns_url = apns.url(),
         key = key_file.display(),
+        fcm_url = fcm.url(),
+        sa = sa.display(),
     );
     std::fs::write(dir.path().join("proxy.toml"), config).expect("config");
     let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log");
@@ -152,6 +171,7 @@ const BOB_TOKEN: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const CAROL_TOKEN: &str = "ca401ca401ca401ca401ca401ca401ca";
 const ERIN_TOKEN: &str = "e41ee41ee41ee41ee41ee41ee41ee41e";
 const DAVE_TOKEN: &str = "da7eda7eda7eda7eda7eda7eda7eda7e";
+const FCM_TOKEN: &str = "fcm:APA91bGinaGinaGina";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pointer_pushes_through_gateway_proxy_and_providers() {
@@ -169,7 +189,15 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         auth: [9; 16],
     })
     .await;
-    let proxy = start_proxy(&apns, &apns_key, &web);
+    let key_dir = tempfile::tempdir().expect("temp dir");
+    let (fcm_key, fcm_public) = test_support::push_sinks::rsa_key(key_dir.path());
+    let fcm = PushSink::start(SinkKind::Fcm {
+        rsa_public_der: fcm_public,
+        client_email: "relay@proj.iam.gserviceaccount.com".into(),
+        project_id: "proj".into(),
+    })
+    .await;
+    let proxy = start_proxy(&apns, &apns_key, &web, &fcm, &fcm_key);
     let tls = proxy.tls();
     let notify_port = proxy.notify_listen.rsplit(':').next().expect("port").to_owned();
     let gw = TestGateway::start_with(|c| {
@@ -325,6 +353,25 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     }
     assert_eq!(apns.refused(), Vec::<String>::new());
 
+    // FCM: OAuth2 grant, then a data message carrying only the pointer.
+    let (gina, _) = gw.device("tel:+15550100007").await;
+    let fcm_handle = register_token(&proxy, serde_json::json!({"platform": "fcm", "token": FCM_TOKEN})).await;
+    gina.set_push_handle(&fcm_handle).await.expect("set handle");
+    alice
+        .send(
+            &[Recipient::address("tel:+15550100007")],
+            framed_message(b"fcm"),
+            None,
+            false,
+        )
+        .await
+        .expect("send");
+    wait_for("gina's FCM push", || fcm.pushes().len() == 1).await;
+    assert_eq!(fcm.refused(), Vec::<String>::new());
+    let data: serde_json::Value = serde_json::from_slice(&fcm.pushes()[0].payload).expect("json");
+    assert_eq!(data.as_object().expect("object").len(), 1, "only the pointer");
+    assert!(Pointer::parse(data["p"].as_str().expect("p")).is_some());
+
     // Canary: no token, address or credential in the gateway's data, the proxy's logs, or a
     // push payload (every write is flushed before its 2xx, so the files are complete).
     let mut canaries: Vec<Vec<u8>> = [
@@ -332,8 +379,10 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         CAROL_TOKEN,
         DAVE_TOKEN,
         ERIN_TOKEN,
+        FCM_TOKEN,
         "15550100002",
         "15550100005",
+        "15550100007",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -349,6 +398,7 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         .pushes()
         .iter()
         .chain(web.pushes().iter())
+        .chain(fcm.pushes().iter())
         .map(|p| p.payload.clone())
         .collect();
     for c in &canaries {

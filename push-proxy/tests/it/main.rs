@@ -15,6 +15,14 @@ fn apns_key() -> p256::ecdsa::SigningKey {
 }
 
 fn sender(ca: std::path::PathBuf, apns: Option<(&PushSink, &p256::ecdsa::SigningKey)>) -> Sender {
+    sender_with(ca, apns, None)
+}
+
+fn sender_with(
+    ca: std::path::PathBuf,
+    apns: Option<(&PushSink, &p256::ecdsa::SigningKey)>,
+    fcm: Option<push_proxy::sender::FcmConfig>,
+) -> Sender {
     Sender::new(SenderConfig {
         ca_file: ca,
         apns: apns.map(|(sink, key)| ApnsConfig {
@@ -24,7 +32,7 @@ fn sender(ca: std::path::PathBuf, apns: Option<(&PushSink, &p256::ecdsa::Signing
             key_id: "KEY1234567".into(),
             key: key.clone(),
         }),
-        fcm: None,
+        fcm,
         vapid_key: apns_key(),
         vapid_subject: "mailto:push-ops@example.net".into(),
         ttl: Duration::from_secs(3600),
@@ -142,4 +150,63 @@ async fn webpush_payload_decrypts_to_the_pointer_at_a_constant_size() {
 
     sink.mark_dead("sub-1");
     assert_eq!(s.push(&target, &pointer(9), false).await, Outcome::Dead("410".into()));
+}
+
+#[tokio::test]
+async fn fcm_oauth_grant_message_quota_backoff_and_unregistered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_pem, public_der) = test_support::push_sinks::rsa_key(dir.path());
+    let sink = PushSink::start(SinkKind::Fcm {
+        rsa_public_der: public_der,
+        client_email: "relay@proj.iam.gserviceaccount.com".into(),
+        project_id: "proj".into(),
+    })
+    .await;
+    let sa_path = test_support::push_sinks::write_service_account(
+        dir.path(),
+        &sink,
+        &key_pem,
+        "proj",
+        "relay@proj.iam.gserviceaccount.com",
+    );
+    let sa = push_proxy::keys::service_account(&sa_path).unwrap();
+    let fcm = push_proxy::sender::FcmConfig {
+        base_url: sink.url(),
+        project_id: sa.project_id,
+        token_uri: sa.token_uri,
+        client_email: sa.client_email,
+        key: sa.key,
+    };
+    let s = sender_with(sink.ca(), None, Some(fcm));
+    let token = PushTarget::Fcm {
+        token: "fcm:APA91b-token_1".into(),
+    };
+    assert_eq!(s.push(&token, &pointer(1), false).await, Outcome::Delivered);
+    assert_eq!(s.push(&token, &pointer(2), true).await, Outcome::Delivered);
+    assert_eq!(sink.refused(), Vec::<String>::new());
+    assert_eq!(sink.issued_tokens().len(), 1, "the access token is cached");
+    let p = sink.pushes();
+    assert_eq!(
+        p[0].payload,
+        serde_json::to_vec(&serde_json::json!({"p": pointer(1).encode()})).unwrap()
+    );
+    let body: serde_json::Value = serde_json::from_slice(&p[1].body).unwrap();
+    assert_eq!(body["message"]["android"]["priority"], "high");
+
+    sink.mark_dead("token_1");
+    assert_eq!(
+        s.push(&token, &pointer(3), false).await,
+        Outcome::Dead("UNREGISTERED".into())
+    );
+
+    // QUOTA_EXCEEDED backs off at least 60 s: with a 1 s timeout on the test, the push is
+    // still waiting (not retried early).
+    let other = PushTarget::Fcm {
+        token: "fcm:other".into(),
+    };
+    sink.script(&[(429, Some(1))]);
+    let waited = tokio::time::timeout(Duration::from_secs(2), s.push(&other, &pointer(4), false)).await;
+    assert!(waited.is_err(), "retried before 60 s");
+    let attempts = sink.pushes().iter().filter(|r| r.status == 429).count();
+    assert_eq!(attempts, 1);
 }
