@@ -286,6 +286,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn deploy_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/push-proxy.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.handles.current_key_id, 2);
+        assert!(c.apns.is_some() && c.fcm.is_some());
+    }
+
+    #[test]
     fn defaults_and_errors() {
         let c = Config::default().validate().unwrap();
         assert!(c.listen.ip().is_loopback() && c.notify_listen.ip().is_loopback());
