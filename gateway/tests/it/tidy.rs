@@ -54,7 +54,9 @@ fn deploy_configs_parse() {
     for entry in std::fs::read_dir(root().join("deploy")).unwrap() {
         let path = entry.unwrap().path();
         // push-proxy*.toml belong to the push proxy (parsed by its own tests).
-        let push_proxy = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("push-proxy"));
+        let push_proxy = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("push-proxy"));
         if path.extension().is_some_and(|e| e == "toml") && !push_proxy {
             let text = std::fs::read_to_string(&path).unwrap();
             gateway::Config::from_toml(&text, &path).unwrap().validate().unwrap();

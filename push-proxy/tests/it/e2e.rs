@@ -209,6 +209,23 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     })
     .await;
 
+    // The notify listener refuses clients without a gateway certificate.
+    let anonymous = Client::connect(
+        &format!("https://localhost:{notify_port}"),
+        Trust::CaFile(proxy.tls().join("dev-ca.pem")),
+        Protocol::Http2,
+    )
+    .expect("client");
+    let refused = anonymous
+        .raw(
+            Method::POST,
+            "/v1/notify",
+            &[(header::CONTENT_TYPE, "application/json".into())],
+            Bytes::from_static(b"{\"notifications\":[]}"),
+        )
+        .await;
+    assert!(refused.is_err(), "notify without a client certificate: {refused:?}");
+
     let (alice, _) = gw.device("tel:+15550100001").await;
     let (bob, _) = gw.device("tel:+15550100002").await;
     let bob_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": BOB_TOKEN})).await;
