@@ -176,8 +176,18 @@ impl Drop for PushSink {
 
 type SinkState = (Arc<SinkKind>, Arc<Mutex<Inner>>, SocketAddr);
 
-async fn handle(State((kind, inner, addr)): State<SinkState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State((kind, inner, addr)): State<SinkState>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
+    // A Web Push sink is also a UnifiedPush distributor: it answers the discovery probe.
+    if method == axum::http::Method::GET && matches!(kind.as_ref(), SinkKind::WebPush { .. }) {
+        return axum::Json(serde_json::json!({ "unifiedpush": { "version": 1 } })).into_response();
+    }
     if let (
         SinkKind::Fcm {
             rsa_public_der,

@@ -133,6 +133,24 @@ allowed_hosts = ["localhost"]
     }
 }
 
+async fn register_raw(proxy: &ProxyProcess, body: serde_json::Value) -> relay_client::RawResponse {
+    let port = proxy.listen.rsplit(':').next().expect("port");
+    let c = Client::connect(
+        &format!("https://localhost:{port}"),
+        Trust::CaFile(proxy.tls().join("dev-ca.pem")),
+        Protocol::Http2,
+    )
+    .expect("client");
+    c.raw(
+        Method::POST,
+        "/v1/push/register",
+        &[(header::CONTENT_TYPE, "application/json".into())],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .expect("register")
+}
+
 async fn register_token(proxy: &ProxyProcess, body: serde_json::Value) -> String {
     let port = proxy.listen.rsplit(':').next().expect("port");
     let c = Client::connect(
@@ -172,6 +190,7 @@ const CAROL_TOKEN: &str = "ca401ca401ca401ca401ca401ca401ca";
 const ERIN_TOKEN: &str = "e41ee41ee41ee41ee41ee41ee41ee41e";
 const DAVE_TOKEN: &str = "da7eda7eda7eda7eda7eda7eda7eda7e";
 const FCM_TOKEN: &str = "fcm:APA91bGinaGinaGina";
+const HANK_TOKEN: &str = "4a4b4a4b4a4b4a4b4a4b4a4b4a4b4a4b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pointer_pushes_through_gateway_proxy_and_providers() {
@@ -370,6 +389,51 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     }
     assert_eq!(apns.refused(), Vec::<String>::new());
 
+    // UnifiedPush: the endpoint must answer the discovery probe; an allowed host that is not
+    // a distributor (the APNs endpoint) is refused, and so is a host off the allow-list.
+    let keys = serde_json::json!({
+        "p256dh": push_proxy::providers::b64(&webpush::public_bytes(&ua.public_key())),
+        "auth": push_proxy::providers::b64(&[9; 16]),
+    });
+    let up = |endpoint: String| {
+        let mut b = keys.clone();
+        b["platform"] = "unifiedpush".into();
+        b["endpoint"] = endpoint.into();
+        b
+    };
+    let ok = register_raw(&proxy, up(format!("{}/up/ivan", web.url()))).await;
+    assert_eq!(ok.status, 201, "{:?}", ok.body);
+    let not_up = register_raw(&proxy, up(format!("{}/up/ivan", apns.url()))).await;
+    assert_eq!(
+        (not_up.status.as_u16(), not_up.body.as_ref()),
+        (400, br#"{"code":"unifiedpush_probe_failed"}"#.as_slice())
+    );
+    let off_list = register_raw(&proxy, up("https://127.0.0.1:9/internal".into())).await;
+    assert_eq!(
+        (off_list.status.as_u16(), off_list.body.as_ref()),
+        (403, br#"{"code":"endpoint_not_allowed"}"#.as_slice())
+    );
+
+    // A device whose credential we hold, for the canary below.
+    let hank_client = gw.client();
+    let hank_reg = hank_client
+        .register(&gw.provision("tel:+15550100008"))
+        .await
+        .expect("register");
+    let hank = hank_client.with_credential(hank_reg.credential.clone());
+    let hank_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": HANK_TOKEN})).await;
+    hank.set_push_handle(&hank_handle).await.expect("set handle");
+    alice
+        .send(
+            &[Recipient::address("tel:+15550100008")],
+            framed_message(b"hank"),
+            None,
+            false,
+        )
+        .await
+        .expect("send");
+    wait_for("hank's push", || pushes_to(&apns, HANK_TOKEN).len() == 1).await;
+
     // FCM: OAuth2 grant, then a data message carrying only the pointer.
     let (gina, _) = gw.device("tel:+15550100007").await;
     let fcm_handle = register_token(&proxy, serde_json::json!({"platform": "fcm", "token": FCM_TOKEN})).await;
@@ -397,6 +461,7 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         DAVE_TOKEN,
         ERIN_TOKEN,
         FCM_TOKEN,
+        HANK_TOKEN,
         "15550100002",
         "15550100005",
         "15550100007",
@@ -406,6 +471,9 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     .collect();
     canaries.push(push_proxy::providers::b64(&webpush::public_bytes(&ua.public_key())).into_bytes());
     canaries.push(b"push/frank".to_vec());
+    canaries.push(hank_reg.credential.clone().into_bytes());
+    // The credential's secret half alone, too (it is `rc1.` + base64 of lookup and secret).
+    canaries.push(hank_reg.credential.as_bytes()[hank_reg.credential.len() - 24..].to_vec());
     let log = proxy.log();
     assert!(
         log.contains("DEBUG"),

@@ -210,3 +210,66 @@ async fn fcm_oauth_grant_message_quota_backoff_and_unregistered() {
     let attempts = sink.pushes().iter().filter(|r| r.status == 429).count();
     assert_eq!(attempts, 1);
 }
+
+#[tokio::test]
+async fn a_full_queue_sheds_and_forged_handles_are_dead() {
+    use axum::Json;
+    use axum::extract::State;
+    use push_proxy::service::{Notification, NotifyRequest, Proxy, notify};
+
+    let key = apns_key();
+    let sink = PushSink::start(SinkKind::Apns {
+        key: *key.verifying_key(),
+        team_id: "TEAM123456".into(),
+        key_id: "KEY1234567".into(),
+        topic: "net.example.rcs".into(),
+    })
+    .await;
+    let keys = push_proxy::HandleKeys::new(1, &[(1, [7; 32])]).unwrap();
+    let handle = keys.seal(&PushTarget::Apns {
+        token: "abcdef01".into(),
+    });
+    let proxy = std::sync::Arc::new(Proxy::new(
+        keys,
+        sender(sink.ca(), Some((&sink, &key))),
+        1,
+        Duration::from_millis(200),
+        10,
+        vec![],
+    ));
+    let req = |handle: &str| NotifyRequest {
+        notifications: vec![Notification {
+            handle: handle.into(),
+            pointer: pointer(1).encode(),
+            urgent: false,
+        }],
+    };
+    // The first push holds the only queue slot while it waits out Retry-After.
+    sink.script(&[(503, Some(2))]);
+    let Json(first) = notify(State(std::sync::Arc::clone(&proxy)), Ok(Json(req(&handle))))
+        .await
+        .unwrap();
+    assert_eq!((first.pending, first.shed.len()), (1, 0));
+    let Json(second) = notify(State(std::sync::Arc::clone(&proxy)), Ok(Json(req(&handle))))
+        .await
+        .unwrap();
+    assert_eq!(second.shed, vec![handle.clone()], "queue full: shed, not queued");
+    // A handle sealed under another key is reported dead without any provider call.
+    let other = push_proxy::HandleKeys::new(1, &[(1, [8; 32])]).unwrap();
+    let forged = other.seal(&PushTarget::Apns {
+        token: "abcdef02".into(),
+    });
+    let Json(third) = notify(State(std::sync::Arc::clone(&proxy)), Ok(Json(req(&forged))))
+        .await
+        .unwrap();
+    assert_eq!(third.dead, vec![forged]);
+    // A bad pointer refuses the whole batch.
+    let bad = NotifyRequest {
+        notifications: vec![Notification {
+            handle,
+            pointer: "short".into(),
+            urgent: false,
+        }],
+    };
+    assert!(notify(State(proxy), Ok(Json(bad))).await.is_err());
+}
