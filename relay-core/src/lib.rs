@@ -11,6 +11,8 @@
 //! - [`envelope`]: [`Envelope::parse`] turns upload bytes into a checked MLS envelope.
 //! - [`credential`]: device bearer credentials and their salted hashes.
 //! - [`provisioning`]: operator-signed registration tokens (Ed25519).
+//! - [`interconnect`]: routing by longest prefix, the residency allow-list, and the
+//!   outbox entry state machine (retry, delete, dead-letter).
 //! - [`push`]: when to wake a device (coalescing window, urgent, delayed), retry backoff,
 //!   the opaque pointer token.
 //! - [`wire`]: the protobuf client API (`proto/relay/v1/relay.proto`).
@@ -27,6 +29,7 @@ pub mod credential;
 pub mod envelope;
 pub mod error_code;
 pub mod ids;
+pub mod interconnect;
 pub mod limits;
 pub mod provisioning;
 pub mod push;
