@@ -123,6 +123,7 @@ fn send_request(rids: &[Rid], message: &Ciphertext) -> SendRequest {
         ttl_ms: 86_400_000,
         max_queue_bytes: 1 << 40,
         ordering: None,
+        outbox: Vec::new(),
     }
 }
 

@@ -494,6 +494,7 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         ttl_ms: limits.ttl_ms,
         max_queue_bytes: limits.max_queue_bytes_per_device,
         ordering,
+        outbox: Vec::new(),
     };
     let size = request.message.len();
     let outcome = state.inner.store.send(request).await.map_err(|e| match e {

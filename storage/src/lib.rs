@@ -137,6 +137,49 @@ pub trait Store: Send + Sync + 'static {
         handle: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Outbox entries for `peer` due at `now_ms`, oldest first, at most `limit`.
+    fn outbox_due(
+        &self,
+        peer: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Entries queued for `peer` and the creation time of the oldest.
+    fn outbox_depth(&self, peer: &str) -> impl Future<Output = Result<(u64, Option<u64>), StoreError>> + Send;
+
+    /// Records a failed attempt (the entry's new state).
+    fn outbox_retry(
+        &self,
+        peer: &str,
+        seq: u64,
+        state: relay_core::interconnect::EntryState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes a delivered entry.
+    fn outbox_delete(&self, peer: &str, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes an undeliverable entry and appends the audit record saying so, atomically.
+    fn outbox_dead_letter(
+        &self,
+        peer: &str,
+        seq: u64,
+        detail: String,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends a hash-chained audit record.
+    fn audit_append(
+        &self,
+        kind: &str,
+        detail: String,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
+
+    /// Every audit record, oldest first, after checking the hash chain (a broken chain is
+    /// `StoreError::Corrupt`).
+    fn audit_log(&self) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+
     /// Deletes everything whose time to live has passed.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
 

@@ -107,6 +107,38 @@ pub struct SendRequest {
     pub max_queue_bytes: u64,
     /// Epoch check for handshake and application messages; `None` for other kinds.
     pub ordering: Option<GroupOrdering>,
+    /// Parts for peer carriers, written to the outbox in the same atomic batch.
+    pub outbox: Vec<OutboxItem>,
+}
+
+/// One remote part of a send: an opaque record (the gateway seals what it contains) queued
+/// for a peer carrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub peer: String,
+    pub record: bytes::Bytes,
+}
+
+/// An outbox entry as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub state: relay_core::interconnect::EntryState,
+    /// The envelope's id on the interconnect (the send's server id): the peer deduplicates
+    /// on it, so a redelivery after a crash is harmless.
+    pub envelope_id: ServerId,
+    pub record: bytes::Bytes,
+}
+
+/// One audit record, hash-chained to its predecessor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub detail: String,
+    /// blake3(previous hash ‖ seq ‖ at_ms ‖ kind ‖ 0 ‖ detail).
+    pub hash: [u8; 32],
 }
 
 /// Result of a send.

@@ -16,6 +16,9 @@
 //! g/{blake3(group_id):32}      -> current epoch               per-group commit ordering
 //! f/{blake3(group_id):32}      -> latest GroupInfo MLSMessage  external joins
 //! h/{rid:32}{dev:4}            -> push handle (sealed by the push proxy, opaque here)
+//! o/{blake3(peer):16}{seq:8}   -> {EntryState:20}{envelope_id:16}{record}  interconnect outbox
+//! a/{seq:8}                    -> {at:8}{kind_len:1}{kind}{detail}{hash:32}  audit log
+//! A/                           -> {seq:8}{hash:32}            audit chain head
 //! ```
 //! Integers are big-endian so ranges scan in order.
 //!
@@ -36,9 +39,9 @@ use relay_core::credential::CredentialHash;
 use crate::group_commit::GroupCommit;
 use crate::model::flags;
 use crate::{
-    Ack, Ciphertext, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
-    NewKeyPackage, OrderingKind, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, ServerId, Stats, Store,
-    StoreError, StoredEnvelope, SweepStats,
+    Ack, AuditRecord, Ciphertext, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
+    NewKeyPackage, OrderingKind, OutboxEntry, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, ServerId,
+    Stats, Store, StoreError, StoredEnvelope, SweepStats,
 };
 
 /// Configuration of the sled backend.
@@ -266,6 +269,15 @@ impl SledStore {
         if let Some((key, epoch)) = group_update {
             batch.insert(key, &epoch.to_be_bytes());
         }
+        let now_state = relay_core::interconnect::EntryState::new(req.now_ms);
+        for item in &req.outbox {
+            let seq = self.db.generate_id().map_err(backend)?;
+            let mut v = Vec::with_capacity(36 + item.record.len());
+            v.extend_from_slice(&now_state.encode());
+            v.extend_from_slice(&server_id.0);
+            v.extend_from_slice(&item.record);
+            batch.insert(outbox_key(&item.peer, seq), v);
+        }
         blobs.write(&mut batch);
         self.tree.apply_batch(batch).map_err(backend)?;
         metrics::counter!("relay_mailbox_ops_total", "op" => "enqueue").increment(delivered_to.len() as u64);
@@ -444,6 +456,45 @@ impl SledStore {
             metrics::counter!("relay_mailbox_ops_total", "op" => "trim").increment(dropped);
         }
         Ok(())
+    }
+
+    /// Adds the next audit record (and the new chain head) to `batch`. Caller holds the lock.
+    fn audit_into(
+        &self,
+        batch: &mut sled::Batch,
+        kind: &str,
+        detail: &str,
+        now_ms: u64,
+    ) -> Result<AuditRecord, StoreError> {
+        let (seq, prev) = match self.tree.get(b"A/").map_err(backend)? {
+            Some(v) if v.len() == 40 => (
+                be_u64(&v[..8])? + 1,
+                v[8..].try_into().map_err(|_| StoreError::Corrupt("audit head"))?,
+            ),
+            Some(_) => return Err(StoreError::Corrupt("audit head")),
+            None => (1, [0u8; 32]),
+        };
+        let kind = &kind[..kind.len().min(255)];
+        let hash = audit_hash(&prev, seq, now_ms, kind, detail);
+        let mut v = Vec::with_capacity(8 + 1 + kind.len() + detail.len() + 32);
+        v.extend_from_slice(&now_ms.to_be_bytes());
+        v.push(kind.len() as u8);
+        v.extend_from_slice(kind.as_bytes());
+        v.extend_from_slice(detail.as_bytes());
+        v.extend_from_slice(&hash);
+        let mut key = b"a/".to_vec();
+        key.extend_from_slice(&seq.to_be_bytes());
+        batch.insert(key, v);
+        let mut head = seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&hash);
+        batch.insert(b"A/".to_vec(), head);
+        Ok(AuditRecord {
+            seq,
+            at_ms: now_ms,
+            kind: kind.to_owned(),
+            detail: detail.to_owned(),
+            hash,
+        })
     }
 
     fn new_server_id(&self) -> Result<ServerId, StoreError> {
@@ -707,6 +758,98 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(dropped)
+    }
+
+    async fn outbox_due(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(outbox_prefix(peer)) {
+            let (k, v) = item.map_err(backend)?;
+            let entry = decode_outbox(&k, &v)?;
+            if entry.state.due(now_ms) {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn outbox_depth(&self, peer: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let mut n = 0;
+        let mut oldest: Option<u64> = None;
+        for item in self.tree.scan_prefix(outbox_prefix(peer)) {
+            let (k, v) = item.map_err(backend)?;
+            let e = decode_outbox(&k, &v)?;
+            n += 1;
+            oldest = Some(oldest.map_or(e.state.created_ms, |o| o.min(e.state.created_ms)));
+        }
+        Ok((n, oldest))
+    }
+
+    async fn outbox_retry(
+        &self,
+        peer: &str,
+        seq: u64,
+        state: relay_core::interconnect::EntryState,
+    ) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            let key = outbox_key(peer, seq);
+            if let Some(v) = self.tree.get(&key).map_err(backend)? {
+                let mut v = v.to_vec();
+                v[..20].copy_from_slice(&state.encode());
+                self.tree.insert(key, v).map_err(backend)?;
+            }
+        }
+        self.durable().await
+    }
+
+    async fn outbox_delete(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            self.tree.remove(outbox_key(peer, seq)).map_err(backend)?;
+        }
+        self.durable().await
+    }
+
+    async fn outbox_dead_letter(&self, peer: &str, seq: u64, detail: String, now_ms: u64) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            let mut batch = sled::Batch::default();
+            batch.remove(outbox_key(peer, seq));
+            self.audit_into(&mut batch, "interconnect.dead_letter", &detail, now_ms)?;
+            self.tree.apply_batch(batch).map_err(backend)?;
+        }
+        self.durable().await
+    }
+
+    async fn audit_append(&self, kind: &str, detail: String, now_ms: u64) -> Result<AuditRecord, StoreError> {
+        let record = {
+            let _guard = self.lock();
+            let mut batch = sled::Batch::default();
+            let r = self.audit_into(&mut batch, kind, &detail, now_ms)?;
+            self.tree.apply_batch(batch).map_err(backend)?;
+            r
+        };
+        self.durable().await?;
+        Ok(record)
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out: Vec<AuditRecord> = Vec::new();
+        let mut prev = [0u8; 32];
+        for item in self.tree.scan_prefix(b"a/") {
+            let (k, v) = item.map_err(backend)?;
+            let seq = be_u64(&k[2..])?;
+            let r = decode_audit(seq, &v)?;
+            if r.hash != audit_hash(&prev, seq, r.at_ms, &r.kind, &r.detail) {
+                return Err(StoreError::Corrupt("audit chain"));
+            }
+            prev = r.hash;
+            out.push(r);
+        }
+        Ok(out)
     }
 
     async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
@@ -1182,4 +1325,66 @@ fn ack_index_key(rid: &Rid, dev: DeviceId, id: &ServerId) -> Vec<u8> {
     let mut k = device_key_with(b"i/", rid, dev);
     k.extend_from_slice(&id.0);
     k
+}
+
+fn outbox_prefix(peer: &str) -> Vec<u8> {
+    let mut k = b"o/".to_vec();
+    k.extend_from_slice(&blake3::hash(peer.as_bytes()).as_bytes()[..16]);
+    k
+}
+
+fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
+    let mut k = outbox_prefix(peer);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn decode_outbox(k: &[u8], v: &[u8]) -> Result<OutboxEntry, StoreError> {
+    let corrupt = || StoreError::Corrupt("outbox entry");
+    if k.len() != 26 || v.len() < 36 {
+        return Err(corrupt());
+    }
+    Ok(OutboxEntry {
+        seq: be_u64(&k[18..])?,
+        state: relay_core::interconnect::EntryState::decode(&v[..20]).ok_or_else(corrupt)?,
+        envelope_id: ServerId(v[20..36].try_into().map_err(|_| corrupt())?),
+        record: Bytes::copy_from_slice(&v[36..]),
+    })
+}
+
+fn audit_hash(prev: &[u8; 32], seq: u64, at_ms: u64, kind: &str, detail: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(&seq.to_be_bytes());
+    h.update(&at_ms.to_be_bytes());
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(detail.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn decode_audit(seq: u64, v: &[u8]) -> Result<AuditRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt("audit record");
+    if v.len() < 8 + 1 + 32 {
+        return Err(corrupt());
+    }
+    let at_ms = be_u64(&v[..8])?;
+    let kind_len = usize::from(v[8]);
+    let body = &v[9..v.len() - 32];
+    if body.len() < kind_len {
+        return Err(corrupt());
+    }
+    let kind = std::str::from_utf8(&body[..kind_len])
+        .map_err(|_| corrupt())?
+        .to_owned();
+    let detail = std::str::from_utf8(&body[kind_len..])
+        .map_err(|_| corrupt())?
+        .to_owned();
+    Ok(AuditRecord {
+        seq,
+        at_ms,
+        kind,
+        detail,
+        hash: v[v.len() - 32..].try_into().map_err(|_| corrupt())?,
+    })
 }

@@ -90,6 +90,8 @@ macro_rules! contract_tests {
             one_commit_per_epoch,
             concurrent_commits_exactly_one_wins,
             push_handle_set_clear_and_compare_and_delete,
+            outbox_is_written_with_the_send_and_survives_restart,
+            audit_log_is_a_hash_chain,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
