@@ -58,6 +58,8 @@ struct Inner {
     mls: MlsConfig,
     shutdown: CancellationToken,
     push: Option<crate::push::PushEvents>,
+    /// Set once at start-up when `[interconnect]` is configured.
+    interconnect: std::sync::OnceLock<Arc<interconnect::Interconnect>>,
 }
 
 /// What the API needs to run.
@@ -98,6 +100,7 @@ impl AppState {
                 mls: c.mls,
                 shutdown: c.shutdown,
                 push: c.push,
+                interconnect: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -108,6 +111,35 @@ impl AppState {
 
     pub fn live(&self) -> &Arc<Live> {
         &self.inner.live
+    }
+
+    pub fn rid_key(&self) -> &RidKey {
+        &self.inner.rid_key
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Attaches the interconnect (once, at start-up).
+    pub fn set_interconnect(&self, ic: Arc<interconnect::Interconnect>) {
+        let _ = self.inner.interconnect.set(ic);
+    }
+
+    pub fn interconnect(&self) -> Option<&Arc<interconnect::Interconnect>> {
+        self.inner.interconnect.get()
+    }
+
+    /// After envelopes are stored: wake live receivers, or hand the device to the push
+    /// notifier (never awaited).
+    pub fn stored(&self, delivered_to: &[(Rid, DeviceId)], urgent: bool) {
+        for key in delivered_to {
+            if !self.inner.live.wake(key)
+                && let Some(push) = &self.inner.push
+            {
+                push.send(crate::push::Event::Stored { key: *key, urgent });
+            }
+        }
     }
 
     /// Forgets rate-limit state of idle credentials (called by the sweeper).
@@ -438,10 +470,12 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
     let mut digest = blake3::Hasher::new_derive_key("rcs-relay 2026-11 send request digest v1");
     digest.update(envelope.ciphertext().as_bytes());
     let mut recipients = Vec::with_capacity(body.recipients.len());
+    let mut addresses = Vec::with_capacity(body.recipients.len());
     let mut seen = std::collections::HashSet::with_capacity(body.recipients.len());
     for (index, r) in body.recipients.iter().enumerate() {
         let address = Address::parse(&r.address)
             .map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("recipient {index}: {e}")))?;
+        addresses.push(address.clone());
         let rid = state.inner.rid_key.rid(&address);
         if !seen.insert(rid) {
             return Err(ApiError::new(
@@ -458,6 +492,32 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         recipients.push(RecipientSpec { rid, devices });
     }
     digest.update(&[u8::from(body.urgent)]);
+    // Recipients served by peer carriers go to the durable outbox, in the same batch.
+    let mut outbox = Vec::new();
+    if let Some(ic) = state.interconnect()
+        && !addresses.is_empty()
+    {
+        let plan = match ic.plan(&addresses) {
+            Ok(p) => p,
+            Err(refusal) => {
+                ic.audit_refusal(&refusal).await;
+                return Err(ApiError::new(ErrorCode::ResidencyPolicy, refusal.to_string()));
+            }
+        };
+        if plan.local.len() != recipients.len() {
+            for (index, r) in body.recipients.iter().enumerate() {
+                if !plan.local.contains(&index) && !r.device_ids.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRecipients,
+                        format!("recipient {index} is served by a peer carrier: name no device ids"),
+                    ));
+                }
+            }
+            recipients = plan.local.iter().map(|&i| recipients[i].clone()).collect();
+            outbox = ic.outbox_items(&plan, envelope.ciphertext().as_bytes(), body.urgent);
+        }
+    }
+    let has_outbox = !outbox.is_empty();
     if envelope.kind() == MessageKind::Welcome {
         let refs = envelope.welcome_refs().to_vec();
         let targets = state
@@ -494,7 +554,7 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         ttl_ms: limits.ttl_ms,
         max_queue_bytes: limits.max_queue_bytes_per_device,
         ordering,
-        outbox: Vec::new(),
+        outbox,
     };
     let size = request.message.len();
     let outcome = state.inner.store.send(request).await.map_err(|e| match e {
@@ -529,13 +589,9 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
         ),
         SendError::Store(e) => e.into(),
     })?;
-    for key in &outcome.delivered_to {
-        // No live receiver: the notifier decides whether to push (never awaited here).
-        if !state.inner.live.wake(key)
-            && let Some(push) = &state.inner.push
-        {
-            push.send(crate::push::Event::Stored { key: *key, urgent });
-        }
+    state.stored(&outcome.delivered_to, urgent);
+    if has_outbox && let Some(ic) = state.interconnect() {
+        ic.kick();
     }
     metrics::counter!("relay_envelopes_stored_total").increment(u64::from(!outcome.duplicate));
     metrics::counter!("relay_envelope_bytes_stored_total").increment(if outcome.duplicate { 0 } else { size as u64 });
@@ -756,9 +812,11 @@ async fn claim_key_packages(State(state): State<AppState>, req: Request) -> Resu
     }
     let mut targets = Vec::with_capacity(body.addresses.len());
     let mut by_rid = HashMap::with_capacity(body.addresses.len());
+    let mut parsed = Vec::with_capacity(body.addresses.len());
     for (index, a) in body.addresses.iter().enumerate() {
         let address =
             Address::parse(a).map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("address {index}: {e}")))?;
+        parsed.push(address.clone());
         let rid = state.inner.rid_key.rid(&address);
         if by_rid.insert(rid, address.as_str().to_owned()).is_some() {
             return Err(ApiError::new(
@@ -777,19 +835,66 @@ async fn claim_key_packages(State(state): State<AppState>, req: Request) -> Resu
             return Err(e);
         }
     }
-    let claimed = state.inner.store.claim_key_packages(targets, now_ms()).await?;
-    metrics::counter!("relay_key_packages_claimed_total").increment(claimed.len() as u64);
-    let resp = v1::ClaimKeyPackagesResponse {
-        key_packages: claimed
-            .into_iter()
-            .map(|c| v1::ClaimedKeyPackage {
-                address: by_rid.get(&c.rid).cloned().unwrap_or_default(),
-                device_id: c.device.0,
-                key_package: c.bytes,
-                last_resort: c.last_resort,
-            })
-            .collect(),
+    // Targets served by peer carriers are claimed through the interconnect.
+    let mut remote = Vec::new();
+    if let Some(ic) = state.interconnect() {
+        let plan = match ic.plan(&parsed) {
+            Ok(p) => p,
+            Err(refusal) => {
+                ic.audit_refusal(&refusal).await;
+                return Err(ApiError::new(ErrorCode::ResidencyPolicy, refusal.to_string()));
+            }
+        };
+        if !plan.remote.is_empty() {
+            targets = plan.local.iter().map(|&i| targets[i]).collect();
+            // The peer's request names the requester; the client says who it is, and the
+            // gateway checks that against the credential.
+            let requester = Address::parse(&body.requester)
+                .ok()
+                .filter(|a| state.inner.rid_key.rid(a) == device.rid)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidAddress,
+                        "claiming from a peer carrier needs `requester`: your own address",
+                    )
+                })?;
+            for (peer, addrs) in &plan.remote {
+                let got = ic.claim_remote(peer, &requester, addrs).await.map_err(|e| {
+                    tracing::warn!(peer = peer.as_str(), cause = %e, "remote KeyPackage claim failed");
+                    ApiError::new(ErrorCode::PeerUnavailable, format!("peer {peer} did not answer the claim"))
+                })?;
+                remote.extend(got);
+            }
+        }
+    }
+    let claimed = if targets.is_empty() {
+        Vec::new()
+    } else {
+        state.inner.store.claim_key_packages(targets, now_ms()).await?
     };
+    metrics::counter!("relay_key_packages_claimed_total").increment(claimed.len() as u64);
+    let mut key_packages: Vec<v1::ClaimedKeyPackage> = claimed
+        .into_iter()
+        .map(|c| v1::ClaimedKeyPackage {
+            address: by_rid.get(&c.rid).cloned().unwrap_or_default(),
+            device_id: c.device.0,
+            key_package: c.bytes,
+            last_resort: c.last_resort,
+        })
+        .collect();
+    for r in remote {
+        use base64::Engine as _;
+        let Ok(kp) = base64::engine::general_purpose::STANDARD.decode(&r.key_package) else {
+            continue;
+        };
+        key_packages.push(v1::ClaimedKeyPackage {
+            address: r.address,
+            device_id: r.device_id,
+            key_package: Bytes::from(kp),
+            last_resort: r.last_resort,
+        });
+    }
+    let resp = v1::ClaimKeyPackagesResponse { key_packages };
     Ok(proto_response(StatusCode::OK, &resp))
 }
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub mls: MlsConfig,
     #[serde(default)]
     pub push: PushConfig,
+    /// Peering with other carriers (DESIGN.md section 7); absent: every address is local.
+    pub interconnect: Option<interconnect::config::InterconnectConfig>,
 }
 
 /// Waking devices through the push proxy (DESIGN.md section 6). Without `proxy_url`, no

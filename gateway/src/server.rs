@@ -44,6 +44,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Admin address (plain HTTP).
     pub admin_addr: SocketAddr,
+    /// Interconnect listener (mutual TLS), when configured.
+    pub interconnect_addr: Option<SocketAddr>,
     state: AppState,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -133,6 +135,26 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let admin_addr = admin.local_addr()?;
 
     let tracker = TaskTracker::new();
+    let mut interconnect_addr = None;
+    if let Some(ic_config) = &config.interconnect {
+        let hook_state = state.clone();
+        let ic = interconnect::Interconnect::new(
+            ic_config.clone(),
+            Arc::clone(&store),
+            keys.rid_key(),
+            &key_dir(data_dir),
+            settings.limits.clone(),
+            Arc::new(move |outcome, urgent| hook_state.stored(&outcome.delivered_to, urgent)),
+        )
+        .map_err(|e| anyhow::anyhow!("interconnect: {e}"))?;
+        let listener = TcpListener::bind(ic_config.listen)
+            .await
+            .with_context(|| format!("binding interconnect {}", ic_config.listen))?;
+        interconnect_addr = Some(listener.local_addr()?);
+        state.set_interconnect(Arc::clone(&ic));
+        tracker.spawn(Arc::clone(&ic).serve(listener, shutdown.clone(), tracker.clone()));
+        tracker.spawn(ic.run_outbound(shutdown.clone()));
+    }
     let router = api(state.clone());
     if let Some(endpoint) = endpoint {
         tracker.spawn(crate::h3::serve(
@@ -176,14 +198,14 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tracker.spawn(serve_admin(
         admin,
         Arc::clone(&certs),
-        Arc::clone(&store),
+        state.clone(),
         shutdown.clone(),
         tracker.clone(),
     ));
     if let (Some(notifier), Some(rx)) = (notifier, push_rx) {
         tracker.spawn(notifier.run(rx, shutdown.clone()));
     }
-    tracker.spawn(reload_on_sighup(Arc::clone(&certs), shutdown.clone()));
+    tracker.spawn(reload_on_sighup(Arc::clone(&certs), state.clone(), shutdown.clone()));
     tracker.spawn(sweeper(
         state.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
@@ -202,6 +224,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     Ok(Running {
         addr,
         admin_addr,
+        interconnect_addr,
         state,
         tracker,
         shutdown,
@@ -355,10 +378,27 @@ async fn serve_connection(
 async fn serve_admin(
     listener: TcpListener,
     certs: Arc<crate::tls::CertStore>,
-    store: Arc<SledStore>,
+    state: AppState,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let store = Arc::clone(state.store());
+    // Re-reads the interconnect's peers file and CRLs (also on SIGHUP).
+    let ic_reload = move || {
+        let state = state.clone();
+        async move {
+            let Some(ic) = state.interconnect() else {
+                return (http::StatusCode::NOT_FOUND, "no [interconnect] configured\n".to_owned()).into_response();
+            };
+            match ic.reload().await {
+                Ok(n) => (http::StatusCode::OK, format!("{n} peers\n")).into_response(),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "interconnect reload failed; keeping the old peer table");
+                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
+                }
+            }
+        }
+    };
     // RFC 9750 section 5.3: if members and the DS disagree on a group's epoch, an operator
     // sets it (`PUT /admin/groups/{hex group id}/epoch` with the epoch as the body).
     let set_epoch = move |axum::extract::Path(group): axum::extract::Path<String>, body: String| {
@@ -395,6 +435,7 @@ async fn serve_admin(
         .route("/metrics", get(|| async { telemetry::prometheus().render() }))
         .route("/healthz", get(healthz))
         .route("/admin/tls/reload", axum::routing::post(reload))
+        .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch));
     loop {
         let (tcp, _) = tokio::select! {
@@ -425,7 +466,7 @@ async fn serve_admin(
 }
 
 /// SIGHUP reloads the TLS certificate of every listener.
-async fn reload_on_sighup(certs: Arc<crate::tls::CertStore>, shutdown: CancellationToken) {
+async fn reload_on_sighup(certs: Arc<crate::tls::CertStore>, state: AppState, shutdown: CancellationToken) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -435,6 +476,11 @@ async fn reload_on_sighup(certs: Arc<crate::tls::CertStore>, shutdown: Cancellat
             _ = hup.recv() => {
                 if let Err(e) = certs.reload() {
                     tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
+                }
+                if let Some(ic) = state.interconnect()
+                    && let Err(e) = ic.reload().await
+                {
+                    tracing::warn!(cause = %e, "interconnect reload failed; keeping the old peer table");
                 }
             }
         }

@@ -332,8 +332,19 @@ impl Client {
     /// Claims one KeyPackage per device of each address (one-time packages exactly once,
     /// then the last-resort package).
     pub async fn claim_key_packages(&self, addresses: &[&str]) -> Result<Vec<v1::ClaimedKeyPackage>, ClientError> {
+        self.claim_key_packages_as("", addresses).await
+    }
+
+    /// [`Client::claim_key_packages`] naming the claimer's own address, which a claim from a
+    /// peer carrier's subscribers needs.
+    pub async fn claim_key_packages_as(
+        &self,
+        requester: &str,
+        addresses: &[&str],
+    ) -> Result<Vec<v1::ClaimedKeyPackage>, ClientError> {
         let body = v1::ClaimKeyPackagesRequest {
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            requester: requester.to_owned(),
         };
         let r: v1::ClaimKeyPackagesResponse = self
             .call(Method::POST, "/v1/keypackages/claim", &body, StatusCode::OK)

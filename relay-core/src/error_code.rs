@@ -48,6 +48,8 @@ pub enum ErrorCode {
     UnexpectedMessageType,
     InvalidRecipients,
     InvalidPushHandle,
+    ResidencyPolicy,
+    PeerUnavailable,
 }
 
 impl ErrorCode {
@@ -95,6 +97,8 @@ impl ErrorCode {
             Self::UnexpectedMessageType => "unexpected_message_type",
             Self::InvalidRecipients => "invalid_recipients",
             Self::InvalidPushHandle => "invalid_push_handle",
+            Self::ResidencyPolicy => "residency_policy",
+            Self::PeerUnavailable => "peer_unavailable",
         }
     }
 
@@ -134,6 +138,8 @@ impl ErrorCode {
             Self::UnexpectedMessageType => 400,
             Self::InvalidRecipients | Self::InvalidPushHandle => 400,
             Self::Unavailable => 503,
+            Self::ResidencyPolicy => 451,
+            Self::PeerUnavailable => 502,
         }
     }
 
@@ -143,7 +149,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 42] = [
+const ALL: [ErrorCode; 44] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -186,6 +192,8 @@ const ALL: [ErrorCode; 42] = [
     ErrorCode::UnexpectedMessageType,
     ErrorCode::InvalidRecipients,
     ErrorCode::InvalidPushHandle,
+    ErrorCode::ResidencyPolicy,
+    ErrorCode::PeerUnavailable,
 ];
 
 #[cfg(test)]

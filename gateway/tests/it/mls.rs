@@ -278,6 +278,7 @@ async fn unsupported_ciphersuite_and_claim_rate_limit() {
     }
     let body = relay_client::wire::ClaimKeyPackagesRequest {
         addresses: vec!["tel:+1".into()],
+        requester: String::new(),
     }
     .encode_to_vec();
     let resp = a

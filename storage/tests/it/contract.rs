@@ -716,7 +716,7 @@ pub(crate) async fn outbox_is_written_with_the_send_and_survives_restart<H: Harn
 
     // An idempotent retry of the mixed send queues nothing new.
     let mut again = send_req(&[rid(1)], msg("idem"));
-    again.client_message_id = Some(storage::ClientMessageId([7; 16]));
+    again.client_message_id = Some(ClientMessageId([7; 16]));
     again.outbox = vec![OutboxItem {
         peer: "carrier-d".into(),
         record: Bytes::from_static(b"x"),
