@@ -861,7 +861,10 @@ async fn claim_key_packages(State(state): State<AppState>, req: Request) -> Resu
             for (peer, addrs) in &plan.remote {
                 let got = ic.claim_remote(peer, &requester, addrs).await.map_err(|e| {
                     tracing::warn!(peer = peer.as_str(), cause = %e, "remote KeyPackage claim failed");
-                    ApiError::new(ErrorCode::PeerUnavailable, format!("peer {peer} did not answer the claim"))
+                    ApiError::new(
+                        ErrorCode::PeerUnavailable,
+                        format!("peer {peer} did not answer the claim"),
+                    )
                 })?;
                 remote.extend(got);
             }

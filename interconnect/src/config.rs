@@ -127,7 +127,10 @@ impl PeersFile {
             if !p.endpoint.starts_with("https://") {
                 return Err(format!("peer {}: endpoint must be https://", p.name));
             }
-            if p.prefixes.iter().any(|x| !x.starts_with('+') || !x[1..].bytes().all(|b| b.is_ascii_digit())) {
+            if p.prefixes
+                .iter()
+                .any(|x| !x.starts_with('+') || !x[1..].bytes().all(|b| b.is_ascii_digit()))
+            {
                 return Err(format!("peer {}: prefixes look like \"+44\"", p.name));
             }
         }

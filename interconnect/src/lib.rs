@@ -72,7 +72,9 @@ pub struct Peer {
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer").field("name", &self.cfg.name).finish_non_exhaustive()
+        f.debug_struct("Peer")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,7 +111,9 @@ pub struct Interconnect {
 
 impl std::fmt::Debug for Interconnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Interconnect").field("domain", &self.cfg.domain).finish_non_exhaustive()
+        f.debug_struct("Interconnect")
+            .field("domain", &self.cfg.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,7 +136,9 @@ pub struct Plan {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn build_table(cfg: &InterconnectConfig) -> Result<Table, String> {
@@ -452,7 +458,13 @@ impl Interconnect {
         metrics::histogram!("interconnect_delivery_seconds", "peer" => name.to_owned())
             .record(started.elapsed().as_secs_f64());
         let mut state = entry.state;
-        let next = state.after(&attempt, now_ms(), self.cfg.outbox_ttl_secs * 1000, backoff, rand::random());
+        let next = state.after(
+            &attempt,
+            now_ms(),
+            self.cfg.outbox_ttl_secs * 1000,
+            backoff,
+            rand::random(),
+        );
         let result = match &next {
             Next::Delete => {
                 metrics::counter!("interconnect_deliveries_total", "peer" => name.to_owned(), "result" => "delivered")
@@ -465,7 +477,11 @@ impl Interconnect {
             }
             Next::DeadLetter(reason) => {
                 metrics::counter!("interconnect_dead_letters_total", "peer" => name.to_owned()).increment(1);
-                tracing::warn!(peer = name, reason = reason.as_str(), "interconnect envelope dead-lettered");
+                tracing::warn!(
+                    peer = name,
+                    reason = reason.as_str(),
+                    "interconnect envelope dead-lettered"
+                );
                 self.store
                     .outbox_dead_letter(
                         name,
@@ -562,7 +578,8 @@ impl Interconnect {
         let p = table.peer(peer)?;
         p.limiter.check().err().map(|_| {
             let mut r = err(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
-            r.headers_mut().insert("retry-after", http::HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
             r
         })
     }
@@ -651,7 +668,11 @@ async fn notify(
         Ok(outcome) => {
             count(if outcome.duplicate { "duplicate" } else { "stored" });
             (ic.on_stored)(&outcome, body.urgent);
-            (StatusCode::CREATED, Json(serde_json::json!({ "id": hex(&outcome.server_id.0) }))).into_response()
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "id": hex(&outcome.server_id.0) })),
+            )
+                .into_response()
         }
         Err(SendError::UnknownRecipient { .. } | SendError::UnknownDevice { .. }) => {
             count("unknown_recipient");
@@ -691,7 +712,15 @@ async fn key_material(
         return err(StatusCode::FORBIDDEN, "unknown_peer");
     };
     // The requester must be a number the requesting peer serves.
-    if table.routing.route(&requester) != Route::Peer(table.peers.iter().position(|x| x.cfg.name == peer).unwrap_or(usize::MAX)) {
+    if table.routing.route(&requester)
+        != Route::Peer(
+            table
+                .peers
+                .iter()
+                .position(|x| x.cfg.name == peer)
+                .unwrap_or(usize::MAX),
+        )
+    {
         return err(StatusCode::FORBIDDEN, "requester_not_served_by_peer");
     }
     let requester_rid = ic.rid_key.rid(&requester);
@@ -713,7 +742,8 @@ async fn key_material(
     for rid in &targets {
         if p.claim_limiter.check_key(&(requester_rid, *rid)).is_err() {
             let mut r = err(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
-            r.headers_mut().insert("retry-after", http::HeaderValue::from_static("60"));
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("60"));
             return r;
         }
     }
@@ -798,7 +828,10 @@ impl Interconnect {
         metrics::counter!("interconnect_connections_total", "peer" => peer.clone()).increment(1);
         let service = router.layer(Extension(PeerName(peer.clone())));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -827,7 +860,10 @@ impl Interconnect {
                 _ = recheck.tick() => {}
             }
             if identify(&self).as_deref() != Some(peer.as_str()) {
-                tracing::info!(peer = peer.as_str(), "closing a connection whose certificate no longer verifies");
+                tracing::info!(
+                    peer = peer.as_str(),
+                    "closing a connection whose certificate no longer verifies"
+                );
                 metrics::counter!("interconnect_connections_closed_total", "peer" => peer.clone(), "reason" => "reverify")
                     .increment(1);
                 return;

@@ -55,7 +55,9 @@ impl Sealer {
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| format!("{}: must be 32 bytes", path.display()))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| format!("{}: must be 32 bytes", path.display()))?;
         Ok(Self::new(&key))
     }
 
@@ -70,7 +72,9 @@ impl Sealer {
         }
         plain.extend_from_slice(&part.message);
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).expect("the system random source is available");
+        self.rng
+            .fill(&mut nonce)
+            .expect("the system random source is available");
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut plain)
             .expect("sealing a bounded buffer cannot fail");

@@ -6,6 +6,7 @@
 
 pub mod mls;
 pub mod mlsrs;
+pub mod pki;
 pub mod push_sinks;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The interconnect listener, when `[interconnect]` is configured.
+    pub interconnect_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The protocol `client()` speaks.
     pub protocol: Protocol,
@@ -58,11 +61,13 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let running = gateway::start(settings, shutdown.clone()).await.unwrap();
         let (addr, admin_addr, state) = (running.addr, running.admin_addr, running.state().clone());
+        let interconnect_addr = running.interconnect_addr;
         let task = tokio::spawn(async move { running.wait().await.unwrap() });
         Self {
             protocol: Protocol::Http2,
             addr,
             admin_addr,
+            interconnect_addr,
             data_dir: data_dir.to_path_buf(),
             state,
             shutdown,

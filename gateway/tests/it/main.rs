@@ -22,6 +22,7 @@ macro_rules! both_transports {
 
 mod bad_input;
 mod http3;
+mod interconnect;
 mod interop;
 mod limits;
 mod mls;
