@@ -53,7 +53,9 @@ pub struct PeerIdentity {
 
 impl std::fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerIdentity").field("domain", &self.domain).finish_non_exhaustive()
+        f.debug_struct("PeerIdentity")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +77,10 @@ impl PeerIdentity {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(p)
                     .map_err(|_| format!("peer {domain}: spki_sha256 is not base64"))?;
-                Some(raw.try_into().map_err(|_| format!("peer {domain}: spki_sha256 is not 32 bytes"))?)
+                Some(
+                    raw.try_into()
+                        .map_err(|_| format!("peer {domain}: spki_sha256 is not 32 bytes"))?,
+                )
             }
             None => None,
         };
@@ -88,7 +93,12 @@ impl PeerIdentity {
     }
 
     /// Whether `end_entity` (with `intermediates`) is this peer's certificate at `now`.
-    pub fn check(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<(), Error> {
+    pub fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), Error> {
         self.verifier.verify_client_cert(end_entity, intermediates, now)?;
         let name = ServerName::try_from(self.domain.as_str()).map_err(|_| Error::General("peer domain".into()))?;
         webpki::EndEntityCert::try_from(end_entity)
@@ -98,7 +108,9 @@ impl PeerIdentity {
         if let Some(pin) = &self.pin
             && spki_sha256(end_entity).as_ref() != Some(pin)
         {
-            return Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            return Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(())
     }
@@ -124,7 +136,11 @@ pub fn identify(
         match p.check(end_entity, intermediates, now) {
             Ok(()) if found.is_none() => found = Some(i),
             // Two peers accepting one certificate is a configuration error: refuse.
-            Ok(()) => return Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)),
+            Ok(()) => {
+                return Err(Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
             Err(e) => {
                 // Prefer the most specific reason: a certificate that chains to a peer's CA
                 // but fails later says more than "unknown issuer" from the others.
@@ -167,7 +183,10 @@ pub struct PeersVerifier {
 
 impl PeersVerifier {
     pub fn new(peers: Arc<Vec<PeerIdentity>>) -> Self {
-        let hints = peers.iter().flat_map(|p| p.verifier.root_hint_subjects().to_vec()).collect();
+        let hints = peers
+            .iter()
+            .flat_map(|p| p.verifier.root_hint_subjects().to_vec())
+            .collect();
         Self { peers, hints }
     }
 }

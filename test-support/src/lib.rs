@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod faulty_proxy;
 pub mod mls;
 pub mod mlsrs;
 pub mod pki;

@@ -23,6 +23,7 @@ macro_rules! both_transports {
 mod bad_input;
 mod http3;
 mod interconnect;
+mod interconnect_faults;
 mod interop;
 mod limits;
 mod mls;

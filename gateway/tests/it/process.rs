@@ -14,15 +14,16 @@ use relay_client::{Client, Recipient, Trust};
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
 /// A gateway child process on a free loopback port; killed if the test panics.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     done: bool,
-    url: String,
+    pub(crate) url: String,
     ca: PathBuf,
+    pub(crate) admin: u16,
 }
 
 /// A port free for both TCP and UDP (the gateway serves HTTP/3 on the same number).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
@@ -37,10 +38,24 @@ fn free_port() -> u16 {
 /// connections draw from the same ephemeral range) can take one in between: when the
 /// child exits during start-up, it is started again on fresh ports.
 async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
+    spawn_gateway_with(data_dir, log, extra_env, "").await
+}
+
+/// [`spawn_gateway`] with more configuration (TOML appended to the file).
+pub(crate) async fn spawn_gateway_with(
+    data_dir: &Path,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+    extra_toml: &str,
+) -> Proc {
     for _attempt in 0..10 {
         let (port, admin) = (free_port(), free_port());
         let config = data_dir.with_extension("toml");
-        std::fs::write(&config, "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n{extra_toml}"),
+        )
+        .unwrap();
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = Command::new(GATEWAY);
         cmd.arg("--config")
@@ -61,6 +76,7 @@ async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) 
             child: cmd.spawn().unwrap(),
             url: format!("https://localhost:{port}"),
             ca: data_dir.join("tls/dev-ca.pem"),
+            admin,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -86,11 +102,11 @@ async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) 
 }
 
 impl Proc {
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(&self.url, Trust::CaFile(self.ca.clone())).unwrap()
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
         self.done = true;
@@ -275,7 +291,7 @@ async fn crash_test_kill_9() {
 }
 
 /// Keeps a test's directory when the test panics, and says where it is.
-struct KeepOnPanic(PathBuf);
+pub(crate) struct KeepOnPanic(pub(crate) PathBuf);
 
 impl Drop for KeepOnPanic {
     fn drop(&mut self) {
