@@ -323,6 +323,22 @@ async fn two_carriers_deliver_claim_and_refuse_by_residency() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&dir).contains("carrier-b.test"));
 
+    // No subscriber number crosses into storage on either side: outbox records are sealed,
+    // B stores rids. (Bob's own number is in his KeyPackages' basic credentials, which is
+    // MLS's doing, so the check uses Dave, who only receives.)
+    let (dave, _) = b.gw.device("tel:+447700900002").await;
+    let m4 = framed_message(b"to-dave");
+    alice.send(&[Recipient::address("tel:+447700900002")], m4.clone(), None, false).await.unwrap();
+    assert_eq!(receive_all(&dave, 1).await, vec![m4]);
+    for (gw, numbers) in [
+        (&a.gw, &["447700900001", "447700900002", "15550100001", "15550100002"][..]),
+        (&b.gw, &["447700900002", "15550100001", "15550100002"][..]),
+    ] {
+        for number in numbers {
+            let found = test_support::files_containing(&gw.data_dir, number.as_bytes());
+            assert!(found.is_empty(), "{number} at rest in {found:?}");
+        }
+    }
     a.gw.stop().await;
     b.gw.stop().await;
 }
