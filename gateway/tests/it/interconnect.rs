@@ -58,9 +58,20 @@ impl Carrier {
         self.gw.interconnect_addr.unwrap().port()
     }
 
+    /// Writes the peers file and reloads it through the admin API.
     pub(crate) async fn set_peers(&self, peers: &[Peer<'_>]) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         std::fs::write(&self.peers_file, peers_toml(peers)).unwrap();
-        self.gw.state().interconnect().unwrap().reload().await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(self.gw.admin_addr).await.unwrap();
+        s.write_all(
+            b"POST /admin/interconnect/reload HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains(&format!("{} peers", peers.len())), "{resp}");
     }
 }
 
@@ -328,10 +339,16 @@ async fn two_carriers_deliver_claim_and_refuse_by_residency() {
     // MLS's doing, so the check uses Dave, who only receives.)
     let (dave, _) = b.gw.device("tel:+447700900002").await;
     let m4 = framed_message(b"to-dave");
-    alice.send(&[Recipient::address("tel:+447700900002")], m4.clone(), None, false).await.unwrap();
+    alice
+        .send(&[Recipient::address("tel:+447700900002")], m4.clone(), None, false)
+        .await
+        .unwrap();
     assert_eq!(receive_all(&dave, 1).await, vec![m4]);
     for (gw, numbers) in [
-        (&a.gw, &["447700900001", "447700900002", "15550100001", "15550100002"][..]),
+        (
+            &a.gw,
+            &["447700900001", "447700900002", "15550100001", "15550100002"][..],
+        ),
         (&b.gw, &["447700900002", "15550100001", "15550100002"][..]),
     ] {
         for number in numbers {
