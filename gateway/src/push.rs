@@ -188,7 +188,7 @@ impl Notifier {
                 }
             }
             if now().saturating_sub(last_prune) > 60_000 {
-                let _ = sched.due(now()); // also drops expired window records
+                sched.prune(now());
                 last_prune = now();
             }
             for chunk in due.chunks(this.batch) {
@@ -212,31 +212,32 @@ impl Notifier {
     }
 
     async fn notify(&self, keys: Vec<(Key, bool)>) {
-        let mut handles: HashMap<String, Key> = HashMap::new();
-        let mut items = Vec::new();
+        // One notification per handle (a device due twice in one batch is pushed once,
+        // urgently if either was urgent), in the order the devices came.
+        let mut batch: Vec<(String, Key, bool)> = Vec::with_capacity(keys.len());
         for (key, urgent) in keys {
             match self.store.push_handle(key.0, key.1).await {
-                Ok(Some(h)) => {
-                    handles.insert(h, key);
-                    items.push(urgent);
-                }
+                Ok(Some(h)) => match batch.iter_mut().find(|(other, _, _)| *other == h) {
+                    Some(existing) => existing.2 |= urgent,
+                    None => batch.push((h, key, urgent)),
+                },
                 Ok(None) => metrics::counter!("relay_push_skipped_total", "reason" => "no_handle").increment(1),
                 Err(e) => tracing::warn!(cause = %e, "reading a push handle"),
             }
         }
-        if handles.is_empty() {
+        if batch.is_empty() {
             return;
         }
-        let notifications: Vec<Notification<'_>> = handles
-            .keys()
-            .zip(items)
-            .map(|(handle, urgent)| {
+        let handles: HashMap<&str, Key> = batch.iter().map(|(h, k, _)| (h.as_str(), *k)).collect();
+        let notifications: Vec<Notification<'_>> = batch
+            .iter()
+            .map(|(handle, _, urgent)| {
                 let mut p = [0u8; relay_core::push::POINTER_LEN];
                 rand::fill(&mut p);
                 Notification {
                     handle,
                     pointer: Pointer::from_random(p).encode(),
-                    urgent,
+                    urgent: *urgent,
                 }
             })
             .collect();
@@ -255,7 +256,7 @@ impl Notifier {
         metrics::counter!("relay_push_notifies_total", "result" => "ok").increment(1);
         metrics::counter!("relay_push_shed_total").increment(resp.shed.len() as u64);
         for dead in resp.dead {
-            let Some(&(rid, dev)) = handles.get(&dead) else {
+            let Some(&(rid, dev)) = handles.get(dead.as_str()) else {
                 continue;
             };
             match self.store.drop_push_handle_if(rid, dev, &dead).await {

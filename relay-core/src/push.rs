@@ -169,9 +169,14 @@ impl<K: Copy + Eq + Hash + Ord> Scheduler<K> {
             self.pushed(device, now_ms);
             out.push(device);
         }
+        self.prune(now_ms);
+        out
+    }
+
+    /// Drops window records that have expired (memory bound), without touching delayed pushes.
+    pub fn prune(&mut self, now_ms: u64) {
         let window = self.policy.window_ms;
         self.last_push.retain(|_, at| at.saturating_add(window) > now_ms);
-        out
     }
 
     /// When [`Scheduler::due`] next has something to return.
@@ -313,7 +318,13 @@ mod tests {
             s.on_stored(d, false, false, 0);
         }
         assert_eq!(s.last_push.len(), 100);
-        s.due(20 * MIN);
+        s.on_disconnect(7, true, 19 * MIN);
+        s.prune(20 * MIN);
+        assert!(s.last_push.is_empty());
+        assert_eq!(s.pending(), 1, "pruning never drops a delayed push");
+        assert_eq!(s.due(60 * MIN), vec![7]);
+        assert_eq!(s.last_push.len(), 1, "device 7 was pushed at 60 min");
+        s.prune(90 * MIN);
         assert!(s.last_push.is_empty());
     }
 
