@@ -56,6 +56,14 @@ impl ServerId {
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Self)
     }
+
+    /// The first 8 bytes: the store's monotonic id of the send (also each recipient's
+    /// mailbox sequence number for it); the other 8 are random.
+    pub fn seq(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
 }
 
 impl fmt::Debug for ServerId {

@@ -6,8 +6,7 @@
 //! c/{lookup:16}                -> {rid:32}{dev:4}             credential lookup
 //! n/{rid:32}                   -> next device id (u32)        ids are never reused
 //! b/{server_id:16}             -> BlobRecord (message bytes, stored once per send)
-//! m/{rid:32}{dev:4}{seq:8}     -> MailboxEntry
-//! i/{rid:32}{dev:4}{server_id} -> seq                         ack by server id
+//! m/{rid:32}{dev:4}{seq:8}     -> MailboxEntry                seq = the send's global id
 //! e/{expires_at:8}{server_id}  -> idempotency key or empty    blob expiry index
 //! k/{rid:32}{dev:4}{cmid:16}   -> {server_id:16}{digest:32}   idempotent sends
 //! p/{nonce:16}                 -> expires_at                  used provisioning tokens
@@ -58,11 +57,29 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     commit: GroupCommit,
-    write_lock: Mutex<()>,
+    /// The writer lock, and the state only writers touch (derived from the tree, so it is
+    /// rebuilt lazily after a restart).
+    write_lock: Mutex<WriterState>,
 }
+
+/// Per-device state kept in memory so a send writes one key per recipient device: its
+/// mailbox entry. A mailbox entry's seq is the send's global id (the first 8 bytes of its
+/// server id), so there is no per-device counter to rewrite and ack-by-id needs no index.
+#[derive(Debug, Default)]
+struct WriterState {
+    /// Bytes queued per device (non-gap entries), filled on first use by a mailbox scan.
+    queued: HashMap<(Rid, DeviceId), u64>,
+    /// Active devices per address, filled on first use; dropped on register and delete.
+    devices: HashMap<Rid, Vec<DeviceId>>,
+}
+
+/// Entries per cache before it is simply cleared (memory bound; everything is re-derivable).
+const CACHE_LIMIT: usize = 1_000_000;
 
 const DEVICE_ACTIVE: u8 = 1;
 const RECORD_VERSION: u8 = 1;
+/// Device records: version 2 dropped the per-device seq counter and queued-bytes fields.
+const DEVICE_RECORD_VERSION: u8 = 2;
 /// Operations per batch when sweeping, so the write lock is never held for long.
 const SWEEP_CHUNK: usize = 1_000;
 
@@ -79,7 +96,7 @@ impl SledStore {
             db,
             tree,
             commit,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(WriterState::default()),
         })
     }
 
@@ -93,7 +110,7 @@ impl SledStore {
         self.commit.stop();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
         let start = std::time::Instant::now();
         // A panic while holding the lock cannot leave a half-applied batch behind
         // (batches are atomic), so a poisoned lock is safe to reuse.
@@ -133,7 +150,40 @@ impl SledStore {
         Ok(out)
     }
 
-    fn send_locked(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
+    /// Active devices of `rid`, cached. Caller holds the lock.
+    fn cached_devices(&self, st: &mut WriterState, rid: &Rid) -> Result<Vec<DeviceId>, StoreError> {
+        if let Some(d) = st.devices.get(rid) {
+            return Ok(d.clone());
+        }
+        let d = self.active_devices(rid)?;
+        if st.devices.len() >= CACHE_LIMIT {
+            st.devices.clear();
+        }
+        st.devices.insert(*rid, d.clone());
+        Ok(d)
+    }
+
+    /// Bytes queued for a device, cached. Caller holds the lock.
+    fn queued_bytes(&self, st: &mut WriterState, rid: &Rid, dev: DeviceId) -> Result<u64, StoreError> {
+        if let Some(q) = st.queued.get(&(*rid, dev)) {
+            return Ok(*q);
+        }
+        let mut q = 0u64;
+        for item in self.tree.scan_prefix(device_key_with(b"m/", rid, dev)) {
+            let (_, v) = item.map_err(backend)?;
+            let e = MailboxEntry::decode(&v)?;
+            if e.flags & flags::GAP == 0 {
+                q += u64::from(e.size);
+            }
+        }
+        if st.queued.len() >= CACHE_LIMIT {
+            st.queued.clear();
+        }
+        st.queued.insert((*rid, dev), q);
+        Ok(q)
+    }
+
+    fn send_locked(&self, st: &mut WriterState, req: &SendRequest) -> Result<SendOutcome, SendError> {
         let (sender_rid, sender_dev) = req.sender;
         let idem_key = req.client_message_id.map(|c| {
             let mut k = device_key_with(b"k/", &sender_rid, sender_dev);
@@ -193,31 +243,31 @@ impl SledStore {
         }
 
         // Resolve every recipient device before writing anything.
-        let mut targets: Vec<(Rid, DeviceId, DeviceRecord)> = Vec::new();
+        let mut targets: Vec<(Rid, DeviceId)> = Vec::new();
         let mut seen: std::collections::HashSet<(Rid, DeviceId)> = std::collections::HashSet::new();
         for (index, r) in req.recipients.iter().enumerate() {
-            // One scan yields every active device with its record (no second read).
-            let active = self.active_device_records(&r.rid)?;
+            let active = self.cached_devices(st, &r.rid)?;
             if active.is_empty() {
                 return Err(SendError::UnknownRecipient { index });
             }
-            let chosen: Vec<(DeviceId, DeviceRecord)> = match &r.devices {
+            let chosen: Vec<DeviceId> = match &r.devices {
                 None => active,
                 Some(wanted) => {
-                    if wanted.iter().any(|w| !active.iter().any(|(d, _)| d == w)) {
+                    if wanted.iter().any(|w| !active.contains(w)) {
                         return Err(SendError::UnknownDevice { index });
                     }
-                    active.into_iter().filter(|(d, _)| wanted.contains(d)).collect()
+                    active.into_iter().filter(|d| wanted.contains(d)).collect()
                 }
             };
-            for (dev, rec) in chosen {
+            for dev in chosen {
                 if seen.insert((r.rid, dev)) {
-                    targets.push((r.rid, dev, rec));
+                    targets.push((r.rid, dev));
                 }
             }
         }
 
         let server_id = self.new_server_id()?;
+        let seq = server_id.seq();
         let size = req.message.len() as u64;
         let expires_at = req.now_ms.saturating_add(req.ttl_ms);
         let entry_flags = if req.urgent { flags::URGENT } else { 0 };
@@ -232,11 +282,11 @@ impl SledStore {
             );
         }
         let mut delivered_to = Vec::with_capacity(targets.len());
-        for (rid, dev, mut rec) in targets {
-            self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut rec, size, req.max_queue_bytes)?;
-            let seq = rec.next_seq;
-            rec.next_seq += 1;
-            rec.queued_bytes += size;
+        let mut queued_after = Vec::with_capacity(targets.len());
+        for (rid, dev) in targets {
+            let mut queued = self.queued_bytes(st, &rid, dev)?;
+            self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut queued, size, req.max_queue_bytes)?;
+            queued_after.push(((rid, dev), queued + size));
             let entry = MailboxEntry {
                 flags: entry_flags,
                 server_id,
@@ -246,8 +296,6 @@ impl SledStore {
                 dropped: 0,
             };
             batch.insert(mailbox_key(&rid, dev, seq), entry.encode());
-            batch.insert(ack_index_key(&rid, dev, &server_id), &seq.to_be_bytes());
-            batch.insert(device_key(&rid, dev), rec.encode());
             delivered_to.push((rid, dev));
         }
         // The expiry index also carries the idempotency key, which expires with the blob.
@@ -280,6 +328,8 @@ impl SledStore {
         }
         blobs.write(&mut batch);
         self.tree.apply_batch(batch).map_err(backend)?;
+        // Only a written batch changes what is queued.
+        st.queued.extend(queued_after);
         metrics::counter!("relay_mailbox_ops_total", "op" => "enqueue").increment(delivered_to.len() as u64);
         Ok(SendOutcome {
             server_id,
@@ -417,17 +467,17 @@ impl SledStore {
         blobs: &mut BlobCounts,
         rid: &Rid,
         dev: DeviceId,
-        rec: &mut DeviceRecord,
+        queued: &mut u64,
         incoming: u64,
         quota: u64,
     ) -> Result<(), StoreError> {
-        if rec.queued_bytes + incoming <= quota {
+        if *queued + incoming <= quota {
             return Ok(());
         }
         let mut dropped = 0u64;
         let mut last: Option<(Vec<u8>, MailboxEntry)> = None;
         for item in self.tree.scan_prefix(device_key_with(b"m/", rid, dev)) {
-            if rec.queued_bytes + incoming <= quota {
+            if *queued + incoming <= quota {
                 break;
             }
             let (k, v) = item.map_err(backend)?;
@@ -437,8 +487,7 @@ impl SledStore {
                 dropped += entry.dropped;
             } else {
                 dropped += 1;
-                rec.queued_bytes = rec.queued_bytes.saturating_sub(u64::from(entry.size));
-                batch.remove(ack_index_key(rid, dev, &entry.server_id));
+                *queued = queued.saturating_sub(u64::from(entry.size));
                 blobs.release(&self.tree, entry.server_id)?;
             }
             last = Some((k.to_vec(), entry));
@@ -500,7 +549,8 @@ impl SledStore {
     fn new_server_id(&self) -> Result<ServerId, StoreError> {
         // sled's id generator is monotonic and never repeats across restarts; the
         // random half keeps ids unguessable.
-        let id = self.db.generate_id().map_err(backend)?;
+        // +1: mailbox seqs are these ids, and a receive cursor of 0 means "from the start".
+        let id = self.db.generate_id().map_err(backend)? + 1;
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&id.to_be_bytes());
         rand::rng().fill_bytes(&mut out[8..]);
@@ -519,7 +569,6 @@ impl SledStore {
         for (seq, entry) in entries {
             batch.remove(mailbox_key(rid, dev, *seq));
             if entry.flags & flags::GAP == 0 {
-                batch.remove(ack_index_key(rid, dev, &entry.server_id));
                 blobs.release(&self.tree, entry.server_id)?;
                 freed += u64::from(entry.size);
             }
@@ -527,10 +576,7 @@ impl SledStore {
         Ok(freed)
     }
 
-    fn ack_locked(&self, rid: &Rid, dev: DeviceId, ack: &Ack) -> Result<u64, StoreError> {
-        let Some(mut rec) = self.device_record(rid, dev)? else {
-            return Ok(0);
-        };
+    fn ack_locked(&self, st: &mut WriterState, rid: &Rid, dev: DeviceId, ack: &Ack) -> Result<u64, StoreError> {
         let mut entries: Vec<(u64, MailboxEntry)> = Vec::new();
         if let Some(up_to) = ack.up_to {
             let start = mailbox_key(rid, dev, 0);
@@ -541,13 +587,15 @@ impl SledStore {
             }
         }
         for id in &ack.server_ids {
-            if let Some(seq) = self.tree.get(ack_index_key(rid, dev, id)).map_err(backend)? {
-                let seq = be_u64(&seq)?;
-                if entries.iter().any(|(s, _)| *s == seq) {
-                    continue;
-                }
-                if let Some(v) = self.tree.get(mailbox_key(rid, dev, seq)).map_err(backend)? {
-                    entries.push((seq, MailboxEntry::decode(&v)?));
+            // The entry sits at the send's global id; the whole server id must match.
+            let seq = id.seq();
+            if entries.iter().any(|(s, _)| *s == seq) {
+                continue;
+            }
+            if let Some(v) = self.tree.get(mailbox_key(rid, dev, seq)).map_err(backend)? {
+                let entry = MailboxEntry::decode(&v)?;
+                if entry.server_id == *id && entry.flags & flags::GAP == 0 {
+                    entries.push((seq, entry));
                 }
             }
         }
@@ -557,10 +605,11 @@ impl SledStore {
         let mut batch = sled::Batch::default();
         let mut blobs = BlobCounts::default();
         let freed = self.remove_entries(&mut batch, &mut blobs, rid, dev, &entries)?;
-        rec.queued_bytes = rec.queued_bytes.saturating_sub(freed);
-        batch.insert(device_key(rid, dev), rec.encode());
         blobs.write(&mut batch);
         self.tree.apply_batch(batch).map_err(backend)?;
+        if let Some(q) = st.queued.get_mut(&(*rid, dev)) {
+            *q = q.saturating_sub(freed);
+        }
         metrics::counter!("relay_mailbox_ops_total", "op" => "ack").increment(entries.len() as u64);
         Ok(entries.len() as u64)
     }
@@ -580,10 +629,7 @@ impl SledStore {
             .collect::<Result<_, StoreError>>()?;
         let mut removed = 0u64;
         for (rid, dev) in devices {
-            let _guard = self.lock();
-            let Some(mut rec) = self.device_record(&rid, dev)? else {
-                continue;
-            };
+            let mut st = self.lock();
             let mut expired = Vec::new();
             for item in self.tree.scan_prefix(device_key_with(b"m/", &rid, dev)) {
                 let (k, v) = item.map_err(backend)?;
@@ -599,10 +645,11 @@ impl SledStore {
             let mut batch = sled::Batch::default();
             let mut blobs = BlobCounts::default();
             let freed = self.remove_entries(&mut batch, &mut blobs, &rid, dev, &expired)?;
-            rec.queued_bytes = rec.queued_bytes.saturating_sub(freed);
-            batch.insert(device_key(&rid, dev), rec.encode());
             blobs.write(&mut batch);
             self.tree.apply_batch(batch).map_err(backend)?;
+            if let Some(q) = st.queued.get_mut(&(rid, dev)) {
+                *q = q.saturating_sub(freed);
+            }
             removed += expired.len() as u64;
         }
         Ok(removed)
@@ -880,7 +927,7 @@ impl Store for SledStore {
 
     async fn register_device(&self, req: NewDevice) -> Result<DeviceId, RegisterError> {
         let device = {
-            let _guard = self.lock();
+            let mut st = self.lock();
             let nonce_key = prefixed(b"p/", &req.provisioning_nonce);
             if self.tree.contains_key(&nonce_key).map_err(backend)? {
                 return Err(RegisterError::TokenUsed);
@@ -902,8 +949,6 @@ impl Store for SledStore {
             let rec = DeviceRecord {
                 status: DEVICE_ACTIVE,
                 created_day: (req.now_ms / 86_400_000) as u32,
-                next_seq: 1,
-                queued_bytes: 0,
                 credential: req.credential_hash,
                 lookup: req.credential_lookup,
             };
@@ -915,6 +960,7 @@ impl Store for SledStore {
             batch.insert(lookup_key, lookup_val);
             batch.insert(nonce_key, &req.provisioning_expires_at_ms.to_be_bytes());
             self.tree.apply_batch(batch).map_err(backend)?;
+            st.devices.remove(&req.rid);
             device
         };
         self.durable().await?;
@@ -949,7 +995,7 @@ impl Store for SledStore {
 
     async fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<bool, StoreError> {
         {
-            let _guard = self.lock();
+            let mut st = self.lock();
             let Some(rec) = self.device_record(&rid, device)? else {
                 return Ok(false);
             };
@@ -969,6 +1015,8 @@ impl Store for SledStore {
                 batch.remove(k.map_err(backend)?);
             }
             self.tree.apply_batch(batch).map_err(backend)?;
+            st.devices.remove(&rid);
+            st.queued.remove(&(rid, device));
         }
         self.durable().await?;
         Ok(true)
@@ -976,9 +1024,9 @@ impl Store for SledStore {
 
     async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
         let outcome = {
-            let _guard = self.lock();
+            let mut st = self.lock();
             let start = std::time::Instant::now();
-            let r = self.send_locked(&req);
+            let r = self.send_locked(&mut st, &req);
             metrics::histogram!("relay_storage_write_seconds", "op" => "send").record(start.elapsed().as_secs_f64());
             r?
         };
@@ -1042,8 +1090,8 @@ impl Store for SledStore {
 
     async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
         let n = {
-            let _guard = self.lock();
-            self.ack_locked(&rid, device, &ack)?
+            let mut st = self.lock();
+            self.ack_locked(&mut st, &rid, device, &ack)?
         };
         self.durable().await?;
         Ok(n)
@@ -1183,27 +1231,24 @@ impl BlobRecord {
     }
 }
 
-/// `version:1 status:1 created_day:4 next_seq:8 queued_bytes:8 salt:16 hash:32 lookup:16`
+/// `version:1 status:1 created_day:4 salt:16 hash:32 lookup:16` (version 2; version 1 also
+/// held a per-device seq counter and queued bytes, 16 bytes after `created_day`, now derived).
 #[derive(Debug, Clone)]
 struct DeviceRecord {
     status: u8,
     created_day: u32,
-    next_seq: u64,
-    queued_bytes: u64,
     credential: CredentialHash,
     lookup: [u8; 16],
 }
 
-const DEVICE_RECORD_LEN: usize = 86;
+const DEVICE_RECORD_LEN: usize = 70;
 
 impl DeviceRecord {
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(DEVICE_RECORD_LEN);
-        v.push(RECORD_VERSION);
+        v.push(DEVICE_RECORD_VERSION);
         v.push(self.status);
         v.extend_from_slice(&self.created_day.to_be_bytes());
-        v.extend_from_slice(&self.next_seq.to_be_bytes());
-        v.extend_from_slice(&self.queued_bytes.to_be_bytes());
         v.extend_from_slice(&self.credential.salt);
         v.extend_from_slice(&self.credential.hash);
         v.extend_from_slice(&self.lookup);
@@ -1211,20 +1256,21 @@ impl DeviceRecord {
     }
 
     fn decode(v: &[u8]) -> Result<Self, StoreError> {
-        if v.len() != DEVICE_RECORD_LEN || v[0] != RECORD_VERSION {
-            return Err(StoreError::Corrupt("device record"));
-        }
-        let arr = |r: std::ops::Range<usize>| v[r].to_vec();
+        // Version 1 records carry 16 more bytes (seq counter, queued bytes) after created_day.
+        let skip = match (v.first(), v.len()) {
+            (Some(&DEVICE_RECORD_VERSION), DEVICE_RECORD_LEN) => 0,
+            (Some(1), 86) => 16,
+            _ => return Err(StoreError::Corrupt("device record")),
+        };
+        let arr = |r: std::ops::Range<usize>| v[r.start + skip..r.end + skip].to_vec();
         Ok(Self {
             status: v[1],
             created_day: be_u32(&v[2..6])?,
-            next_seq: be_u64(&v[6..14])?,
-            queued_bytes: be_u64(&v[14..22])?,
             credential: CredentialHash {
-                salt: arr(22..38).try_into().map_err(|_| StoreError::Corrupt("salt"))?,
-                hash: arr(38..70).try_into().map_err(|_| StoreError::Corrupt("hash"))?,
+                salt: arr(6..22).try_into().map_err(|_| StoreError::Corrupt("salt"))?,
+                hash: arr(22..54).try_into().map_err(|_| StoreError::Corrupt("hash"))?,
             },
-            lookup: arr(70..86).try_into().map_err(|_| StoreError::Corrupt("lookup"))?,
+            lookup: arr(54..70).try_into().map_err(|_| StoreError::Corrupt("lookup"))?,
         })
     }
 }
@@ -1318,12 +1364,6 @@ fn kp_prefix(rid: &Rid, dev: DeviceId, last_resort: bool) -> Vec<u8> {
 fn mailbox_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {
     let mut k = device_key_with(b"m/", rid, dev);
     k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn ack_index_key(rid: &Rid, dev: DeviceId, id: &ServerId) -> Vec<u8> {
-    let mut k = device_key_with(b"i/", rid, dev);
-    k.extend_from_slice(&id.0);
     k
 }
 

@@ -747,3 +747,34 @@ pub(crate) async fn audit_log_is_a_hash_chain<H: Harness>() {
     assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(log[1], b);
 }
+
+pub(crate) async fn ack_needs_the_whole_server_id<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    let d = register(s, rid(1), 1).await;
+    let out = s.send(send_req(&[rid(1)], msg("a"))).await.unwrap();
+    let mut forged = out.server_id;
+    forged.0[15] ^= 1; // same sequence half, different random half
+    let n = s
+        .ack(
+            rid(1),
+            d,
+            Ack {
+                server_ids: vec![forged],
+                up_to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(page(s, rid(1), d).await.envelopes.len(), 1);
+    // The queued-bytes bookkeeping survives a restart (it is derived from the mailbox).
+    let h = h.reopen();
+    let s = h.store();
+    let ack = Ack {
+        server_ids: vec![out.server_id],
+        up_to: None,
+    };
+    assert_eq!(s.ack(rid(1), d, ack).await.unwrap(), 1);
+    assert_eq!(s.stats().await.unwrap().blobs, 0);
+}
