@@ -285,7 +285,15 @@ impl SledStore {
         let mut queued_after = Vec::with_capacity(targets.len());
         for (rid, dev) in targets {
             let mut queued = self.queued_bytes(st, &rid, dev)?;
-            self.trim_for_quota(&mut batch, &mut blobs, &rid, dev, &mut queued, size, req.max_queue_bytes)?;
+            self.trim_for_quota(
+                &mut batch,
+                &mut blobs,
+                &rid,
+                dev,
+                &mut queued,
+                size,
+                req.max_queue_bytes,
+            )?;
             queued_after.push(((rid, dev), queued + size));
             let entry = MailboxEntry {
                 flags: entry_flags,
