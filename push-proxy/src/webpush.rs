@@ -77,7 +77,7 @@ pub fn encrypt_with(
     }
     let cipher = Aes128Gcm::new(&cek.into());
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &record, aad: b"" })
+        .encrypt(&Nonce::from(nonce), Payload { msg: &record, aad: b"" })
         .map_err(|_| WebPushError::TooLarge)?;
     let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
     out.extend_from_slice(salt);
@@ -104,7 +104,7 @@ pub fn decrypt(ua_secret: &SecretKey, auth: &[u8], body: &[u8]) -> Result<Vec<u8
     let cipher = Aes128Gcm::new(&cek.into());
     let mut record = cipher
         .decrypt(
-            Nonce::from_slice(&nonce),
+            &Nonce::from(nonce),
             Payload {
                 msg: &body[86..],
                 aad: b"",
