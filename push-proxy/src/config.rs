@@ -31,6 +31,8 @@ pub struct Config {
     pub handles: HandlesConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
     pub apns: Option<ApnsSection>,
     pub fcm: Option<FcmSection>,
     #[serde(default)]
@@ -65,6 +67,32 @@ impl Default for HandlesConfig {
             current_key_id: d_key_id(),
         }
     }
+}
+
+/// Token registrations per client IP (the device-facing listener is public).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default = "d_reg_rate")]
+    pub per_ip_per_second: u32,
+    #[serde(default = "d_reg_burst")]
+    pub per_ip_burst: u32,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_second: d_reg_rate(),
+            per_ip_burst: d_reg_burst(),
+        }
+    }
+}
+
+const fn d_reg_rate() -> u32 {
+    5
+}
+const fn d_reg_burst() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +288,9 @@ impl Config {
         }
         if d.ttl_secs == 0 || d.request_timeout_secs == 0 {
             return invalid("delivery.ttl_secs and request_timeout_secs must be positive");
+        }
+        if self.registration.per_ip_per_second == 0 || self.registration.per_ip_burst == 0 {
+            return invalid("registration.per_ip_per_second and per_ip_burst must be positive");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");

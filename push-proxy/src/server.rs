@@ -110,8 +110,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (device_tls, notify_tls) = crate::tls::server_configs(&config)?;
     let body_limit = tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY);
+    let nz = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
+    let limiter: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>> = Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(nz(config.registration.per_ip_per_second))
+            .allow_burst(nz(config.registration.per_ip_burst)),
+    ));
     let device = Router::new()
         .route("/v1/push/register", post(service::register))
+        .route_layer(axum::middleware::from_fn_with_state(limiter, per_ip_limit))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)
         .with_state(Arc::clone(&proxy));
@@ -171,6 +177,36 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(running)
 }
 
+/// The client's address, set per connection.
+#[derive(Debug, Clone, Copy)]
+struct PeerIp(std::net::IpAddr);
+
+/// Token bucket per client IP on registration: 429 `rate_limited` with `Retry-After`.
+async fn per_ip_limit(
+    axum::extract::State(limiter): axum::extract::State<Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>>,
+    axum::Extension(PeerIp(ip)): axum::Extension<PeerIp>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match limiter.check_key(&ip) {
+        Ok(()) => next.run(req).await,
+        Err(not_until) => {
+            metrics::counter!("push_registrations_refused_total", "reason" => "rate_limited").increment(1);
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let mut r = (
+                http::StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({ "code": "rate_limited" })),
+            )
+                .into_response();
+            if let Ok(v) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
+            r
+        }
+    }
+}
+
 async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -183,7 +219,7 @@ async fn serve_tls(
         let tcp = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, peer)) => (tcp, peer),
                 Err(e) => {
                     tracing::warn!(cause = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -195,7 +231,9 @@ async fn serve_tls(
             metrics::counter!("push_connections_refused_total").increment(1);
             continue;
         };
-        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        let (tcp, peer) = tcp;
+        let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
+        let router = router.clone().layer(axum::Extension(PeerIp(peer.ip())));
         tracker.spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

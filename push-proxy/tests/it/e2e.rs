@@ -79,6 +79,9 @@ fn start_proxy(
 listen = "127.0.0.1:0"
 notify_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+[registration]
+per_ip_per_second = 1
+per_ip_burst = 40
 [delivery]
 ca_file = "{ca}"
 backoff_base_ms = 100
@@ -452,6 +455,24 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     let data: serde_json::Value = serde_json::from_slice(&fcm.pushes()[0].payload).expect("json");
     assert_eq!(data.as_object().expect("object").len(), 1, "only the pointer");
     assert!(Pointer::parse(data["p"].as_str().expect("p")).is_some());
+
+    // Registration is rate-limited per client address.
+    let mut limited = None;
+    for _ in 0..60 {
+        let r = register_raw(
+            &proxy,
+            serde_json::json!({"platform": "apns", "token": "0123456789abcdef"}),
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 201);
+    }
+    let limited = limited.expect("no registration was rate-limited");
+    assert_eq!(limited.body.as_ref(), br#"{"code":"rate_limited"}"#);
+    assert!(limited.headers.contains_key("retry-after"));
 
     // Canary: no token, address or credential in the gateway's data, the proxy's logs, or a
     // push payload (every write is flushed before its 2xx, so the files are complete).
