@@ -228,6 +228,17 @@ impl Interconnect {
         let table = build_table(&self.cfg)?;
         warn_disallowed(&table.routing);
         let n = table.peers.len();
+        // Entries queued for a peer that is no longer configured wait (they are delivered if
+        // it comes back); say so rather than let them age silently.
+        for old in &self.table().peers {
+            let name = old.cfg.name.as_str();
+            if table.peer(name).is_none()
+                && let Ok((depth, _)) = self.store.outbox_depth(name).await
+                && depth > 0
+            {
+                tracing::warn!(peer = name, depth, "peer removed with envelopes still in its outbox");
+            }
+        }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.generation.send_modify(|g| *g += 1);
         let _ = self
