@@ -88,6 +88,9 @@ impl SledStore {
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
+            // The group-commit thread flushes continuously; sled's own 500 ms flusher would
+            // only add a competing periodic flush.
+            .flush_every_ms(None)
             .open()
             .map_err(backend)?;
         let tree = db.open_tree("relay-v1").map_err(backend)?;
