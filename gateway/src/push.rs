@@ -8,7 +8,6 @@
 //! dead are dropped with compare-and-delete, so a handle re-registered meanwhile survives.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use relay_core::push::{Decision, Pointer, PushPolicy, Scheduler, Wake};
 use relay_core::{DeviceId, Rid};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use storage::{SledStore, Store as _};
 use tokio::sync::mpsc;
@@ -94,14 +91,6 @@ impl std::fmt::Debug for Notifier {
     }
 }
 
-fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-    Ok(certs)
-}
-
 impl Notifier {
     /// `None` when no push proxy is configured.
     pub fn new(cfg: &PushConfig, store: Arc<SledStore>, live: Arc<Live>) -> anyhow::Result<Option<Self>> {
@@ -110,14 +99,14 @@ impl Notifier {
             return Ok(None);
         };
         let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(ca)? {
+        for c in crate::tls::load_certs(ca)? {
             roots.add(c)?;
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+        let (chain, key) = crate::tls::load_pair(cert, key)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
-            .with_client_auth_cert(load_certs(cert)?, key)?;
+            .with_client_auth_cert(chain, key)?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);

@@ -97,14 +97,23 @@ fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> any
     Ok(Arc::new(certified))
 }
 
-fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
+/// Every certificate in a PEM file (at least one).
+pub(crate) fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", cert.display());
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+    Ok(certs)
+}
+
+/// A PEM certificate chain and its private key.
+pub(crate) fn load_pair(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
-    Ok((certs, key))
+    Ok((load_certs(cert)?, key))
 }
 
 /// Generates `dev-ca.pem`, `dev-cert.pem` and `dev-key.pem` in `dir` unless present.

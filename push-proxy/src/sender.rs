@@ -15,8 +15,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use relay_core::push::{Backoff, Pointer, retry_delay};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::Semaphore;
 
 use crate::handle::PushTarget;
@@ -111,11 +109,8 @@ fn unix_now() -> u64 {
 
 impl Sender {
     pub fn new(cfg: SenderConfig) -> Result<Self, String> {
-        let certs = CertificateDer::pem_file_iter(&cfg.ca_file)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
         let mut roots = rustls::RootCertStore::empty();
-        for c in certs {
+        for c in crate::tls::load_certs(&cfg.ca_file)? {
             roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
