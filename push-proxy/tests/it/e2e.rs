@@ -176,6 +176,27 @@ async fn register_token(proxy: &ProxyProcess, body: serde_json::Value) -> String
     v["handle"].as_str().expect("handle").to_owned()
 }
 
+/// A device of `address` whose push handle, from registering `registration` with the proxy,
+/// is stored at the gateway: (client, device id, handle).
+async fn pushable(
+    gw: &TestGateway,
+    proxy: &ProxyProcess,
+    address: &str,
+    registration: serde_json::Value,
+) -> (Client, u32, String) {
+    let (client, device) = gw.device(address).await;
+    let handle = register_token(proxy, registration).await;
+    client.set_push_handle(&handle).await.expect("set handle");
+    (client, device, handle)
+}
+
+/// One message from `from` to `address`.
+async fn send_to(from: &Client, address: &str, tag: &[u8], urgent: bool) {
+    from.send(&[Recipient::address(address)], framed_message(tag), None, urgent)
+        .await
+        .expect("send");
+}
+
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !done() {
@@ -249,10 +270,14 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     assert!(refused.is_err(), "notify without a client certificate: {refused:?}");
 
     let (alice, _) = gw.device("tel:+15550100001").await;
-    let (bob, _) = gw.device("tel:+15550100002").await;
-    let bob_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": BOB_TOKEN})).await;
+    let (bob, _, bob_handle) = pushable(
+        &gw,
+        &proxy,
+        "tel:+15550100002",
+        serde_json::json!({"platform": "apns", "token": BOB_TOKEN}),
+    )
+    .await;
     assert!(!bob_handle.contains(BOB_TOKEN), "the handle is sealed");
-    bob.set_push_handle(&bob_handle).await.expect("set handle");
     let to_bob = [Recipient::address("tel:+15550100002")];
 
     // Offline device: exactly one push, carrying only the pointer; the device then fetches.
@@ -288,24 +313,20 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     assert_ne!(urgent.payload, first.payload, "a fresh pointer per push");
 
     // A live receiver is not pushed; when it leaves with envelopes pending, one delayed push.
-    let (carol, _) = gw.device("tel:+15550100003").await;
-    let carol_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": CAROL_TOKEN})).await;
-    carol.set_push_handle(&carol_handle).await.expect("set handle");
+    let (carol, _, _) = pushable(
+        &gw,
+        &proxy,
+        "tel:+15550100003",
+        serde_json::json!({"platform": "apns", "token": CAROL_TOKEN}),
+    )
+    .await;
     let poll = tokio::spawn({
         let carol = carol.clone();
         async move { carol.receive(0, 10, 10).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left_at = Instant::now();
-    alice
-        .send(
-            &[Recipient::address("tel:+15550100003")],
-            framed_message(b"live"),
-            None,
-            false,
-        )
-        .await
-        .expect("send");
+    send_to(&alice, "tel:+15550100003", b"live", false).await;
     let page = poll.await.expect("join").expect("long-poll");
     assert_eq!(page.envelopes.len(), 1, "woken live (and not acknowledged)");
     assert!(pushes_to(&apns, CAROL_TOKEN).is_empty(), "no push to a live receiver");
@@ -313,38 +334,30 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     assert!(pushes_to(&apns, CAROL_TOKEN)[0].at.duration_since(left_at) >= Duration::from_secs(1));
 
     // 503 with Retry-After is retried after the delay.
-    let (dave, _) = gw.device("tel:+15550100004").await;
-    let dave_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": DAVE_TOKEN})).await;
-    dave.set_push_handle(&dave_handle).await.expect("set handle");
+    let _dave = pushable(
+        &gw,
+        &proxy,
+        "tel:+15550100004",
+        serde_json::json!({"platform": "apns", "token": DAVE_TOKEN}),
+    )
+    .await;
     apns.script(&[(503, Some(1))]);
-    alice
-        .send(
-            &[Recipient::address("tel:+15550100004")],
-            framed_message(b"retry"),
-            None,
-            false,
-        )
-        .await
-        .expect("send");
+    send_to(&alice, "tel:+15550100004", b"retry", false).await;
     wait_for("dave's retried push", || pushes_to(&apns, DAVE_TOKEN).len() == 2).await;
     let d = pushes_to(&apns, DAVE_TOKEN);
     assert_eq!((d[0].status, d[1].status), (503, 200));
     assert!(d[1].at.duration_since(d[0].at) >= Duration::from_secs(1));
 
     // A dead token: the gateway drops the handle.
-    let (erin, erin_dev) = gw.device("tel:+15550100005").await;
-    let erin_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": ERIN_TOKEN})).await;
-    erin.set_push_handle(&erin_handle).await.expect("set handle");
+    let (_, erin_dev, _) = pushable(
+        &gw,
+        &proxy,
+        "tel:+15550100005",
+        serde_json::json!({"platform": "apns", "token": ERIN_TOKEN}),
+    )
+    .await;
     apns.mark_dead(ERIN_TOKEN);
-    alice
-        .send(
-            &[Recipient::address("tel:+15550100005")],
-            framed_message(b"dead"),
-            None,
-            false,
-        )
-        .await
-        .expect("send");
+    send_to(&alice, "tel:+15550100005", b"dead", false).await;
     let erin_rid = gw.rid("tel:+15550100005");
     let store = gw.state().store().clone();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -426,30 +439,18 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     let hank = hank_client.with_credential(hank_reg.credential.clone());
     let hank_handle = register_token(&proxy, serde_json::json!({"platform": "apns", "token": HANK_TOKEN})).await;
     hank.set_push_handle(&hank_handle).await.expect("set handle");
-    alice
-        .send(
-            &[Recipient::address("tel:+15550100008")],
-            framed_message(b"hank"),
-            None,
-            false,
-        )
-        .await
-        .expect("send");
+    send_to(&alice, "tel:+15550100008", b"hank", false).await;
     wait_for("hank's push", || pushes_to(&apns, HANK_TOKEN).len() == 1).await;
 
     // FCM: OAuth2 grant, then a data message carrying only the pointer.
-    let (gina, _) = gw.device("tel:+15550100007").await;
-    let fcm_handle = register_token(&proxy, serde_json::json!({"platform": "fcm", "token": FCM_TOKEN})).await;
-    gina.set_push_handle(&fcm_handle).await.expect("set handle");
-    alice
-        .send(
-            &[Recipient::address("tel:+15550100007")],
-            framed_message(b"fcm"),
-            None,
-            false,
-        )
-        .await
-        .expect("send");
+    let _gina = pushable(
+        &gw,
+        &proxy,
+        "tel:+15550100007",
+        serde_json::json!({"platform": "fcm", "token": FCM_TOKEN}),
+    )
+    .await;
+    send_to(&alice, "tel:+15550100007", b"fcm", false).await;
     wait_for("gina's FCM push", || fcm.pushes().len() == 1).await;
     assert_eq!(fcm.refused(), Vec::<String>::new());
     let data: serde_json::Value = serde_json::from_slice(&fcm.pushes()[0].payload).expect("json");
