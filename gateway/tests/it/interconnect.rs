@@ -60,16 +60,10 @@ impl Carrier {
 
     /// Writes the peers file and reloads it through the admin API.
     pub(crate) async fn set_peers(&self, peers: &[Peer<'_>]) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         std::fs::write(&self.peers_file, peers_toml(peers)).unwrap();
-        let mut s = tokio::net::TcpStream::connect(self.gw.admin_addr).await.unwrap();
-        s.write_all(
-            b"POST /admin/interconnect/reload HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.unwrap();
+        let resp = admin(self.gw.admin_addr, "POST", "/admin/interconnect/reload")
+            .await
+            .unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(resp.contains(&format!("{} peers", peers.len())), "{resp}");
     }
@@ -441,22 +435,23 @@ pub(crate) async fn connect(
 }
 
 async fn failures(gw: &TestGateway, reason: &str) -> u64 {
-    let text = reqwest_metrics(gw.admin_addr).await;
+    let text = admin(gw.admin_addr, "GET", "/metrics").await.unwrap();
     let needle = format!("interconnect_handshake_failures_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
 }
 
-async fn reqwest_metrics(admin: SocketAddr) -> String {
+/// One plain HTTP/1.1 request to a gateway's admin listener: the raw response, or `None` if
+/// the gateway is not answering.
+pub(crate) async fn admin(addr: SocketAddr, method: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

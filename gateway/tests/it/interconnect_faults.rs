@@ -37,14 +37,9 @@ fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Path, prefix: 
 }
 
 async fn outbox_depth(admin: u16) -> Option<f64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.lines()
+    crate::interconnect::admin(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
+        .await?
+        .lines()
         .find_map(|l| l.strip_prefix("interconnect_outbox_depth{peer=\"b\"} "))
         .and_then(|v| v.trim().parse().ok())
 }
