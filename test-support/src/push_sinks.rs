@@ -83,7 +83,35 @@ pub struct PushSink {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The APNs team, key id and topic [`PushSink::start_apns`] expects.
+pub const APNS_TEAM_ID: &str = "TEAM123456";
+pub const APNS_KEY_ID: &str = "KEY1234567";
+pub const APNS_TOPIC: &str = "net.example.rcs";
+
 impl PushSink {
+    /// An APNs endpoint accepting provider tokens signed by `key` for [`APNS_TEAM_ID`],
+    /// [`APNS_KEY_ID`] and [`APNS_TOPIC`].
+    pub async fn start_apns(key: &p256::ecdsa::SigningKey) -> Self {
+        Self::start(SinkKind::Apns {
+            key: *key.verifying_key(),
+            team_id: APNS_TEAM_ID.into(),
+            key_id: APNS_KEY_ID.into(),
+            topic: APNS_TOPIC.into(),
+        })
+        .await
+    }
+
+    /// The push proxy's APNs settings for this endpoint (see [`PushSink::start_apns`]).
+    pub fn apns_config(&self, key: &p256::ecdsa::SigningKey) -> push_proxy::sender::ApnsConfig {
+        push_proxy::sender::ApnsConfig {
+            base_url: self.url(),
+            topic: APNS_TOPIC.into(),
+            team_id: APNS_TEAM_ID.into(),
+            key_id: APNS_KEY_ID.into(),
+            key: key.clone(),
+        }
+    }
+
     pub async fn start(kind: SinkKind) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         gateway::tls::ensure_dev_certificate(dir.path(), &[]).expect("dev certificate");

@@ -24,7 +24,7 @@ use push_proxy::providers::Outcome;
 use relay_core::push::{Backoff, Pointer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use test_support::push_sinks::{PushSink, SinkKind};
+use test_support::push_sinks::PushSink;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -55,13 +55,7 @@ fn pointer() -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let key = p256::ecdsa::SigningKey::from(push_proxy::webpush::random_secret());
-    let sink = PushSink::start(SinkKind::Apns {
-        key: *key.verifying_key(),
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        topic: "net.example.rcs".into(),
-    })
-    .await;
+    let sink = PushSink::start_apns(&key).await;
     let dir = tempfile::tempdir()?;
     let key_file = dir.path().join("apns.p8");
     std::fs::write(&key_file, key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF)?.as_bytes())?;
@@ -69,13 +63,7 @@ async fn main() -> anyhow::Result<()> {
     // Baseline: the sender alone.
     let sender = push_proxy::sender::Sender::new(push_proxy::sender::SenderConfig {
         ca_file: sink.ca(),
-        apns: Some(push_proxy::sender::ApnsConfig {
-            base_url: sink.url(),
-            topic: "net.example.rcs".into(),
-            team_id: "TEAM123456".into(),
-            key_id: "KEY1234567".into(),
-            key: key.clone(),
-        }),
+        apns: Some(sink.apns_config(&key)),
         fcm: None,
         vapid_key: p256::ecdsa::SigningKey::from(push_proxy::webpush::random_secret()),
         vapid_subject: "mailto:bench@example.net".into(),

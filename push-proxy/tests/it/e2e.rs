@@ -219,13 +219,7 @@ const HANK_TOKEN: &str = "4a4b4a4b4a4b4a4b4a4b4a4b4a4b4a4b";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pointer_pushes_through_gateway_proxy_and_providers() {
     let apns_key = p256::ecdsa::SigningKey::from(webpush::random_secret());
-    let apns = PushSink::start(SinkKind::Apns {
-        key: *apns_key.verifying_key(),
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        topic: "net.example.rcs".into(),
-    })
-    .await;
+    let apns = PushSink::start_apns(&apns_key).await;
     let ua = webpush::random_secret();
     let web = PushSink::start(SinkKind::WebPush {
         ua_secret: ua.clone(),

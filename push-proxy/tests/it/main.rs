@@ -5,7 +5,7 @@ mod e2e;
 use std::time::Duration;
 
 use push_proxy::providers::{Outcome, payload};
-use push_proxy::sender::{ApnsConfig, Sender, SenderConfig};
+use push_proxy::sender::{Sender, SenderConfig};
 use push_proxy::{PushTarget, webpush};
 use relay_core::push::{Backoff, Pointer};
 use test_support::push_sinks::{PushSink, SinkKind};
@@ -25,13 +25,7 @@ fn sender_with(
 ) -> Sender {
     Sender::new(SenderConfig {
         ca_file: ca,
-        apns: apns.map(|(sink, key)| ApnsConfig {
-            base_url: sink.url(),
-            topic: "net.example.rcs".into(),
-            team_id: "TEAM123456".into(),
-            key_id: "KEY1234567".into(),
-            key: key.clone(),
-        }),
+        apns: apns.map(|(sink, key)| sink.apns_config(key)),
         fcm,
         vapid_key: apns_key(),
         vapid_subject: "mailto:push-ops@example.net".into(),
@@ -54,13 +48,7 @@ fn pointer(n: u8) -> Pointer {
 #[tokio::test]
 async fn apns_pushes_carry_only_the_pointer_retry_after_503_and_report_dead_tokens() {
     let key = apns_key();
-    let sink = PushSink::start(SinkKind::Apns {
-        key: *key.verifying_key(),
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        topic: "net.example.rcs".into(),
-    })
-    .await;
+    let sink = PushSink::start_apns(&key).await;
     let s = sender(sink.ca(), Some((&sink, &key)));
     let token = PushTarget::Apns {
         token: "a1b2c3d4".into(),
@@ -218,13 +206,7 @@ async fn a_full_queue_sheds_and_forged_handles_are_dead() {
     use push_proxy::service::{Notification, NotifyRequest, Proxy, notify};
 
     let key = apns_key();
-    let sink = PushSink::start(SinkKind::Apns {
-        key: *key.verifying_key(),
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        topic: "net.example.rcs".into(),
-    })
-    .await;
+    let sink = PushSink::start_apns(&key).await;
     let keys = push_proxy::HandleKeys::new(1, &[(1, [7; 32])]).unwrap();
     let handle = keys.seal(&PushTarget::Apns {
         token: "abcdef01".into(),
