@@ -95,13 +95,10 @@ pub fn ordering(envelope: &Envelope, config: &MlsConfig) -> Option<GroupOrdering
 /// Decodes a group id written as hex (API paths, admin endpoints): non-empty, even length,
 /// at most 256 bytes. Never panics on arbitrary input.
 pub fn decode_group_id(hex: &str) -> Option<Vec<u8>> {
-    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > 512 {
+    if hex.is_empty() || hex.len() > 512 {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    relay_core::hex::decode(hex)
 }
 
 /// Groups are stored under a hash of their id.

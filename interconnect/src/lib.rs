@@ -449,7 +449,7 @@ impl Interconnect {
         let url = format!(
             "{}/mimi/v1/notify/{}",
             peer.cfg.endpoint.trim_end_matches('/'),
-            hex(&entry.envelope_id.0)
+            relay_core::hex::encode(&entry.envelope_id.0)
         );
         let started = Instant::now();
         let attempt = match self.post(peer, &url, body).await {
@@ -497,7 +497,10 @@ impl Interconnect {
                     .outbox_dead_letter(
                         name,
                         entry.seq,
-                        format!("peer={name} envelope={} {reason}", hex(&entry.envelope_id.0)),
+                        format!(
+                            "peer={name} envelope={} {reason}",
+                            relay_core::hex::encode(&entry.envelope_id.0)
+                        ),
                         now_ms(),
                     )
                     .await
@@ -519,19 +522,8 @@ fn warn_disallowed(routing: &RoutingTable) {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn unhex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    relay_core::hex::decode(s)?.try_into().ok()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -681,7 +673,7 @@ async fn notify(
             (ic.on_stored)(&outcome, body.urgent);
             (
                 StatusCode::CREATED,
-                Json(serde_json::json!({ "id": hex(&outcome.server_id.0) })),
+                Json(serde_json::json!({ "id": relay_core::hex::encode(&outcome.server_id.0) })),
             )
                 .into_response()
         }
@@ -887,6 +879,6 @@ impl Interconnect {
     }
 
     pub fn server_id_hex(id: &ServerId) -> String {
-        hex(&id.0)
+        relay_core::hex::encode(&id.0)
     }
 }

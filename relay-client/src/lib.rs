@@ -363,7 +363,7 @@ impl Client {
 
     /// Publishes a group's latest GroupInfo (an MLSMessage) for external joins.
     pub async fn put_group_info(&self, group_id: &[u8], group_info: Bytes) -> Result<(), ClientError> {
-        let path = format!("/v1/groups/{}/info", hex(group_id));
+        let path = format!("/v1/groups/{}/info", relay_core::hex::encode(group_id));
         let ct = [(header::CONTENT_TYPE, "message/mls".to_owned())];
         let resp = self.raw(Method::PUT, &path, &ct, group_info).await?;
         expect_status(&resp, StatusCode::NO_CONTENT)
@@ -374,7 +374,7 @@ impl Client {
         let resp = self
             .raw(
                 Method::GET,
-                &format!("/v1/groups/{}/info", hex(group_id)),
+                &format!("/v1/groups/{}/info", relay_core::hex::encode(group_id)),
                 &[],
                 Bytes::new(),
             )
@@ -470,10 +470,6 @@ impl Client {
             body,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn expect_status(resp: &RawResponse, expect: StatusCode) -> Result<(), ClientError> {

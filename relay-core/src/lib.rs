@@ -28,6 +28,7 @@ pub mod address;
 pub mod credential;
 pub mod envelope;
 pub mod error_code;
+pub mod hex;
 pub mod ids;
 pub mod interconnect;
 pub mod limits;

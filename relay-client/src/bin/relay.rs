@@ -199,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let resp = authed()?.send(&recipients, message, cmid, urgent).await?;
             println!(
                 "{} devices={}{}",
-                hex(&resp.server_id),
+                relay_core::hex::encode(&resp.server_id),
                 resp.recipient_devices,
                 if resp.duplicate { " duplicate" } else { "" }
             );
@@ -225,11 +225,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         String::new()
                     };
-                    println!("seq={} id={} bytes={}{gap}", e.seq, hex(&e.server_id), e.message.len());
+                    println!(
+                        "seq={} id={} bytes={}{gap}",
+                        e.seq,
+                        relay_core::hex::encode(&e.server_id),
+                        e.message.len()
+                    );
                     if let Some(dir) = &out_dir
                         && !e.message.is_empty()
                     {
-                        let path = dir.join(format!("{}-{}.mls", e.seq, hex(&e.server_id)));
+                        let path = dir.join(format!("{}-{}.mls", e.seq, relay_core::hex::encode(&e.server_id)));
                         std::fs::write(&path, &e.message).with_context(|| format!("writing {}", path.display()))?;
                     }
                 }
@@ -335,10 +340,6 @@ fn parse_hex16(s: &str) -> anyhow::Result<[u8; 16]> {
         *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
     }
     Ok(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn load_profile(path: &Path) -> anyhow::Result<Profile> {
