@@ -475,8 +475,8 @@ async fn send(State(state): State<AppState>, req: Request) -> Result<Response, A
     for (index, r) in body.recipients.iter().enumerate() {
         let address = Address::parse(&r.address)
             .map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("recipient {index}: {e}")))?;
-        addresses.push(address.clone());
         let rid = state.inner.rid_key.rid(&address);
+        addresses.push(address);
         if !seen.insert(rid) {
             return Err(ApiError::new(
                 ErrorCode::DuplicateRecipient,
@@ -816,9 +816,10 @@ async fn claim_key_packages(State(state): State<AppState>, req: Request) -> Resu
     for (index, a) in body.addresses.iter().enumerate() {
         let address =
             Address::parse(a).map_err(|e| ApiError::new(ErrorCode::InvalidAddress, format!("address {index}: {e}")))?;
-        parsed.push(address.clone());
         let rid = state.inner.rid_key.rid(&address);
-        if by_rid.insert(rid, address.as_str().to_owned()).is_some() {
+        let known = by_rid.insert(rid, address.as_str().to_owned()).is_some();
+        parsed.push(address);
+        if known {
             return Err(ApiError::new(
                 ErrorCode::DuplicateRecipient,
                 format!("address {index} is listed twice"),
