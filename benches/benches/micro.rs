@@ -15,7 +15,8 @@ use prost::Message as _;
 use relay_core::credential::DeviceCredential;
 use relay_core::wire::v1;
 use relay_core::{Address, Ciphertext, DeviceId, Envelope, Limits, Rid, RidKey};
-use storage::{Ack, NewDevice, RecipientSpec, SendRequest, SledConfig, SledStore, Store as _};
+use storage::prelude::*;
+use storage::{Ack, NewDevice, RecipientSpec, SendRequest, SledConfig, SledStore};
 
 fn parse(c: &mut Criterion) {
     let limits = Limits::default();

@@ -1,10 +1,17 @@
-//! API errors become responses here, in one place, for every transport.
+//! API errors become responses here, in one place, for every transport: every domain error
+//! a handler can meet has a `From` impl below, so handlers use `?` and never map inline.
 
 use std::borrow::Cow;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use relay_core::ErrorCode;
+use relay_core::envelope::EnvelopeError;
+use relay_core::provisioning::ProvisioningError;
+use relay_core::recipients::RecipientError;
+use storage::{KeyPackageError, RegisterError, SendError, StoreError};
+
+use crate::mls::KeyPackageRejection;
 
 /// An error answer: machine code, a short human detail, optional `Retry-After`.
 #[derive(Debug)]
@@ -29,6 +36,20 @@ impl ApiError {
     #[must_use]
     pub fn with_current_epoch(mut self, epoch: u64) -> Self {
         self.current_epoch = Some(epoch);
+        self
+    }
+
+    /// `429` with `Retry-After` rounded up to whole seconds.
+    pub fn rate_limited(detail: &'static str, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(ErrorCode::RateLimited, detail);
+        e.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
+        e
+    }
+
+    /// Prefixes the detail with which item of a list it is about (`"KeyPackage 3: …"`).
+    #[must_use]
+    pub fn about(mut self, item: impl std::fmt::Display) -> Self {
+        self.detail = format!("{item}: {}", self.detail).into();
         self
     }
 
@@ -59,11 +80,143 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<storage::StoreError> for ApiError {
-    fn from(e: storage::StoreError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            storage::StoreError::Closed => Self::new(ErrorCode::Unavailable, "shutting down"),
+            StoreError::Closed => Self::new(ErrorCode::Unavailable, "shutting down"),
             other => Self::internal(&other),
         }
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::TooManyDevices(n) => Self::new(
+                ErrorCode::TooManyDevices,
+                format!("this address already has {n} devices"),
+            ),
+            RegisterError::TokenUsed => {
+                Self::new(ErrorCode::ProvisioningTokenUsed, "provisioning token was already used")
+            }
+            RegisterError::LookupCollision => Self::internal(&"credential lookup collision"),
+            RegisterError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::UnknownRecipient { index } => Self::new(
+                ErrorCode::UnknownRecipient,
+                format!("recipient {index} has no registered device"),
+            ),
+            SendError::UnknownDevice { index } => Self::new(
+                ErrorCode::UnknownDevice,
+                format!("recipient {index} names an unknown device"),
+            ),
+            SendError::ClientMessageIdConflict => Self::new(
+                ErrorCode::ClientMessageIdConflict,
+                "client_message_id was used for a different message",
+            ),
+            SendError::WrongEpoch { epoch, current } => Self::new(
+                ErrorCode::WrongEpoch,
+                format!("message is for epoch {epoch}; the group is at epoch {current}"),
+            )
+            .with_current_epoch(current),
+            SendError::EpochTooOld { epoch, current } => Self::new(
+                ErrorCode::EpochTooOld,
+                format!("application message is for epoch {epoch}; the group is at epoch {current}"),
+            )
+            .with_current_epoch(current),
+            SendError::UnknownGroup => Self::new(
+                ErrorCode::UnknownGroup,
+                "the group is unknown: its first commit must be for epoch 0",
+            ),
+            SendError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyPackageError> for ApiError {
+    fn from(e: KeyPackageError) -> Self {
+        match e {
+            KeyPackageError::Duplicate { index } => Self::new(
+                ErrorCode::DuplicateKeyPackage,
+                format!("KeyPackage {index} was uploaded before"),
+            ),
+            KeyPackageError::TooMany { max } => Self::new(
+                ErrorCode::TooManyKeyPackages,
+                format!("a device holds at most {max} KeyPackages"),
+            ),
+            KeyPackageError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyPackageRejection> for ApiError {
+    fn from(e: KeyPackageRejection) -> Self {
+        let code = match e {
+            KeyPackageRejection::Malformed | KeyPackageRejection::Invalid(_) => ErrorCode::InvalidKeyPackage,
+            KeyPackageRejection::Ciphersuite(_) => ErrorCode::UnsupportedCiphersuite,
+            KeyPackageRejection::Lifetime => ErrorCode::KeyPackageExpired,
+            KeyPackageRejection::Identity => ErrorCode::IdentityMismatch,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The same codes for every endpoint that takes an MLS message.
+impl From<EnvelopeError> for ApiError {
+    fn from(e: EnvelopeError) -> Self {
+        let code = match e {
+            EnvelopeError::TooLarge { .. } => ErrorCode::EnvelopeTooLarge,
+            _ => ErrorCode::InvalidMls,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<ProvisioningError> for ApiError {
+    fn from(e: ProvisioningError) -> Self {
+        let code = match e {
+            ProvisioningError::Expired => ErrorCode::ProvisioningTokenExpired,
+            _ => ErrorCode::InvalidProvisioningToken,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<RecipientError> for ApiError {
+    fn from(e: RecipientError) -> Self {
+        let code = match e {
+            RecipientError::Invalid { .. } => ErrorCode::InvalidAddress,
+            RecipientError::Duplicate { .. } => ErrorCode::DuplicateRecipient,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<interconnect::ResidencyRefusal> for ApiError {
+    fn from(e: interconnect::ResidencyRefusal) -> Self {
+        Self::new(ErrorCode::ResidencyPolicy, e.to_string())
+    }
+}
+
+/// The cause is logged (it names the peer's failure); the client learns only which peer.
+impl From<interconnect::ClaimError> for ApiError {
+    fn from(e: interconnect::ClaimError) -> Self {
+        tracing::warn!(cause = %e, "remote KeyPackage claim failed");
+        let peer = match &e {
+            interconnect::ClaimError::UnknownPeer(p)
+            | interconnect::ClaimError::Exchange { peer: p, .. }
+            | interconnect::ClaimError::Status { peer: p, .. }
+            | interconnect::ClaimError::Body { peer: p, .. } => p.clone(),
+        };
+        Self::new(
+            ErrorCode::PeerUnavailable,
+            format!("peer {peer} did not answer the claim"),
+        )
     }
 }

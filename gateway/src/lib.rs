@@ -5,17 +5,25 @@
 //! checks it is one well-formed MLSMessage, hashes each recipient address with K_rid,
 //! stores the bytes once and a mailbox entry per recipient device, and answers 201
 //! only when that is durable. Recipients page or long-poll their mailbox and
-//! acknowledge what they have.
+//! acknowledge what they have; devices nobody watches are woken through the push proxy;
+//! recipients served by peer carriers go through the [`interconnect`].
 //!
 //! # Layout
-//! - [`api`]: the one router every transport serves; validation and error mapping.
-//! - [`server`]: listeners, TLS, limits, timeouts, background tasks, shutdown.
+//! - [`api`]: the one router every transport serves (one module per resource).
+//! - [`error`]: every domain error becomes an HTTP answer here, in one place.
+//! - [`server`]: listeners, TLS, limits, timeouts, start-up and the bounded shutdown drain.
 //! - [`h3`]: the HTTP/3 adapter (quinn + h3) in front of the same router.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, reloads, epoch reset).
+//! - [`background`]: the sweeper and the SIGHUP reload.
+//! - [`push`]: the push notifier (scheduler, mutual-TLS notify batches to the push proxy).
+//! - [`mls`]: KeyPackage validation (openmls) and per-group ordering rules.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`keys`]: provider keys (K_rid, provisioning verification key).
-//! - [`tls`]: rustls configuration and the development certificate.
-//! - [`live`]: wake-ups for long-polling receivers.
+//! - [`tls`]: the certificate store, TLS 1.3 configurations and the development certificate.
 //! - [`telemetry`]: logging and Prometheus metrics.
+//!
+//! Long-poll wake-ups live in [`storage::watch`]: storage wakes receivers after every
+//! durable write, whoever made it.
 //!
 //! # What it does not do
 //! It never decrypts, never logs or stores an address, credential or token in the
@@ -23,12 +31,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod h3;
 pub mod keys;
-pub mod live;
 pub mod mls;
 pub mod push;
 pub mod server;

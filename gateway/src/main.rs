@@ -94,7 +94,7 @@ fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> any
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
     let claims = relay_core::provisioning::ProvisioningClaims {
         address,
-        expires_at_ms: gateway::api::now_ms() + valid_for.saturating_mul(1000),
+        expires_at_ms: relay_net::clock::now_ms() + valid_for.saturating_mul(1000),
         nonce,
     };
     let token = relay_core::provisioning::sign(&key, &claims);

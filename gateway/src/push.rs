@@ -1,60 +1,31 @@
 //! Waking offline devices through the push proxy (DESIGN.md section 6).
 //!
-//! The API never waits for a push: a send that finds no live receiver for a device posts a
-//! [`Event::Stored`] with `try_send` (a full queue drops the event and counts it). One
-//! notifier task owns the [`Scheduler`] (coalescing window, urgent bypass, delayed push after
-//! a receiver disconnects), looks up each device's push handle, mints a random pointer and
-//! posts batches to the push proxy's `/v1/notify` over mutual TLS. Handles the proxy reports
-//! dead are dropped with compare-and-delete, so a handle re-registered meanwhile survives.
+//! The API never waits for a push: storage reports an envelope stored for a device nobody
+//! is watching as a [`storage::watch::Unwatched`] event (`try_send`: a full queue drops the
+//! event and counts it). One notifier task owns the [`Scheduler`] (coalescing window, urgent
+//! bypass, delayed push after a receiver disconnects) and learns which devices are live from
+//! the [`Presence`] events it receives; it looks up each device's push handle, mints a random
+//! pointer and posts batches to the push proxy's `/v1/notify` over mutual TLS. Handles the
+//! proxy reports dead are dropped with compare-and-delete, so a handle re-registered
+//! meanwhile survives. Every notify is a task owned by the gateway's shutdown drain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use relay_core::push::{Decision, Pointer, PushPolicy, Scheduler, Wake};
-use relay_core::{DeviceId, Rid};
+use relay_net::https::{ClientOptions, HttpsClient};
 use serde::{Deserialize, Serialize};
-use storage::{SledStore, Store as _};
-use tokio::sync::mpsc;
+use storage::Storage;
+use storage::prelude::*;
+use storage::watch::{DeviceKey, Events, Presence, Unwatched};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::PushConfig;
-use crate::live::Live;
 
-pub type Key = (Rid, DeviceId);
-
-/// What the notifier hears about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// An envelope was stored for a device that had no live receiver.
-    Stored { key: Key, urgent: bool },
-    /// A device's first live receiver arrived.
-    Connected(Key),
-    /// A device's last live receiver left.
-    Disconnected(Key),
-}
-
-/// The sending side: cheap to clone, never blocks.
-#[derive(Debug, Clone)]
-pub struct PushEvents(mpsc::Sender<Event>);
-
-impl PushEvents {
-    pub fn channel(queue: usize) -> (Self, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        (Self(tx), rx)
-    }
-
-    pub fn send(&self, event: Event) {
-        if self.0.try_send(event).is_err() {
-            metrics::counter!("relay_push_events_dropped_total").increment(1);
-        }
-    }
-}
+type Key = DeviceKey;
 
 #[derive(Debug, Serialize)]
 struct Notification<'a> {
@@ -71,16 +42,13 @@ struct NotifyResponse {
     shed: Vec<String>,
 }
 
-type Https = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The notifier: owns the scheduling state and the mutual-TLS client.
 pub struct Notifier {
     url: String,
-    http: Https,
+    http: HttpsClient,
     policy: PushPolicy,
     batch: usize,
-    store: Arc<SledStore>,
-    live: Arc<Live>,
+    store: Storage,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -93,50 +61,34 @@ impl std::fmt::Debug for Notifier {
 
 impl Notifier {
     /// `None` when no push proxy is configured.
-    pub fn new(cfg: &PushConfig, store: Arc<SledStore>, live: Arc<Live>) -> anyhow::Result<Option<Self>> {
+    pub fn new(cfg: &PushConfig, store: Storage) -> anyhow::Result<Option<Self>> {
         let (Some(url), Some(ca), Some(cert), Some(key)) = (&cfg.proxy_url, &cfg.ca, &cfg.client_cert, &cfg.client_key)
         else {
             return Ok(None);
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in crate::tls::load_certs(ca)? {
-            roots.add(c)?;
-        }
-        let (chain, key) = crate::tls::load_pair(cert, key)?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http2()
-            .wrap_connector(tcp);
+        let roots = relay_net::pem::load_certs(ca)?;
+        let identity = relay_net::pem::load_pair(cert, key)?;
+        let tls = relay_net::tls::client_config(&roots, Some(identity))?;
         Ok(Some(Self {
             url: format!("{}/v1/notify", url.trim_end_matches('/')),
-            http: HyperClient::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
+            http: HttpsClient::new(tls, ClientOptions::default()),
             policy: PushPolicy {
                 window_ms: cfg.window_secs * 1000,
                 disconnect_delay_ms: cfg.disconnect_delay_secs * 1000,
             },
             batch: cfg.batch,
             store,
-            live,
         }))
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`; each batch posted to the proxy is a task owned by `tracker`.
+    pub async fn run(self, mut events: Events, shutdown: CancellationToken, tracker: TaskTracker) {
         let this = Arc::new(self);
         let epoch = Instant::now();
         let now = move || epoch.elapsed().as_millis() as u64;
         let mut sched: Scheduler<Key> = Scheduler::new(this.policy);
+        // Devices with a watcher now, from the presence events.
+        let mut live: HashSet<Key> = HashSet::new();
         // Batches in flight to the proxy: bounded, so a slow proxy backs events up into
         // the (bounded) queue instead of into memory.
         let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
@@ -145,32 +97,35 @@ impl Notifier {
             let mut due: Vec<(Key, bool)> = Vec::new();
             let next = sched.next_due().map(|at| epoch + Duration::from_millis(at));
             tokio::select! {
+                // Presence first, so a device is known live before its envelopes are seen.
+                biased;
                 () = shutdown.cancelled() => return,
-                ev = rx.recv() => {
+                p = events.presence.recv() => {
+                    let Some(p) = p else { return };
+                    apply_presence(p, &mut sched, &mut live, now());
+                    while let Ok(p) = events.presence.try_recv() {
+                        apply_presence(p, &mut sched, &mut live, now());
+                    }
+                }
+                ev = events.unwatched.recv() => {
                     let Some(ev) = ev else { return };
                     // Take whatever else is queued, up to one batch.
-                    let mut events = vec![ev];
-                    while events.len() < this.batch && let Ok(e) = rx.try_recv() {
-                        events.push(e);
+                    let mut batch = vec![ev];
+                    while batch.len() < this.batch && let Ok(e) = events.unwatched.try_recv() {
+                        batch.push(e);
                     }
-                    for ev in events {
-                        match ev {
-                            Event::Stored { key, urgent } => {
-                                if let Decision::Push(w) = sched.on_stored(key, false, urgent, now()) {
-                                    due.push((key, w == Wake::Urgent));
-                                } else {
-                                    metrics::counter!("relay_push_coalesced_total").increment(1);
-                                }
-                            }
-                            Event::Connected(key) => sched.on_connect(key),
-                            Event::Disconnected(key) => sched.on_disconnect(key, true, now()),
+                    for Unwatched { key, urgent } in batch {
+                        if let Decision::Push(w) = sched.on_stored(key, live.contains(&key), urgent, now()) {
+                            due.push((key, w == Wake::Urgent));
+                        } else {
+                            metrics::counter!("relay_push_coalesced_total").increment(1);
                         }
                     }
                 }
                 () = async { tokio::time::sleep_until(next.unwrap_or(epoch).into()).await }, if next.is_some() => {
                     for key in sched.due(now()) {
                         // A delayed push only if the device is still away and has something waiting.
-                        if !this.live.is_live(&key) && this.pending(key).await {
+                        if !live.contains(&key) && this.pending(key).await {
                             due.push((key, false));
                         }
                     }
@@ -185,7 +140,7 @@ impl Notifier {
                     return;
                 };
                 let (this, chunk) = (Arc::clone(&this), chunk.to_vec());
-                tokio::spawn(async move {
+                tracker.spawn(async move {
                     let _permit = permit;
                     this.notify(chunk).await;
                 });
@@ -195,7 +150,7 @@ impl Notifier {
 
     async fn pending(&self, (rid, dev): Key) -> bool {
         self.store
-            .receive(rid, dev, 0, 1, crate::api::now_ms())
+            .receive(rid, dev, 0, 1, relay_net::clock::now_ms())
             .await
             .is_ok_and(|p| !p.envelopes.is_empty())
     }
@@ -257,22 +212,34 @@ impl Notifier {
     }
 
     async fn post(&self, body: String) -> anyhow::Result<NotifyResponse> {
-        let req = http::Request::post(&self.url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        let exchange = async {
-            let resp = self.http.request(req).await?;
-            let status = resp.status();
-            let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .to_bytes();
-            anyhow::ensure!(status.is_success(), "push proxy answered {status}");
-            Ok(serde_json::from_slice(&body)?)
-        };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| anyhow::anyhow!("push proxy: timeout"))?
+        let reply = self
+            .http
+            .post(
+                &self.url,
+                "application/json",
+                Bytes::from(body),
+                Duration::from_secs(30),
+                1 << 20,
+            )
+            .await?;
+        anyhow::ensure!(
+            (200..300).contains(&reply.status),
+            "push proxy answered {}",
+            reply.status
+        );
+        Ok(serde_json::from_slice(&reply.body)?)
+    }
+}
+
+fn apply_presence(p: Presence, sched: &mut Scheduler<Key>, live: &mut HashSet<Key>, now_ms: u64) {
+    match p {
+        Presence::Connected(key) => {
+            live.insert(key);
+            sched.on_connect(key);
+        }
+        Presence::Disconnected(key) => {
+            live.remove(&key);
+            sched.on_disconnect(key, true, now_ms);
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! ```text
 //!  TCP accept ─► permit (connection cap) ─► TLS 1.3 handshake (timeout)
 //!            ─► hyper auto (h2 | http/1.1) ─► api() router ─► storage
-//!  admin accept ─► /metrics, /healthz (plain HTTP, loopback by default)
-//!  sweeper: TTL expiry, rate-limit state, storage gauges
 //! ```
+//! The admin listener is in [`crate::admin`], the sweeper and SIGHUP reload in
+//! [`crate::background`].
 //! Shutdown is an input: [`start`] takes a [`CancellationToken`]; cancelling it stops
 //! the accept loops, asks every connection to finish (HTTP/2 GOAWAY), ends long-polls,
 //! waits at most `shutdown_grace`, then flushes and closes storage.
@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::response::IntoResponse as _;
-use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use storage::{SledConfig, SledStore, Store as _};
+use storage::prelude::*;
+use storage::{SledConfig, Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use crate::api::{ApiConfig, AppState, api, healthz, now_ms};
+use crate::api::{ApiConfig, AppState, api};
 use crate::config::{Settings, Timeouts};
 use crate::keys::{FileKeyProvider, KeyProvider as _, key_dir};
 use crate::telemetry;
@@ -67,7 +66,7 @@ impl Running {
                 "shutdown grace expired with requests in flight"
             );
         }
-        let store = Arc::clone(self.state.store());
+        let store = self.state.store().clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
             .context("closing storage")?;
@@ -94,24 +93,39 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         handshake_timeout: settings.timeouts.tls_handshake,
         config: config.http3.clone(),
     };
-    let sled_config = SledConfig {
+    let storage_config = StorageConfig::Sled(SledConfig {
         path: data_dir.join("sled"),
         cache_capacity: config.storage.cache_capacity_mb << 20,
-    };
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
+    });
+    let store = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
         .await
         .context("opening storage")?
         .context("opening storage")?;
-    let store = Arc::new(store);
-    let rate = &config.rate_limit;
-    let (push_events, push_rx) = if config.push.proxy_url.is_some() {
-        let (tx, rx) = crate::push::PushEvents::channel(config.push.queue);
-        (Some(tx), Some(rx))
+    let push_events = if config.push.proxy_url.is_some() {
+        let (sink, events) = storage::watch::events(config.push.queue);
+        store.watchers().attach(sink);
+        Some(events)
     } else {
-        (None, None)
+        None
     };
+    let notifier =
+        crate::push::Notifier::new(&config.push, store.clone()).context("setting up the push proxy client")?;
+    let interconnect = match &config.interconnect {
+        Some(ic_config) => Some(
+            interconnect::Interconnect::new(
+                ic_config.clone(),
+                store.clone(),
+                keys.rid_key(),
+                &key_dir(data_dir),
+                settings.limits.clone(),
+            )
+            .context("setting up the interconnect")?,
+        ),
+        None => None,
+    };
+    let rate = &config.rate_limit;
     let state = AppState::new(ApiConfig {
-        store: Arc::clone(&store),
+        store: store.clone(),
         rid_key: keys.rid_key(),
         provisioning_key: keys.provisioning_public_key(),
         limits: settings.limits.clone(),
@@ -121,10 +135,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
         mls: config.mls.clone(),
         shutdown: shutdown.clone(),
-        push: push_events,
+        interconnect: interconnect.clone(),
     });
-    let notifier = crate::push::Notifier::new(&config.push, Arc::clone(&store), Arc::clone(state.live()))
-        .context("setting up the push proxy client")?;
     telemetry::prometheus();
 
     let (listener, endpoint) = bind_client_listeners(config, &tls, &h3_settings).await?;
@@ -136,24 +148,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     let tracker = TaskTracker::new();
     let mut interconnect_addr = None;
-    if let Some(ic_config) = &config.interconnect {
-        let hook_state = state.clone();
-        let ic = interconnect::Interconnect::new(
-            ic_config.clone(),
-            Arc::clone(&store),
-            keys.rid_key(),
-            &key_dir(data_dir),
-            settings.limits.clone(),
-            Arc::new(move |outcome, urgent| hook_state.stored(&outcome.delivered_to, urgent)),
-        )
-        .map_err(|e| anyhow::anyhow!("interconnect: {e}"))?;
+    if let (Some(ic), Some(ic_config)) = (interconnect, &config.interconnect) {
         let listener = TcpListener::bind(ic_config.listen)
             .await
             .with_context(|| format!("binding interconnect {}", ic_config.listen))?;
         interconnect_addr = Some(listener.local_addr()?);
-        state.set_interconnect(Arc::clone(&ic));
         tracker.spawn(Arc::clone(&ic).serve(listener, shutdown.clone(), tracker.clone()));
-        tracker.spawn(ic.run_outbound(shutdown.clone()));
+        tracker.spawn(ic.run_outbound(shutdown.clone(), tracker.clone()));
     }
     let router = api(state.clone());
     if let Some(endpoint) = endpoint {
@@ -195,18 +196,22 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(serve_admin(
+    tracker.spawn(crate::admin::serve(
         admin,
         Arc::clone(&certs),
         state.clone(),
         shutdown.clone(),
         tracker.clone(),
     ));
-    if let (Some(notifier), Some(rx)) = (notifier, push_rx) {
-        tracker.spawn(notifier.run(rx, shutdown.clone()));
+    if let (Some(notifier), Some(events)) = (notifier, push_events) {
+        tracker.spawn(notifier.run(events, shutdown.clone(), tracker.clone()));
     }
-    tracker.spawn(reload_on_sighup(Arc::clone(&certs), state.clone(), shutdown.clone()));
-    tracker.spawn(sweeper(
+    tracker.spawn(crate::background::reload_on_sighup(
+        Arc::clone(&certs),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(crate::background::sweeper(
         state.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
         shutdown.clone(),
@@ -219,6 +224,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         http3 = config.http3.enabled,
         admin = %admin_addr,
         data_dir = %data_dir.display(),
+        storage = store.backend_name(),
         "gateway listening"
     );
     Ok(Running {
@@ -272,19 +278,7 @@ async fn serve_tls(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = relay_net::serve::accept(&listener, &shutdown).await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("relay_connections_refused_total", "reason" => "limit").increment(1);
             drop(tcp);
@@ -372,143 +366,5 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-async fn serve_admin(
-    listener: TcpListener,
-    certs: Arc<crate::tls::CertStore>,
-    state: AppState,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let store = Arc::clone(state.store());
-    // Re-reads the interconnect's peers file and CRLs (also on SIGHUP).
-    let ic_reload = move || {
-        let state = state.clone();
-        async move {
-            let Some(ic) = state.interconnect() else {
-                return (http::StatusCode::NOT_FOUND, "no [interconnect] configured\n".to_owned()).into_response();
-            };
-            match ic.reload().await {
-                Ok(n) => (http::StatusCode::OK, format!("{n} peers\n")).into_response(),
-                Err(e) => {
-                    tracing::warn!(cause = %e, "interconnect reload failed; keeping the old peer table");
-                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
-                }
-            }
-        }
-    };
-    // RFC 9750 section 5.3: if members and the DS disagree on a group's epoch, an operator
-    // sets it (`PUT /admin/groups/{hex group id}/epoch` with the epoch as the body).
-    let set_epoch = move |axum::extract::Path(group): axum::extract::Path<String>, body: String| {
-        let store = Arc::clone(&store);
-        async move {
-            let Some(group_id) = crate::mls::decode_group_id(&group) else {
-                return (http::StatusCode::BAD_REQUEST, "group id must be hex\n".to_owned()).into_response();
-            };
-            let Ok(epoch) = body.trim().parse::<u64>() else {
-                return (http::StatusCode::BAD_REQUEST, "body must be the epoch\n".to_owned()).into_response();
-            };
-            match store.set_group_epoch(crate::mls::group_key(&group_id), epoch).await {
-                Ok(()) => {
-                    tracing::warn!(epoch, "group epoch reset by an operator");
-                    http::StatusCode::NO_CONTENT.into_response()
-                }
-                Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-            }
-        }
-    };
-    let reload = move || {
-        let certs = Arc::clone(&certs);
-        async move {
-            match certs.reload() {
-                Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
-                Err(e) => {
-                    tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
-                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")).into_response()
-                }
-            }
-        }
-    };
-    let router = Router::new()
-        .route("/metrics", get(|| async { telemetry::prometheus().render() }))
-        .route("/healthz", get(healthz))
-        .route("/admin/tls/reload", axum::routing::post(reload))
-        .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
-        .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch));
-    loop {
-        let (tcp, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let router = router.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router));
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
-}
-
-/// SIGHUP reloads the TLS certificate of every listener.
-async fn reload_on_sighup(certs: Arc<crate::tls::CertStore>, state: AppState, shutdown: CancellationToken) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = hup.recv() => {
-                if let Err(e) = certs.reload() {
-                    tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
-                }
-                if let Some(ic) = state.interconnect()
-                    && let Err(e) = ic.reload().await
-                {
-                    tracing::warn!(cause = %e, "interconnect reload failed; keeping the old peer table");
-                }
-            }
-        }
-    }
-}
-
-/// Expires envelopes, forgets idle rate-limit state, publishes storage gauges.
-async fn sweeper(state: AppState, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match state.store().sweep(now_ms()).await {
-            Ok(s) if s.mailbox_entries + s.blobs > 0 => {
-                tracing::debug!(
-                    entries = s.mailbox_entries,
-                    blobs = s.blobs,
-                    "expired envelopes removed"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(cause = %e, "sweep failed"),
-        }
-        state.retain_recent_limits();
-        metrics::gauge!("relay_storage_disk_bytes").set(state.store().size_on_disk() as f64);
-        metrics::gauge!("relay_live_receivers").set(state.live().len() as f64);
     }
 }

@@ -13,8 +13,6 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
 use crate::keys::{create_private_dir, write_private};
@@ -86,7 +84,7 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path, alpn: &[&[u8]]) -> anyhow
 }
 
 fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<Arc<CertifiedKey>> {
-    let (certs, key_der) = load_pair(cert, key)?;
+    let (certs, key_der) = relay_net::pem::load_pair(cert, key)?;
     let certified = CertifiedKey::from_der(certs, key_der, provider).with_context(|| {
         format!(
             "{} and {} do not form a usable certificate",
@@ -95,25 +93,6 @@ fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> any
         )
     })?;
     Ok(Arc::new(certified))
-}
-
-/// Every certificate in a PEM file (at least one).
-pub(crate) fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-    Ok(certs)
-}
-
-/// A PEM certificate chain and its private key.
-pub(crate) fn load_pair(
-    cert: &Path,
-    key: &Path,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
-    Ok((load_certs(cert)?, key))
 }
 
 /// Generates `dev-ca.pem`, `dev-cert.pem` and `dev-key.pem` in `dir` unless present.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::SetupError;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterconnectConfig {
@@ -42,6 +44,9 @@ pub struct InterconnectConfig {
     /// expired peer certificate loses its connections.
     #[serde(default = "d_recheck")]
     pub recheck_secs: u64,
+    /// Peer connections open at once; more are refused at accept.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
 }
 
 const fn d_ttl() -> u64 {
@@ -61,6 +66,9 @@ const fn d_cap() -> u64 {
 }
 const fn d_recheck() -> u64 {
     30
+}
+const fn d_max_connections() -> usize {
+    1024
 }
 
 /// The peers file.
@@ -116,22 +124,31 @@ const fn d_claim_refill() -> u64 {
 }
 
 impl PeersFile {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: Self = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, SetupError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SetupError::ReadPeers {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: Self = toml::from_str(&text).map_err(|source| SetupError::ParsePeers {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut names = std::collections::HashSet::new();
         for p in &file.peers {
             if !names.insert(p.name.as_str()) {
-                return Err(format!("{}: peer {} is listed twice", path.display(), p.name));
+                return Err(SetupError::DuplicatePeer {
+                    path: path.to_path_buf(),
+                    name: p.name.clone(),
+                });
             }
             if !p.endpoint.starts_with("https://") {
-                return Err(format!("peer {}: endpoint must be https://", p.name));
+                return Err(SetupError::Endpoint { name: p.name.clone() });
             }
             if p.prefixes
                 .iter()
                 .any(|x| !x.starts_with('+') || !x[1..].bytes().all(|b| b.is_ascii_digit()))
             {
-                return Err(format!("peer {}: prefixes look like \"+44\"", p.name));
+                return Err(SetupError::Prefix { name: p.name.clone() });
             }
         }
         Ok(file)

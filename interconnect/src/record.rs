@@ -5,6 +5,8 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
+use crate::error::SetupError;
+
 /// What a peer receives for one envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePart {
@@ -37,27 +39,31 @@ impl Sealer {
     }
 
     /// `keys/outbox.key` (created 0600 on first use).
-    pub fn open_or_create(dir: &std::path::Path) -> Result<Self, String> {
+    pub fn open_or_create(dir: &std::path::Path) -> Result<Self, SetupError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = dir.join("outbox.key");
+        let io = |source| SetupError::OutboxKey {
+            path: path.clone(),
+            source,
+        };
         if !path.exists() {
             let mut key = [0u8; 32];
-            SystemRandom::new().fill(&mut key).map_err(|_| "no randomness")?;
+            SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| io(std::io::Error::other("no randomness")))?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.write_all(&key)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(io)?;
+            f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
         }
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = std::fs::read(&path).map_err(io)?;
         let key: [u8; 32] = bytes
             .try_into()
-            .map_err(|_| format!("{}: must be 32 bytes", path.display()))?;
+            .map_err(|_| SetupError::OutboxKeyLength { path: path.clone() })?;
         Ok(Self::new(&key))
     }
 

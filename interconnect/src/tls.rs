@@ -7,42 +7,18 @@
 //! Outbound, each peer gets a client configuration trusting only its CA and presenting our
 //! certificate. TLS 1.3 only, both ways.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use relay_net::pem::{load_certs, load_crl};
+use relay_net::tls::provider;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.starts_with(b"-----") {
-        CertificateRevocationListDer::from_pem_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
-    } else {
-        Ok(CertificateRevocationListDer::from(bytes))
-    }
-}
+use crate::error::SetupError;
 
 /// One peer's identity check.
 pub struct PeerIdentity {
@@ -60,31 +36,37 @@ impl std::fmt::Debug for PeerIdentity {
 }
 
 impl PeerIdentity {
-    pub fn new(domain: &str, ca: &Path, crls: &[std::path::PathBuf], pin: Option<&str>) -> Result<Self, String> {
+    pub fn new(domain: &str, ca: &std::path::Path, crls: &[PathBuf], pin: Option<&str>) -> Result<Self, SetupError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in load_certs(ca)? {
-            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(c).map_err(|source| SetupError::Tls {
+                context: "peer CA certificate",
+                source,
+            })?;
         }
         let crls = crls.iter().map(|p| load_crl(p)).collect::<Result<Vec<_>, _>>()?;
         let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
         if !crls.is_empty() {
             builder = builder.with_crls(crls).enforce_revocation_expiration();
         }
-        let verifier = builder.build().map_err(|e| format!("peer {domain}: {e}"))?;
+        let verifier = builder.build().map_err(|source| SetupError::Verifier {
+            domain: domain.to_owned(),
+            source,
+        })?;
         let pin = match pin {
             Some(p) => {
                 use base64::Engine as _;
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(p)
-                    .map_err(|_| format!("peer {domain}: spki_sha256 is not base64"))?;
-                Some(
-                    raw.try_into()
-                        .map_err(|_| format!("peer {domain}: spki_sha256 is not 32 bytes"))?,
-                )
+                let bad = || SetupError::Pin {
+                    domain: domain.to_owned(),
+                };
+                let raw = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| bad())?;
+                Some(raw.try_into().map_err(|_| bad())?)
             }
             None => None,
         };
-        ServerName::try_from(domain.to_owned()).map_err(|_| format!("peer domain {domain} is not a DNS name"))?;
+        ServerName::try_from(domain.to_owned()).map_err(|_| SetupError::Domain {
+            domain: domain.to_owned(),
+        })?;
         Ok(Self {
             domain: domain.to_owned(),
             verifier,
@@ -234,31 +216,26 @@ pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     peers: Arc<Vec<PeerIdentity>>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, SetupError> {
+    let tls = |context| move |source| SetupError::Tls { context, source };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .map_err(tls("TLS 1.3 with the ring provider"))?
         .with_client_cert_verifier(Arc::new(PeersVerifier::new(peers)))
         .with_single_cert(chain, key)
-        .map_err(|e| format!("interconnect certificate: {e}"))?;
+        .map_err(tls("interconnect certificate"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// A client configuration for one peer: trusts only its CA, presents our certificate.
 pub fn client_config(
-    peer_ca: &Path,
+    peer_ca: &std::path::Path,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(peer_ca)? {
-        roots.add(c).map_err(|e| format!("{}: {e}", peer_ca.display()))?;
-    }
-    rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("interconnect client certificate: {e}"))
+) -> Result<rustls::ClientConfig, SetupError> {
+    relay_net::tls::client_config(&load_certs(peer_ca)?, Some((chain, key))).map_err(|source| SetupError::Tls {
+        context: "interconnect client certificate",
+        source,
+    })
 }

@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::error::SetupError;
+
 const PREFIX: &str = "ph1.";
 const AAD: &[u8] = b"rcs-relay push handle v1";
 /// Longest handle accepted (base64 characters after the prefix): bounds parsing work.
@@ -129,17 +131,17 @@ impl std::fmt::Debug for HandleKeys {
 
 impl HandleKeys {
     /// `keys`: (key id, 32 secret bytes); `current` must be among them.
-    pub fn new(current: u8, keys: &[(u8, [u8; 32])]) -> Result<Self, String> {
+    pub fn new(current: u8, keys: &[(u8, [u8; 32])]) -> Result<Self, SetupError> {
         if !keys.iter().any(|(id, _)| *id == current) {
-            return Err(format!("current push handle key {current} is not configured"));
+            return Err(SetupError::NoCurrentKey(current));
         }
         let keys = keys
             .iter()
             .map(|(id, k)| {
-                let key = UnboundKey::new(&AES_256_GCM, k).map_err(|_| "bad AES-256 key".to_owned())?;
-                Ok((*id, LessSafeKey::new(key)))
+                let key = UnboundKey::new(&AES_256_GCM, k).expect("32 bytes is an AES-256 key");
+                (*id, LessSafeKey::new(key))
             })
-            .collect::<Result<_, String>>()?;
+            .collect();
         Ok(Self {
             current,
             keys,

@@ -4,9 +4,24 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::SecretKey;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use serde_json::Value;
+
+use crate::error::JwtError;
+
+/// A fresh P-256 secret key from the system random source.
+pub fn random_secret() -> SecretKey {
+    loop {
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        // Out-of-range scalars (probability ~2^-32) are simply redrawn.
+        if let Ok(k) = SecretKey::from_slice(&bytes) {
+            return k;
+        }
+    }
+}
 
 fn signing_input(alg: &str, kid: Option<&str>, claims: &Value) -> String {
     let mut header = serde_json::json!({ "alg": alg, "typ": "JWT" });
@@ -28,7 +43,7 @@ pub fn sign_es256(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String
 }
 
 /// An RS256 JWT with a PKCS#8 RSA key.
-pub fn sign_rs256(key: &ring::signature::RsaKeyPair, kid: Option<&str>, claims: &Value) -> Result<String, String> {
+pub fn sign_rs256(key: &ring::signature::RsaKeyPair, kid: Option<&str>, claims: &Value) -> Result<String, JwtError> {
     let input = signing_input("RS256", kid, claims);
     let mut sig = vec![0u8; key.public().modulus_len()];
     key.sign(
@@ -37,7 +52,7 @@ pub fn sign_rs256(key: &ring::signature::RsaKeyPair, kid: Option<&str>, claims: 
         input.as_bytes(),
         &mut sig,
     )
-    .map_err(|_| "RSA signing failed".to_owned())?;
+    .map_err(|_| JwtError::Sign)?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
@@ -57,46 +72,44 @@ impl std::fmt::Debug for Parts {
     }
 }
 
-pub fn parts(jwt: &str) -> Result<Parts, String> {
+pub fn parts(jwt: &str) -> Result<Parts, JwtError> {
     let mut it = jwt.split('.');
     let (Some(h), Some(c), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
-        return Err("a JWT has three parts".into());
+        return Err(JwtError::Parts);
     };
-    let json = |p: &str| -> Result<Value, String> {
-        let raw = URL_SAFE_NO_PAD.decode(p).map_err(|_| "JWT part is not base64url")?;
-        serde_json::from_slice(&raw).map_err(|_| "JWT part is not JSON".to_owned())
+    let json = |p: &str| -> Result<Value, JwtError> {
+        let raw = URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::NotBase64)?;
+        serde_json::from_slice(&raw).map_err(|_| JwtError::NotJson)
     };
     Ok(Parts {
         header: json(h)?,
         claims: json(c)?,
         signing_input: format!("{h}.{c}"),
-        signature: URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| "JWT signature is not base64url")?,
+        signature: URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::NotBase64)?,
     })
 }
 
 /// Verifies an ES256 JWT and returns its claims.
-pub fn verify_es256(key: &VerifyingKey, jwt: &str) -> Result<Value, String> {
+pub fn verify_es256(key: &VerifyingKey, jwt: &str) -> Result<Value, JwtError> {
     let p = parts(jwt)?;
     if p.header["alg"] != "ES256" {
-        return Err("alg is not ES256".into());
+        return Err(JwtError::Alg("ES256"));
     }
-    let sig = Signature::from_slice(&p.signature).map_err(|_| "bad ES256 signature encoding")?;
+    let sig = Signature::from_slice(&p.signature).map_err(|_| JwtError::SignatureEncoding)?;
     key.verify(p.signing_input.as_bytes(), &sig)
-        .map_err(|_| "ES256 signature does not verify".to_owned())?;
+        .map_err(|_| JwtError::BadSignature)?;
     Ok(p.claims)
 }
 
 /// Verifies an RS256 JWT against a DER `RSAPublicKey` and returns its claims.
-pub fn verify_rs256(public_key_der: &[u8], jwt: &str) -> Result<Value, String> {
+pub fn verify_rs256(public_key_der: &[u8], jwt: &str) -> Result<Value, JwtError> {
     let p = parts(jwt)?;
     if p.header["alg"] != "RS256" {
-        return Err("alg is not RS256".into());
+        return Err(JwtError::Alg("RS256"));
     }
     ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public_key_der)
         .verify(p.signing_input.as_bytes(), &p.signature)
-        .map_err(|_| "RS256 signature does not verify".to_owned())?;
+        .map_err(|_| JwtError::BadSignature)?;
     Ok(p.claims)
 }
 
@@ -106,14 +119,14 @@ mod tests {
 
     #[test]
     fn es256_round_trip_and_tamper() {
-        let key = SigningKey::from(crate::webpush::random_secret());
+        let key = SigningKey::from(random_secret());
         let jwt = sign_es256(&key, Some("ABC123"), &serde_json::json!({"iss": "TEAM", "iat": 1}));
         let claims = verify_es256(key.verifying_key(), &jwt).unwrap();
         assert_eq!(claims["iss"], "TEAM");
         assert_eq!(parts(&jwt).unwrap().header["kid"], "ABC123");
         let tampered = jwt.replacen('.', ".e30", 1);
         assert!(verify_es256(key.verifying_key(), &tampered).is_err());
-        let other = SigningKey::from(crate::webpush::random_secret());
+        let other = SigningKey::from(random_secret());
         assert!(verify_es256(other.verifying_key(), &jwt).is_err());
         assert!(parts("a.b").is_err());
     }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod error;
 pub mod handle;
 pub mod jwt;
 pub mod keys;

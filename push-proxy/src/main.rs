@@ -44,7 +44,9 @@ fn main() -> ExitCode {
         .and_then(|rt| {
             rt.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                let running = push_proxy::server::start(config, shutdown.clone()).await?;
+                let running = push_proxy::server::start(config, shutdown.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| e.to_string())?;
                 tokio::select! {

@@ -7,16 +7,16 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use relay_core::push::{Backoff, Pointer, retry_delay};
+use relay_net::clock::unix_secs as unix_now;
+use relay_net::https::{ClientOptions, HttpsClient, Reply};
 use tokio::sync::Semaphore;
 
+use crate::error::{ProviderError, SetupError};
 use crate::handle::PushTarget;
 use crate::providers::{self, Outcome};
 
@@ -88,7 +88,7 @@ impl std::fmt::Debug for FcmConfig {
 
 /// Sends pushes; cheap to share (`Arc`).
 pub struct Sender {
-    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
     cfg: SenderConfig,
     apns_jwt: Mutex<Option<(String, Instant)>>,
     fcm_token: tokio::sync::Mutex<Option<(String, Instant)>>,
@@ -103,32 +103,24 @@ impl std::fmt::Debug for Sender {
 
 const APNS_TOKEN_REFRESH: Duration = Duration::from_secs(30 * 60);
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+/// Largest answer read from a provider.
+const MAX_REPLY: usize = 64 * 1024;
 
 impl Sender {
-    pub fn new(cfg: SenderConfig) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in crate::tls::load_certs(&cfg.ca_file)? {
-            roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(cfg.request_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+    pub fn new(cfg: SenderConfig) -> Result<Self, SetupError> {
+        let roots = relay_net::pem::load_certs(&cfg.ca_file)?;
+        let tls = relay_net::tls::client_config(&roots, None).map_err(|source| SetupError::Tls {
+            context: "provider CA certificate",
+            source,
+        })?;
+        let http = HttpsClient::new(
+            tls,
+            ClientOptions {
+                http2_only: false,
+                connect_timeout: cfg.request_timeout,
+                pool_idle_timeout: None,
+            },
+        );
         let cap = cfg.max_in_flight.max(1);
         Ok(Self {
             http,
@@ -191,7 +183,12 @@ impl Sender {
             (PushTarget::Fcm { .. }, None) => return Outcome::Rejected("FCM is not configured".into()),
             (PushTarget::Fcm { .. }, Some(f)) => match self.fcm_access_token(f).await {
                 Ok(t) => t,
-                Err(e) => return Outcome::Retry { after: None, reason: e },
+                Err(e) => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: format!("token endpoint: {e}"),
+                    };
+                }
             },
             _ => String::new(),
         };
@@ -218,32 +215,19 @@ impl Sender {
             Ok(r) => r.map(|b| Full::new(Bytes::from(b))),
             Err(e) => return Outcome::Rejected(e.to_string()),
         };
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, retry_after, body))
-        };
-        match tokio::time::timeout(self.cfg.request_timeout, exchange).await {
-            Ok(Ok((status, retry_after, body))) => {
-                providers::classify(target.provider(), status, retry_after.as_deref(), &body)
-            }
-            Ok(Err(e)) => Outcome::Retry {
-                after: None,
-                reason: format!("connection: {e}"),
-            },
-            Err(_) => Outcome::Retry {
+        match self.http.exchange(req, self.cfg.request_timeout, MAX_REPLY).await {
+            Ok(Reply {
+                status,
+                retry_after,
+                body,
+            }) => providers::classify(target.provider(), status, retry_after.as_deref(), &body),
+            Err(relay_net::https::ExchangeError::Timeout(_)) => Outcome::Retry {
                 after: None,
                 reason: "timeout".into(),
+            },
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: format!("connection: {e}"),
             },
         }
     }
@@ -251,30 +235,20 @@ impl Sender {
     /// The UnifiedPush discovery probe: a `GET` of the endpoint must answer 2xx with JSON
     /// naming `unifiedpush` — proof that the URL is a push distributor, not an arbitrary
     /// service the proxy would otherwise be made to POST to.
-    pub async fn probe_unifiedpush(&self, endpoint: &str) -> Result<(), String> {
+    pub async fn probe_unifiedpush(&self, endpoint: &str) -> Result<(), ProviderError> {
         let req = http::Request::get(endpoint)
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("probe answered {}", resp.status()));
-            }
-            let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "probe: not JSON".to_owned())?;
-            if v.get("unifiedpush").is_some_and(serde_json::Value::is_object) {
-                Ok(())
-            } else {
-                Err("probe: not a UnifiedPush endpoint".into())
-            }
-        };
-        tokio::time::timeout(self.cfg.request_timeout, exchange)
-            .await
-            .map_err(|_| "probe: timeout".to_owned())?
+            .map_err(|e| ProviderError::Request(e.to_string()))?;
+        let reply = self.http.exchange(req, self.cfg.request_timeout, 16 * 1024).await?;
+        if !(200..300).contains(&reply.status) {
+            return Err(ProviderError::Status(reply.status));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).map_err(|_| ProviderError::NotJson)?;
+        if v.get("unifiedpush").is_some_and(serde_json::Value::is_object) {
+            Ok(())
+        } else {
+            Err(ProviderError::NotUnifiedPush)
+        }
     }
 
     /// The shared APNs provider token, re-signed every 30 minutes.
@@ -296,7 +270,7 @@ impl Sender {
 
     /// An FCM access token from the OAuth2 JWT-bearer grant, cached until a minute before
     /// it expires.
-    async fn fcm_access_token(&self, f: &FcmConfig) -> Result<String, String> {
+    async fn fcm_access_token(&self, f: &FcmConfig) -> Result<String, ProviderError> {
         let mut cached = self.fcm_token.lock().await;
         if let Some((token, until)) = cached.as_ref()
             && Instant::now() < *until
@@ -316,36 +290,25 @@ impl Sender {
             }),
         )?;
         let form = format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}");
-        let req = http::Request::post(&f.token_uri)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| format!("token endpoint: {e}"))?;
-            let status = resp.status();
-            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!("token endpoint answered {status}"));
-            }
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "token endpoint: not JSON")?;
-            let token = v["access_token"].as_str().ok_or("token endpoint: no access_token")?;
-            let expires_in = v["expires_in"].as_u64().unwrap_or(3600);
-            Ok((token.to_owned(), expires_in))
-        };
-        let (token, expires_in) = tokio::time::timeout(self.cfg.request_timeout, exchange)
-            .await
-            .map_err(|_| "token endpoint: timeout".to_owned())??;
+        let reply = self
+            .http
+            .post(
+                &f.token_uri,
+                "application/x-www-form-urlencoded",
+                Bytes::from(form),
+                self.cfg.request_timeout,
+                MAX_REPLY,
+            )
+            .await?;
+        if !(200..300).contains(&reply.status) {
+            return Err(ProviderError::Status(reply.status));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).map_err(|_| ProviderError::NotJson)?;
+        let token = v["access_token"].as_str().ok_or(ProviderError::NoAccessToken)?;
+        let expires_in = v["expires_in"].as_u64().unwrap_or(3600);
         let valid = Duration::from_secs(expires_in.saturating_sub(60).max(1));
-        *cached = Some((token.clone(), Instant::now() + valid));
-        Ok(token)
+        *cached = Some((token.to_owned(), Instant::now() + valid));
+        Ok(token.to_owned())
     }
 }
 

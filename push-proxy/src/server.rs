@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::error::SetupError;
 use crate::sender::{ApnsConfig, FcmConfig, Sender, SenderConfig};
 use crate::service::{self, Proxy};
 
@@ -57,7 +58,7 @@ impl Running {
 }
 
 /// Builds the proxy from `config` and serves until `shutdown` is cancelled.
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, String> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, SetupError> {
     let key_dir = config.data_dir.join("keys");
     let keys = crate::keys::handle_keys(&key_dir, config.handles.current_key_id)?;
     let vapid_key = crate::keys::vapid_key(config.webpush.vapid_key_file.as_deref(), &key_dir)?;
@@ -134,14 +135,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("binding {addr}: {e}"))
+            .map_err(|source| SetupError::Bind { addr, source })
     };
     let (l1, l2, l3) = (
         bind(config.listen).await?,
         bind(config.notify_listen).await?,
         bind(config.admin_listen).await?,
     );
-    let addr = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+    let addr = |l: &TcpListener| {
+        l.local_addr().map_err(|source| SetupError::Bind {
+            addr: config.listen,
+            source,
+        })
+    };
     let running = Running {
         listen: addr(&l1)?,
         notify_listen: addr(&l2)?,
@@ -216,16 +222,8 @@ async fn serve_tls(
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let tcp = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => (tcp, peer),
-                Err(e) => {
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some(tcp) = relay_net::serve::accept(&listener, &shutdown).await else {
+            return;
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("push_connections_refused_total").increment(1);
@@ -252,14 +250,7 @@ async fn serve_tls(
                 .header_read_timeout(Duration::from_secs(10));
             builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
             let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
+            relay_net::serve::until_shutdown(conn, &shutdown).await;
         });
     }
 }

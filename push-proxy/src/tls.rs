@@ -9,37 +9,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use relay_net::pem::{load_certs, load_key};
+use relay_net::tls::provider;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::config::Config;
+use crate::error::SetupError;
 
 pub const DEV_CA: &str = "dev-ca.pem";
 pub const GATEWAY_CLIENT_CERT: &str = "gateway-client.pem";
 pub const GATEWAY_CLIENT_KEY: &str = "gateway-client-key.pem";
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// (device listener, notify listener) server configurations.
-pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), String> {
+pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), SetupError> {
     let dir = config.data_dir.join("tls");
     let (cert, key) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -56,38 +39,42 @@ pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerC
         }
     };
     let chain = load_certs(&cert)?;
+    let tls = |context| move |source| SetupError::Tls { context, source };
     let builder = || {
         ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())
+            .map_err(tls("TLS 1.3 with the ring provider"))
     };
     let mut device = builder()?
         .with_no_client_auth()
         .with_single_cert(chain.clone(), load_key(&key)?)
-        .map_err(|e| format!("server certificate: {e}"))?;
+        .map_err(tls("server certificate"))?;
     device.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(&gateway_ca)? {
-        roots.add(c).map_err(|e| format!("gateway CA: {e}"))?;
+        roots.add(c).map_err(tls("gateway CA"))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| format!("gateway CA: {e}"))?;
+        .map_err(|e| SetupError::Tls {
+            context: "gateway CA",
+            source: rustls::Error::General(e.to_string()),
+        })?;
     let mut notify = builder()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, load_key(&key)?)
-        .map_err(|e| format!("server certificate: {e}"))?;
+        .map_err(tls("server certificate"))?;
     notify.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(device), Arc::new(notify)))
 }
 
 /// Creates the development CA, server certificate and gateway client certificate.
-pub fn ensure_dev_pki(dir: &Path) -> Result<(), String> {
+pub fn ensure_dev_pki(dir: &Path) -> Result<(), SetupError> {
     if dir.join(GATEWAY_CLIENT_KEY).exists() {
         return Ok(());
     }
-    let err = |e: rcgen::Error| e.to_string();
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let err = SetupError::DevPki;
+    std::fs::create_dir_all(dir).map_err(SetupError::io(dir))?;
     let ca_key = rcgen::KeyPair::generate().map_err(err)?;
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
@@ -111,7 +98,7 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<(), String> {
     client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer).map_err(err)?;
 
-    let write = |name: &str, data: String, secret: bool| -> Result<(), String> {
+    let write = |name: &str, data: String, secret: bool| -> Result<(), SetupError> {
         let path = dir.join(name);
         crate::keys::write_file(&path, data.as_bytes(), secret)
     };

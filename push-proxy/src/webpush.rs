@@ -11,6 +11,8 @@ use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::{PublicKey, SecretKey};
 use sha2::Sha256;
 
+use crate::error::VapidError;
+
 /// Record size written into the header (one record: pushes are small).
 const RECORD_SIZE: u32 = 4096;
 const HEADER_LEN: usize = 16 + 4 + 1 + 65;
@@ -26,18 +28,7 @@ pub enum WebPushError {
     #[error("message does not decrypt")]
     Decrypt,
 }
-
-/// A fresh P-256 secret key from the system random source.
-pub fn random_secret() -> SecretKey {
-    loop {
-        let mut bytes = [0u8; 32];
-        rand::fill(&mut bytes);
-        // Out-of-range scalars (probability ~2^-32) are simply redrawn.
-        if let Ok(k) = SecretKey::from_slice(&bytes) {
-            return k;
-        }
-    }
-}
+pub use crate::jwt::random_secret;
 
 /// Uncompressed SEC1 encoding (65 bytes).
 pub fn public_bytes(key: &PublicKey) -> Vec<u8> {
@@ -156,8 +147,8 @@ pub fn vapid_authorization(
 /// Checks a VAPID `Authorization` header (the receiving push service's side): the JWT is
 /// signed by the key in `k`, names `audience`, and has not expired at `now_unix`.
 /// Returns the public key (what a push service pins a subscription to).
-pub fn verify_vapid(header: &str, audience: &str, now_unix: u64) -> Result<Vec<u8>, String> {
-    let rest = header.strip_prefix("vapid ").ok_or("not a vapid authorization")?;
+pub fn verify_vapid(header: &str, audience: &str, now_unix: u64) -> Result<Vec<u8>, VapidError> {
+    let rest = header.strip_prefix("vapid ").ok_or(VapidError::Scheme)?;
     let mut t = None;
     let mut k = None;
     for part in rest.split(',') {
@@ -168,22 +159,22 @@ pub fn verify_vapid(header: &str, audience: &str, now_unix: u64) -> Result<Vec<u
             k = Some(v);
         }
     }
-    let (t, k) = (t.ok_or("no t=")?, k.ok_or("no k=")?);
-    let key_bytes = URL_SAFE_NO_PAD.decode(k).map_err(|_| "k is not base64url")?;
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key_bytes).map_err(|_| "k is not a P-256 key")?;
+    let (t, k) = (t.ok_or(VapidError::Missing("t"))?, k.ok_or(VapidError::Missing("k"))?);
+    let key_bytes = URL_SAFE_NO_PAD.decode(k).map_err(|_| VapidError::Key)?;
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key_bytes).map_err(|_| VapidError::Key)?;
     let claims = crate::jwt::verify_es256(&key, t)?;
     if claims["aud"] != audience {
-        return Err(format!("aud {} is not {audience}", claims["aud"]));
+        return Err(VapidError::Audience);
     }
-    let exp = claims["exp"].as_u64().ok_or("no exp")?;
+    let exp = claims["exp"].as_u64().ok_or(VapidError::Expiry)?;
     if exp <= now_unix || exp > now_unix + 24 * 3600 {
-        return Err("exp outside (now, now + 24 h]".into());
+        return Err(VapidError::Expiry);
     }
     if !claims["sub"]
         .as_str()
         .is_some_and(|s| s.starts_with("mailto:") || s.starts_with("https:"))
     {
-        return Err("sub must be a mailto: or https: URI".into());
+        return Err(VapidError::Subject);
     }
     Ok(key_bytes)
 }

@@ -15,6 +15,8 @@
 //!   outbox entry state machine (retry, delete, dead-letter).
 //! - [`push`]: when to wake a device (coalescing window, urgent, delayed), retry backoff,
 //!   the opaque pointer token.
+//! - [`recipients`]: a request's addresses parsed, hashed and de-duplicated, once for
+//!   every endpoint.
 //! - [`wire`]: the protobuf client API (`proto/relay/v1/relay.proto`).
 //! - [`error_code`]: the machine-readable error codes of the API.
 //!
@@ -34,6 +36,7 @@ pub mod interconnect;
 pub mod limits;
 pub mod provisioning;
 pub mod push;
+pub mod recipients;
 pub mod wire;
 
 pub use address::{Address, AddressError};

@@ -1,9 +1,12 @@
 //! Durable stores of rcs-relay.
 //!
-//! The [`Store`] trait is the contract every backend keeps; [`SledStore`] is the
-//! embedded default. Stores take and return only ids ([`Rid`], [`DeviceId`],
-//! [`ServerId`]) and [`Ciphertext`]: no API here accepts an address, a credential or
-//! plaintext, so none can reach the disk.
+//! The storage contract is split by domain in [`contract`] ([`Devices`], [`Mailboxes`],
+//! [`KeyPackages`], [`Groups`], [`PushHandles`], [`Outbox`], [`Audit`], [`Maintenance`];
+//! [`Store`] is all of them). [`Storage`] is what the services hold: a backend chosen at
+//! run time behind one type, plus the mailbox [`watch`]ers it wakes after every durable
+//! write. Stores take and return only ids ([`Rid`], [`DeviceId`], [`ServerId`]) and
+//! [`Ciphertext`]: no API here accepts an address, a credential or plaintext, so none can
+//! reach the disk.
 //!
 //! # Durability
 //! Every mutating call returns only after a flush that started after its write has
@@ -12,177 +15,272 @@
 //! `flush_async` is never used: it hangs when many tasks call it (sled#1308).
 //!
 //! # Layout
-//! - [`model`]: request, result and record types shared by all backends.
-//! - [`sled_store`]: the sled backend and its key layout (DESIGN.md section 4).
+//! - [`contract`]: the domain traits every backend implements.
+//! - [`model`]: request, result, record and error types shared by all backends.
+//! - [`watch`]: mailbox watchers (long-polls) and the events a push notifier consumes.
+//! - `sled`: the sled backend, one module per domain ([`SledStore`]).
 //! - [`group_commit`]: the flusher thread.
+//!
+//! # What it does not do
+//! It never decides policy (limits, TTLs, quotas come in the requests) and never sees an
+//! address: callers hash addresses into [`Rid`]s first.
 
 #![forbid(unsafe_code)]
 
-use std::future::Future;
+use std::sync::Arc;
 
+use bytes::Bytes;
+use relay_core::interconnect::EntryState;
 pub use relay_core::{Ciphertext, ClientMessageId, DeviceId, Rid, ServerId};
+use tokio::sync::Notify;
 
+pub mod contract;
 pub mod group_commit;
 pub mod model;
-pub mod sled_store;
+mod sled;
+pub mod watch;
 
+pub use contract::{Audit, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Store};
 pub use model::*;
-pub use sled_store::{SledConfig, SledStore};
+pub use sled::{SledConfig, SledStore};
 
-/// The storage contract. Every method is atomic: it either applies completely or
-/// changes nothing, and a mutating method's future resolves only once the change is
-/// durable.
-pub trait Store: Send + Sync + 'static {
-    /// Registers a device for `rid`; consumes the provisioning nonce (single use).
-    fn register_device(&self, req: NewDevice) -> impl Future<Output = Result<DeviceId, RegisterError>> + Send;
+/// The contract's traits, for `use storage::prelude::*;`.
+pub mod prelude {
+    pub use crate::contract::{
+        Audit as _, Devices as _, Groups as _, KeyPackages as _, Mailboxes as _, Maintenance as _, Outbox as _,
+        PushHandles as _,
+    };
+}
 
-    /// Finds the device a credential lookup id belongs to.
-    fn device_by_lookup(&self, lookup: [u8; 16])
-    -> impl Future<Output = Result<Option<DeviceAuth>, StoreError>> + Send;
+/// Which backend to open.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// The embedded default.
+    Sled(SledConfig),
+}
 
-    /// Active devices of an address.
-    fn devices(&self, rid: Rid) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+/// The store the services hold: a backend chosen at run time, and the watchers it wakes.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
 
-    /// Removes a device, its credential and its whole mailbox.
-    fn delete_device(&self, rid: Rid, device: DeviceId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    watchers: Arc<watch::Watchers>,
+    /// Notified when a send queued entries for peer carriers.
+    outbox_written: Notify,
+}
 
-    /// Stores one message once and queues it for every recipient device.
-    fn send(&self, req: SendRequest) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
+#[derive(Debug)]
+enum Backend {
+    Sled(SledStore),
+}
 
-    /// Reads up to `limit` envelopes with `seq > after`.
-    fn receive(
+impl Storage {
+    /// Opens the configured backend (blocking: run it off the async runtime).
+    pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+        let backend = match config {
+            StorageConfig::Sled(c) => Backend::Sled(SledStore::open(c)?),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                watchers: Arc::default(),
+                outbox_written: Notify::new(),
+            }),
+        })
+    }
+
+    /// The backend's name, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sled(_) => "sled",
+        }
+    }
+
+    /// The mailbox watchers this store wakes after every durable write.
+    pub fn watchers(&self) -> &Arc<watch::Watchers> {
+        &self.inner.watchers
+    }
+
+    /// Resolves when a send has queued envelopes for peer carriers (a permit is kept if no
+    /// one is waiting, so a wake-up between two waits is not lost).
+    pub async fn outbox_written(&self) {
+        self.inner.outbox_written.notified().await;
+    }
+}
+
+/// Runs `$e` with `$b` bound to the backend.
+macro_rules! on_backend {
+    ($self:ident, $b:ident => $e:expr) => {
+        match &$self.inner.backend {
+            Backend::Sled($b) => $e,
+        }
+    };
+}
+
+impl Devices for Storage {
+    async fn register_device(&self, req: NewDevice) -> Result<DeviceId, RegisterError> {
+        on_backend!(self, b => b.register_device(req).await)
+    }
+
+    async fn device_by_lookup(&self, lookup: [u8; 16]) -> Result<Option<DeviceAuth>, StoreError> {
+        on_backend!(self, b => b.device_by_lookup(lookup).await)
+    }
+
+    async fn devices(&self, rid: Rid) -> Result<Vec<DeviceId>, StoreError> {
+        on_backend!(self, b => b.devices(rid).await)
+    }
+
+    /// Also wakes the device's watchers, so an open long-poll ends.
+    async fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<bool, StoreError> {
+        let deleted = on_backend!(self, b => b.delete_device(rid, device).await)?;
+        if deleted {
+            self.inner.watchers.wake(&(rid, device));
+        }
+        Ok(deleted)
+    }
+}
+
+impl Mailboxes for Storage {
+    /// Also wakes the recipients' watchers (or reports unwatched devices) once the envelope
+    /// is durable, and signals the outbox dispatcher when remote parts were queued.
+    async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
+        let urgent = req.urgent;
+        let queued_remote = !req.outbox.is_empty();
+        let outcome = on_backend!(self, b => b.send(req).await)?;
+        self.inner.watchers.stored(&outcome.delivered_to, urgent);
+        if queued_remote && !outcome.duplicate {
+            self.inner.outbox_written.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    async fn receive(
         &self,
         rid: Rid,
         device: DeviceId,
         after: u64,
         limit: u32,
         now_ms: u64,
-    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+    ) -> Result<Page, StoreError> {
+        on_backend!(self, b => b.receive(rid, device, after, limit, now_ms).await)
+    }
 
-    /// Deletes acknowledged mailbox entries; unknown ids are ignored (idempotent).
-    fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.ack(rid, device, ack).await)
+    }
+}
 
-    /// Stores validated KeyPackages of a device. A last-resort package replaces the
-    /// device's previous one.
-    fn upload_key_packages(
+impl KeyPackages for Storage {
+    async fn upload_key_packages(
         &self,
         rid: Rid,
         device: DeviceId,
         packages: Vec<NewKeyPackage>,
         max_per_device: usize,
         now_ms: u64,
-    ) -> impl Future<Output = Result<u32, KeyPackageError>> + Send;
+    ) -> Result<u32, KeyPackageError> {
+        on_backend!(self, b => b.upload_key_packages(rid, device, packages, max_per_device, now_ms).await)
+    }
 
-    /// One KeyPackage per active device of each target: a one-time package (handed out
-    /// exactly once, durably removed before this returns), else the last-resort package.
-    fn claim_key_packages(
-        &self,
-        targets: Vec<Rid>,
-        now_ms: u64,
-    ) -> impl Future<Output = Result<Vec<ClaimedKeyPackage>, StoreError>> + Send;
+    async fn claim_key_packages(&self, targets: Vec<Rid>, now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        on_backend!(self, b => b.claim_key_packages(targets, now_ms).await)
+    }
 
-    /// Unexpired KeyPackages a device has left.
-    fn key_package_count(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-        now_ms: u64,
-    ) -> impl Future<Output = Result<KeyPackageCount, StoreError>> + Send;
+    async fn key_package_count(&self, rid: Rid, device: DeviceId, now_ms: u64) -> Result<KeyPackageCount, StoreError> {
+        on_backend!(self, b => b.key_package_count(rid, device, now_ms).await)
+    }
 
-    /// The devices that uploaded the KeyPackages with these refs (Welcome routing).
-    /// `Ok(Err(index))` names the first unknown ref.
-    fn devices_for_key_packages(
+    async fn devices_for_key_packages(
         &self,
         refs: Vec<Vec<u8>>,
-    ) -> impl Future<Output = Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError>> + Send;
+    ) -> Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError> {
+        on_backend!(self, b => b.devices_for_key_packages(refs).await)
+    }
+}
 
-    /// The current epoch of a group, if the group is known.
-    fn group_epoch(&self, group_key: [u8; 32]) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+impl Groups for Storage {
+    async fn group_epoch(&self, group_key: [u8; 32]) -> Result<Option<u64>, StoreError> {
+        on_backend!(self, b => b.group_epoch(group_key).await)
+    }
 
-    /// Operator reset of a group's epoch (RFC 9750 section 5.3 desynchronisation).
-    fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.set_group_epoch(group_key, epoch).await)
+    }
 
-    /// Stores the latest GroupInfo (an opaque MLSMessage) of a group, for external joins.
-    fn set_group_info(
-        &self,
-        group_key: [u8; 32],
-        group_info: bytes::Bytes,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn set_group_info(&self, group_key: [u8; 32], group_info: Bytes) -> Result<(), StoreError> {
+        on_backend!(self, b => b.set_group_info(group_key, group_info).await)
+    }
 
-    /// The latest GroupInfo of a group.
-    fn group_info(&self, group_key: [u8; 32]) -> impl Future<Output = Result<Option<bytes::Bytes>, StoreError>> + Send;
+    async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
+        on_backend!(self, b => b.group_info(group_key).await)
+    }
+}
 
-    /// Sets (`Some`) or clears (`None`) a device's push handle (sealed by the push proxy,
-    /// opaque here). `false` if the device does not exist.
-    fn set_push_handle(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-        handle: Option<String>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+impl PushHandles for Storage {
+    async fn set_push_handle(&self, rid: Rid, device: DeviceId, handle: Option<String>) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.set_push_handle(rid, device, handle).await)
+    }
 
-    /// A device's push handle.
-    fn push_handle(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    async fn push_handle(&self, rid: Rid, device: DeviceId) -> Result<Option<String>, StoreError> {
+        on_backend!(self, b => b.push_handle(rid, device).await)
+    }
 
-    /// Clears a device's push handle only if it is still `handle` (compare-and-delete: a
-    /// handle the device registered since the push proxy reported the old one dead survives).
-    fn drop_push_handle_if(
-        &self,
-        rid: Rid,
-        device: DeviceId,
-        handle: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    async fn drop_push_handle_if(&self, rid: Rid, device: DeviceId, handle: &str) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.drop_push_handle_if(rid, device, handle).await)
+    }
+}
 
-    /// Outbox entries for `peer` due at `now_ms`, oldest first, at most `limit`.
-    fn outbox_due(
-        &self,
-        peer: &str,
-        now_ms: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+impl Outbox for Storage {
+    async fn outbox_due(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        on_backend!(self, b => b.outbox_due(peer, now_ms, limit).await)
+    }
 
-    /// Entries queued for `peer` and the creation time of the oldest.
-    fn outbox_depth(&self, peer: &str) -> impl Future<Output = Result<(u64, Option<u64>), StoreError>> + Send;
+    async fn outbox_depth(&self, peer: &str) -> Result<(u64, Option<u64>), StoreError> {
+        on_backend!(self, b => b.outbox_depth(peer).await)
+    }
 
-    /// Records a failed attempt (the entry's new state).
-    fn outbox_retry(
-        &self,
-        peer: &str,
-        seq: u64,
-        state: relay_core::interconnect::EntryState,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn outbox_retry(&self, peer: &str, seq: u64, state: EntryState) -> Result<(), StoreError> {
+        on_backend!(self, b => b.outbox_retry(peer, seq, state).await)
+    }
 
-    /// Deletes a delivered entry.
-    fn outbox_delete(&self, peer: &str, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn outbox_delete(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.outbox_delete(peer, seq).await)
+    }
 
-    /// Deletes an undeliverable entry and appends the audit record saying so, atomically.
-    fn outbox_dead_letter(
-        &self,
-        peer: &str,
-        seq: u64,
-        detail: String,
-        now_ms: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn outbox_dead_letter(&self, peer: &str, seq: u64, detail: String, now_ms: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.outbox_dead_letter(peer, seq, detail, now_ms).await)
+    }
+}
 
-    /// Appends a hash-chained audit record.
-    fn audit_append(
-        &self,
-        kind: &str,
-        detail: String,
-        now_ms: u64,
-    ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
+impl Audit for Storage {
+    async fn audit_append(&self, kind: &str, detail: String, now_ms: u64) -> Result<AuditRecord, StoreError> {
+        on_backend!(self, b => b.audit_append(kind, detail, now_ms).await)
+    }
 
-    /// Every audit record, oldest first, after checking the hash chain (a broken chain is
-    /// `StoreError::Corrupt`).
-    fn audit_log(&self) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        on_backend!(self, b => b.audit_log().await)
+    }
+}
 
-    /// Deletes everything whose time to live has passed.
-    fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
+impl Maintenance for Storage {
+    async fn sweep(&self, now_ms: u64) -> Result<SweepStats, StoreError> {
+        on_backend!(self, b => b.sweep(now_ms).await)
+    }
 
-    /// Counts of stored records (tests, metrics).
-    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        on_backend!(self, b => b.stats().await)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        on_backend!(self, b => b.size_on_disk())
+    }
+
+    fn close(&self) {
+        on_backend!(self, b => b.close());
+    }
 }

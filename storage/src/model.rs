@@ -213,6 +213,9 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("storage is shutting down")]
     Closed,
+    /// Another process (or a store not yet closed in this one) holds the data directory.
+    #[error("the data directory is in use: {0}")]
+    InUse(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use gateway::config::Config;
 use relay_client::{Client, Protocol, Trust};
-use storage::Store as _;
+use storage::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 /// A gateway running in this process, with its own temporary data directory.
@@ -162,6 +162,18 @@ impl TestGateway {
     }
 }
 
+/// One plain HTTP/1.1 request to a gateway's admin listener: the raw response, or `None` if
+/// the gateway is not answering.
+pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
 /// Signs a provisioning token with the key in `data_dir/keys/`.
 pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> String {
     let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
@@ -169,7 +181,7 @@ pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> Str
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
     let claims = relay_core::provisioning::ProvisioningClaims {
         address: relay_core::Address::parse(address).unwrap(),
-        expires_at_ms: gateway::api::now_ms().saturating_add(valid_for_ms),
+        expires_at_ms: relay_net::clock::now_ms().saturating_add(valid_for_ms),
         nonce,
     };
     relay_core::provisioning::sign(&key, &claims)
@@ -180,7 +192,7 @@ pub fn expired_token(data_dir: &Path, address: &str) -> String {
     let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
     let claims = relay_core::provisioning::ProvisioningClaims {
         address: relay_core::Address::parse(address).unwrap(),
-        expires_at_ms: gateway::api::now_ms() - 60_000,
+        expires_at_ms: relay_net::clock::now_ms() - 60_000,
         nonce: [1; 16],
     };
     relay_core::provisioning::sign(&key, &claims)

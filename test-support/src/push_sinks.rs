@@ -7,7 +7,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -322,9 +322,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, String> {
         .ok_or_else(|| format!("missing header {name}"))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+use relay_net::clock::unix_secs as unix_now;
 
 fn check_apns(
     key: &p256::ecdsa::VerifyingKey,
@@ -342,8 +340,8 @@ fn check_apns(
     let jwt = header(headers, "authorization")?
         .strip_prefix("bearer ")
         .ok_or("authorization is not a bearer token")?;
-    let claims = push_proxy::jwt::verify_es256(key, jwt)?;
-    let header_kid = push_proxy::jwt::parts(jwt)?.header["kid"].clone();
+    let claims = push_proxy::jwt::verify_es256(key, jwt).map_err(|e| e.to_string())?;
+    let header_kid = push_proxy::jwt::parts(jwt).map_err(|e| e.to_string())?.header["kid"].clone();
     if header_kid != key_id || claims["iss"] != team_id {
         return Err("InvalidProviderToken: kid or iss".into());
     }
@@ -374,7 +372,8 @@ fn check_webpush(
     body: &[u8],
 ) -> Result<Vec<u8>, String> {
     let audience = format!("https://localhost:{}", addr.port());
-    push_proxy::webpush::verify_vapid(header(headers, "authorization")?, &audience, unix_now())?;
+    push_proxy::webpush::verify_vapid(header(headers, "authorization")?, &audience, unix_now())
+        .map_err(|e| e.to_string())?;
     if header(headers, "content-encoding")? != "aes128gcm" {
         return Err("content-encoding must be aes128gcm".into());
     }
@@ -399,7 +398,8 @@ fn check_oauth(rsa_public_der: &[u8], client_email: &str, audience: &str, body: 
     if grant != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
         return Err("grant_type is not jwt-bearer".into());
     }
-    let claims = push_proxy::jwt::verify_rs256(rsa_public_der, assertion.ok_or("no assertion")?)?;
+    let claims =
+        push_proxy::jwt::verify_rs256(rsa_public_der, assertion.ok_or("no assertion")?).map_err(|e| e.to_string())?;
     if claims["iss"] != client_email || claims["aud"] != audience {
         return Err(format!("iss/aud: {claims}"));
     }

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
 use interconnect::config::InterconnectConfig;
 use relay_client::{Client, Recipient};
+use relay_net::clock::now_us;
 use test_support::TestGateway;
 use test_support::pki::{Leaf, RcgenCa};
 
@@ -23,12 +24,6 @@ struct Args {
     secs: u64,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn message() -> Bytes {
@@ -55,6 +50,7 @@ async fn carrier(dir: &std::path::Path, domain: &str, leaf: &Leaf, local: &str) 
         backoff_base_ms: 50,
         backoff_cap_secs: 1,
         recheck_secs: 30,
+        max_connections: 1024,
     };
     TestGateway::start_with(|c| {
         c.interconnect = Some(cfg);

@@ -37,7 +37,7 @@ fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Path, prefix: 
 }
 
 async fn outbox_depth(admin: u16) -> Option<f64> {
-    crate::interconnect::admin(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
+    test_support::admin_request(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
         .await?
         .lines()
         .find_map(|l| l.strip_prefix("interconnect_outbox_depth{peer=\"b\"} "))

@@ -85,7 +85,7 @@ async fn shutdown_ends_long_polls_and_completes() {
     let gw = TestGateway::start().await;
     let (receiver, _) = gw.device("tel:+15550100002").await;
     let poll = tokio::spawn(async move { receiver.receive(0, 10, 60).await });
-    while gw.state().live().is_empty() {
+    while gw.state().store().watchers().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();

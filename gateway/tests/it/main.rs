@@ -22,7 +22,6 @@ macro_rules! both_transports {
 
 mod bad_input;
 mod http3;
-mod interconnect;
 mod interconnect_faults;
 mod interop;
 mod limits;

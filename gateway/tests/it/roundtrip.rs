@@ -134,7 +134,7 @@ async fn live_receive_wakes_on_new_envelope(p: Protocol) {
     let (receiver, _) = gw.device(BOB).await;
     let started = std::time::Instant::now();
     let waiting = tokio::spawn(async move { receiver.receive(0, 10, 60).await.unwrap() });
-    while gw.state().live().is_empty() {
+    while gw.state().store().watchers().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let m = test_support::framed_message(b"wake up");

@@ -11,7 +11,7 @@ use p256::pkcs8::EncodePrivateKey as _;
 use push_proxy::webpush;
 use relay_client::{Client, Protocol, Recipient, Trust};
 use relay_core::push::Pointer;
-use storage::Store as _;
+use storage::prelude::*;
 use test_support::push_sinks::{PushSink, SinkKind};
 use test_support::{TestGateway, framed_message};
 

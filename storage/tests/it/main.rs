@@ -7,7 +7,8 @@
 
 mod contract;
 
-use storage::{SledConfig, SledStore};
+use storage::prelude::*;
+use storage::{SledConfig, Storage, StorageConfig, StoreError};
 
 /// A fresh store of one backend, plus whatever keeps it alive.
 pub(crate) trait Harness: Sized + Send + Sync + 'static {
@@ -18,13 +19,14 @@ pub(crate) trait Harness: Sized + Send + Sync + 'static {
     fn reopen(self) -> Self;
 }
 
+/// The sled backend, through the [`Storage`] handle the services use.
 pub(crate) struct Sled {
     dir: tempfile::TempDir,
-    store: Option<SledStore>,
+    store: Option<Storage>,
 }
 
 impl Harness for Sled {
-    type S = SledStore;
+    type S = Storage;
 
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -35,7 +37,7 @@ impl Harness for Sled {
         }
     }
 
-    fn store(&self) -> &SledStore {
+    fn store(&self) -> &Storage {
         self.store.as_ref().unwrap()
     }
 
@@ -48,17 +50,17 @@ impl Harness for Sled {
     }
 }
 
-fn open(path: &std::path::Path) -> SledStore {
-    // sled's own background flusher may hold the directory lock for a moment after the
+fn open(path: &std::path::Path) -> Storage {
+    // sled's own background threads may hold the directory lock for a moment after the
     // last handle is dropped (a reopen in the same process races it): retry briefly.
-    let config = SledConfig {
+    let config = StorageConfig::Sled(SledConfig {
         path: path.to_path_buf(),
         cache_capacity: 16 << 20,
-    };
+    });
     for _ in 0..100 {
-        match SledStore::open(&config) {
+        match Storage::open(&config) {
             Ok(s) => return s,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::InUse(_)) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => panic!("{e}"),

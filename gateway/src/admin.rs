@@ -1,0 +1,92 @@
+//! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`, and the
+//! operator's calls — TLS reload, interconnect reload, group epoch reset.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::IntoResponse as _;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use storage::prelude::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::AppState;
+use crate::telemetry;
+
+/// Serves the admin API until `shutdown`; each connection is a task owned by `tracker`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    certs: Arc<crate::tls::CertStore>,
+    state: AppState,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let store = state.store().clone();
+    // Re-reads the interconnect's peers file and CRLs (also on SIGHUP).
+    let ic_reload = move || {
+        let state = state.clone();
+        async move {
+            let Some(ic) = state.interconnect() else {
+                return (http::StatusCode::NOT_FOUND, "no [interconnect] configured\n".to_owned()).into_response();
+            };
+            match ic.reload().await {
+                Ok(n) => (http::StatusCode::OK, format!("{n} peers\n")).into_response(),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "interconnect reload failed; keeping the old peer table");
+                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
+                }
+            }
+        }
+    };
+    // RFC 9750 section 5.3: if members and the DS disagree on a group's epoch, an operator
+    // sets it (`PUT /admin/groups/{hex group id}/epoch` with the epoch as the body).
+    let set_epoch = move |axum::extract::Path(group): axum::extract::Path<String>, body: String| {
+        let store = store.clone();
+        async move {
+            let Some(group_id) = crate::mls::decode_group_id(&group) else {
+                return (http::StatusCode::BAD_REQUEST, "group id must be hex\n".to_owned()).into_response();
+            };
+            let Ok(epoch) = body.trim().parse::<u64>() else {
+                return (http::StatusCode::BAD_REQUEST, "body must be the epoch\n".to_owned()).into_response();
+            };
+            match store.set_group_epoch(crate::mls::group_key(&group_id), epoch).await {
+                Ok(()) => {
+                    tracing::warn!(epoch, "group epoch reset by an operator");
+                    http::StatusCode::NO_CONTENT.into_response()
+                }
+                Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            }
+        }
+    };
+    let reload = move || {
+        let certs = Arc::clone(&certs);
+        async move {
+            match certs.reload() {
+                Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+                Err(e) => {
+                    tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
+                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")).into_response()
+                }
+            }
+        }
+    };
+    let router = Router::new()
+        .route("/metrics", get(|| async { telemetry::prometheus().render() }))
+        .route("/healthz", get(crate::api::healthz))
+        .route("/admin/tls/reload", axum::routing::post(reload))
+        .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
+        .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch));
+    while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router));
+            relay_net::serve::until_shutdown(conn, &shutdown).await;
+        });
+    }
+}

@@ -1,0 +1,187 @@
+//! The client API: one axum [`Router`] that every transport serves.
+//!
+//! [`api`] builds the whole router, so tests drive it without a socket and the HTTP/3,
+//! HTTP/2 and HTTP/1.1 listeners put the very same service in front of it. Handlers
+//! validate every input before touching storage: a rejected request leaves no stored state
+//! behind. Errors become responses in [`crate::error`].
+//!
+//! # Layout
+//! - this module: [`AppState`], the router, its middleware (deadline, metrics).
+//! - `extract`: authentication, body reading, protobuf responses.
+//! - one module per resource: `devices`, `messages`, `keypackages`, `groups`.
+
+mod devices;
+mod extract;
+mod groups;
+mod keypackages;
+mod messages;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use relay_core::{DeviceId, ErrorCode, Limits, Rid, RidKey};
+use storage::Storage;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MlsConfig, Timeouts};
+use crate::error::ApiError;
+
+/// Shared state of the API.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Storage,
+    rid_key: RidKey,
+    provisioning_key: Vec<u8>,
+    limits: Limits,
+    timeouts: Timeouts,
+    open_registration: bool,
+    limiter: DefaultKeyedRateLimiter<(Rid, DeviceId)>,
+    claim_limiter: DefaultKeyedRateLimiter<(Rid, Rid)>,
+    mls: MlsConfig,
+    shutdown: CancellationToken,
+    interconnect: Option<Arc<interconnect::Interconnect>>,
+}
+
+/// What the API needs to run.
+#[derive(Debug)]
+pub struct ApiConfig {
+    pub store: Storage,
+    pub rid_key: RidKey,
+    pub provisioning_key: Vec<u8>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub open_registration: bool,
+    pub requests_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub mls: MlsConfig,
+    pub shutdown: CancellationToken,
+    /// Peer carriers, when `[interconnect]` is configured.
+    pub interconnect: Option<Arc<interconnect::Interconnect>>,
+}
+
+impl AppState {
+    pub fn new(c: ApiConfig) -> Self {
+        let quota = Quota::per_second(c.requests_per_second).allow_burst(c.burst);
+        Self {
+            inner: Arc::new(Inner {
+                store: c.store,
+                rid_key: c.rid_key,
+                provisioning_key: c.provisioning_key,
+                limits: c.limits,
+                timeouts: c.timeouts,
+                open_registration: c.open_registration,
+                limiter: RateLimiter::keyed(quota),
+                claim_limiter: RateLimiter::keyed(
+                    Quota::with_period(Duration::from_secs(c.mls.claim_refill_secs.max(1)))
+                        .expect("the period is at least one second")
+                        .allow_burst(NonZeroU32::new(c.mls.claim_burst).unwrap_or(NonZeroU32::MIN)),
+                ),
+                mls: c.mls,
+                shutdown: c.shutdown,
+                interconnect: c.interconnect,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Storage {
+        &self.inner.store
+    }
+
+    pub fn rid_key(&self) -> &RidKey {
+        &self.inner.rid_key
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn interconnect(&self) -> Option<&Arc<interconnect::Interconnect>> {
+        self.inner.interconnect.as_ref()
+    }
+
+    /// Forgets rate-limit state of idle credentials (called by the sweeper).
+    pub fn retain_recent_limits(&self) {
+        self.inner.limiter.retain_recent();
+        self.inner.claim_limiter.retain_recent();
+    }
+}
+
+/// The whole client API.
+pub fn api(state: AppState) -> Router {
+    let request_limit = state.inner.timeouts.request + Duration::from_secs(u64::from(state.inner.limits.max_wait_secs));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/devices", post(devices::register))
+        .route("/v1/devices/self", delete(devices::delete_self))
+        .route(
+            "/v1/devices/self/push",
+            put(devices::set_push_handle).delete(devices::clear_push_handle),
+        )
+        .route("/v1/messages", post(messages::send).get(messages::receive))
+        .route("/v1/messages/ack", post(messages::ack))
+        .route("/v1/keypackages", post(keypackages::upload))
+        .route("/v1/keypackages/claim", post(keypackages::claim))
+        .route("/v1/keypackages/count", get(keypackages::count))
+        .route("/v1/groups/{group}/info", get(groups::get_info).put(groups::put_info))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |req, next| {
+            with_deadline(request_limit, req, next)
+        }))
+        .layer(middleware::from_fn(track_metrics))
+        .with_state(state)
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+}
+
+async fn with_deadline(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(ErrorCode::Timeout, "request took too long").into_response(),
+    }
+}
+
+/// Requests by route, method, status and HTTP version; latency by route. Routes are
+/// the matched templates, never a raw path, so no identifier becomes a label.
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let version = match req.version() {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_3 => "h3",
+        _ => "http1",
+    };
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("relay_http_requests_total", "route" => route.clone(), "method" => method, "status" => status, "transport" => version)
+        .increment(1);
+    metrics::histogram!("relay_http_request_duration_seconds", "route" => route, "transport" => version)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,114 @@
+//! Every mutual-TLS refusal, and revocation closing an open connection.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use test_support::pki::{Leaf, RcgenCa};
+
+use crate::{Carrier, Peer, connect, failures, mtls};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refusals_and_revocation_closes_open_connections() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = RcgenCa::new(&pki.path().join("peers"), "carrier-a");
+    let good = ca.issue("good", "carrier-a.test", 1, None);
+    let revoked = ca.issue("revoked", "carrier-a.test", 7, None);
+    let expired = ca.issue("expired", "carrier-a.test", 3, Some((-30, -1)));
+    let unconfigured = ca.issue("other-peer", "carrier-x.test", 4, None);
+    let stranger_ca = RcgenCa::new(&pki.path().join("stranger"), "stranger");
+    let stranger = stranger_ca.issue("stranger", "carrier-a.test", 1, None);
+    let own_ca = RcgenCa::new(&pki.path().join("b"), "carrier-b");
+    let leaf_b = own_ca.issue("b", "carrier-b.test", 1, None);
+    let b = Carrier::start("carrier-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
+    let crl = ca.crl("current", &[7], false);
+    let peer = |crls: Vec<PathBuf>| Peer {
+        name: "a",
+        domain: "carrier-a.test",
+        port: 9,
+        ca: &ca.cert,
+        prefixes: &["+1555"],
+        jurisdiction: "US",
+        crls,
+    };
+    b.set_peers(&[peer(vec![crl.clone()])]).await;
+    let addr = b.gw.interconnect_addr.unwrap();
+    let get = |leaf: Option<&Leaf>, tls12: bool| {
+        let leaf = leaf.cloned();
+        let ca = own_ca.cert.clone();
+        async move {
+            mtls(
+                addr,
+                &ca,
+                leaf.as_ref(),
+                tls12,
+                "GET",
+                "/.well-known/mimi-protocol-directory",
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        get(Some(&good), false).await.unwrap().0,
+        200,
+        "the configured peer is accepted"
+    );
+
+    for (what, leaf, tls12, reason) in [
+        ("no client certificate", None, false, "no_certificate"),
+        ("unknown CA", Some(&stranger), false, "unknown_ca"),
+        ("expired", Some(&expired), false, "expired"),
+        ("revoked by CRL", Some(&revoked), false, "revoked"),
+        (
+            "valid certificate of an unconfigured peer",
+            Some(&unconfigured),
+            false,
+            "unconfigured_peer",
+        ),
+    ] {
+        let before = failures(&b.gw, reason).await;
+        let r = get(leaf, tls12).await;
+        assert!(r.is_err(), "{what}: {r:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while failures(&b.gw, reason).await <= before {
+            assert!(Instant::now() < deadline, "{what}: no {reason} failure counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        get(Some(&good), true).await.is_err(),
+        "a TLS 1.2-only client is refused"
+    );
+
+    // An open connection of the peer is closed once its certificate is revoked (reload).
+    let (mut sender, conn) = connect(addr, &own_ca.cert, Some(&good), false).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let req = || {
+        http::Request::get("/.well-known/mimi-protocol-directory")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+    let revoke_all = ca.crl("revoke-good", &[1, 7], false);
+    b.set_peers(&[peer(vec![revoke_all])]).await;
+    let closed = tokio::time::timeout(Duration::from_secs(60), driver).await;
+    assert!(closed.is_ok(), "the revoked peer's connection stayed open");
+    assert!(get(Some(&good), false).await.is_err());
+
+    // A stale CRL refuses even an unrevoked certificate (enforce_revocation_expiration).
+    b.set_peers(&[peer(vec![crl])]).await;
+    assert_eq!(get(Some(&good), false).await.unwrap().0, 200);
+    let stale = ca.crl("stale", &[], true);
+    let before = failures(&b.gw, "stale_crl").await;
+    b.set_peers(&[peer(vec![stale])]).await;
+    assert!(get(Some(&good), false).await.is_err(), "stale CRL accepted");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while failures(&b.gw, "stale_crl").await <= before {
+        assert!(Instant::now() < deadline, "no stale_crl failure counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.gw.stop().await;
+}

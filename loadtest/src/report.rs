@@ -1,0 +1,139 @@
+//! The report: `report.json`, `report.md` and `latency.svg`.
+
+use serde::Serialize;
+
+use crate::args::{Args, Scenario};
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    scenario: Scenario,
+    protocol: &'static str,
+    mode: &'static str,
+    rate: Option<f64>,
+    concurrency: usize,
+    measured_secs: f64,
+    sent: u64,
+    received: u64,
+    errors: u64,
+    per_sec: f64,
+    latency_ms: Percentiles,
+    /// (percentile, milliseconds) for the latency curve.
+    curve: Vec<(f64, f64)>,
+    /// Completed requests per second of the measured period.
+    timeline: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+pub(crate) fn report(
+    args: &Args,
+    sent: u64,
+    received: u64,
+    errors: u64,
+    secs: f64,
+    hist: &hdrhistogram::Histogram<u64>,
+    timeline: Vec<u64>,
+) -> Report {
+    let ms = |v: u64| v as f64 / 1000.0;
+    let curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
+        .iter()
+        .map(|p| (*p, ms(hist.value_at_percentile(*p))))
+        .collect();
+    Report {
+        scenario: args.scenario,
+        protocol: if args.http3 { "h3" } else { "h2" },
+        mode: if args.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        },
+        rate: args.rate,
+        concurrency: args.concurrency,
+        measured_secs: secs,
+        sent,
+        received,
+        errors,
+        per_sec: received as f64 / secs,
+        latency_ms: Percentiles {
+            p50: ms(hist.value_at_quantile(0.5)),
+            p90: ms(hist.value_at_quantile(0.9)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            p999: ms(hist.value_at_quantile(0.999)),
+            max: ms(hist.max()),
+        },
+        curve,
+        timeline,
+    }
+}
+
+pub(crate) fn markdown(r: &Report) -> String {
+    format!(
+        "# loadtest: {:?} over {} ({})\n\n| sent | received | errors | per second | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        r.scenario,
+        r.protocol,
+        r.mode,
+        r.sent,
+        r.received,
+        r.errors,
+        r.per_sec,
+        r.latency_ms.p50,
+        r.latency_ms.p90,
+        r.latency_ms.p99,
+        r.latency_ms.p999,
+        r.latency_ms.max
+    )
+}
+
+/// A dependency-free SVG: the latency percentile curve (top) and completed requests per
+/// second over the measured period (bottom).
+pub(crate) fn svg(r: &Report) -> String {
+    let w = 640.0;
+    let panel = |values: &[f64], top: f64, height: f64| -> String {
+        let max = values.iter().copied().fold(0.001, f64::max);
+        let n = values.len().max(2) - 1;
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    40.0 + (w - 60.0) * i as f64 / n as f64,
+                    top + height - height * v / max
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let latency: Vec<f64> = r.curve.iter().map(|c| c.1).collect();
+    let throughput: Vec<f64> = r.timeline.iter().map(|v| *v as f64).collect();
+    let max_latency = latency.iter().copied().fold(0.0, f64::max);
+    let max_rate = throughput.iter().copied().fold(0.0, f64::max);
+    let labels: String = r
+        .curve
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| {
+            let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
+            format!("<text x=\"{x:.1}\" y=\"190\" font-size=\"10\" text-anchor=\"middle\">p{p}</text>")
+        })
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"400\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"40\" y=\"20\" font-size=\"13\">{:?} {} {}: latency by percentile (max {max_latency:.2} ms)</text>\
+         <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>{labels}\
+         <text x=\"40\" y=\"220\" font-size=\"13\">completed per second (max {max_rate:.0})</text>\
+         <polyline fill=\"none\" stroke=\"darkorange\" stroke-width=\"2\" points=\"{}\"/></svg>\n",
+        r.scenario,
+        r.protocol,
+        r.mode,
+        panel(&latency, 30.0, 140.0),
+        panel(&throughput, 235.0, 140.0)
+    )
+}

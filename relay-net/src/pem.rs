@@ -1,0 +1,90 @@
+//! PEM files: certificate chains, private keys and CRLs.
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+/// A PEM file could not be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let read = |source| PemError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| PemError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A certificate chain and its private key.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PemError> {
+    Ok((load_certs(cert)?, load_key(key)?))
+}
+
+/// A CRL in PEM or DER.
+pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, PemError> {
+    let bytes = std::fs::read(path).map_err(|source| PemError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.starts_with(b"-----") {
+        CertificateRevocationListDer::from_pem_slice(&bytes).map_err(|source| PemError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    } else {
+        Ok(CertificateRevocationListDer::from(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no pem here\n").unwrap();
+        assert!(matches!(load_certs(&empty), Err(PemError::NoCertificate { .. })));
+        let missing = dir.path().join("missing.pem");
+        let e = load_certs(&missing).unwrap_err();
+        assert!(matches!(e, PemError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        assert!(matches!(load_crl(&missing), Err(PemError::Io { .. })));
+    }
+}

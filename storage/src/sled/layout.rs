@@ -1,0 +1,129 @@
+//! The sled key layout (one tree, DESIGN.md section 4) and the helpers that build keys.
+//!
+//! ```text
+//! d/{rid:32}{dev:4}            -> DeviceRecord
+//! c/{lookup:16}                -> {rid:32}{dev:4}             credential lookup
+//! n/{rid:32}                   -> next device id (u32)        ids are never reused
+//! b/{server_id:16}             -> BlobRecord (message bytes, stored once per send)
+//! m/{rid:32}{dev:4}{seq:8}     -> MailboxEntry                seq = the send's global id
+//! e/{expires_at:8}{server_id}  -> idempotency key or empty    blob expiry index
+//! k/{rid:32}{dev:4}{cmid:16}   -> {server_id:16}{digest:32}   idempotent sends
+//! p/{nonce:16}                 -> expires_at                  used provisioning tokens
+//! y/{rid:32}{dev:4}{lr:1}{ref} -> {not_after:8}{KeyPackage}   directory; lr=1 last resort
+//! r/{ref}                      -> {rid:32}{dev:4}{not_after:8} Welcome routing by KeyPackageRef
+//! g/{blake3(group_id):32}      -> current epoch               per-group commit ordering
+//! f/{blake3(group_id):32}      -> latest GroupInfo MLSMessage  external joins
+//! h/{rid:32}{dev:4}            -> push handle (sealed by the push proxy, opaque here)
+//! o/{blake3(peer):16}{seq:8}   -> {EntryState:20}{envelope_id:16}{record}  interconnect outbox
+//! a/{seq:8}                    -> {at:8}{kind_len:1}{kind}{detail}{hash:32}  audit log
+//! A/                           -> {seq:8}{hash:32}            audit chain head
+//! ```
+//! Integers are big-endian so ranges scan in order.
+
+use crate::{DeviceId, Rid, StoreError};
+
+pub(super) const DEVICE: &[u8; 2] = b"d/";
+pub(super) const CREDENTIAL: &[u8; 2] = b"c/";
+pub(super) const DEVICE_COUNTER: &[u8; 2] = b"n/";
+pub(super) const BLOB: &[u8; 2] = b"b/";
+pub(super) const MAILBOX: &[u8; 2] = b"m/";
+pub(super) const EXPIRY: &[u8; 2] = b"e/";
+pub(super) const IDEMPOTENCY: &[u8; 2] = b"k/";
+pub(super) const NONCE: &[u8; 2] = b"p/";
+pub(super) const KEY_PACKAGE: &[u8; 2] = b"y/";
+pub(super) const KEY_PACKAGE_ROUTE: &[u8; 2] = b"r/";
+pub(super) const GROUP_EPOCH: &[u8; 2] = b"g/";
+pub(super) const GROUP_INFO: &[u8; 2] = b"f/";
+pub(super) const PUSH_HANDLE: &[u8; 2] = b"h/";
+pub(super) const OUTBOX: &[u8; 2] = b"o/";
+pub(super) const AUDIT: &[u8; 2] = b"a/";
+pub(super) const AUDIT_HEAD: &[u8; 2] = b"A/";
+
+/// Offset of the device id in a `{prefix:2}{rid:32}{dev:4}` key, and of what follows it.
+pub(super) const DEV_AT: std::ops::Range<usize> = 34..38;
+pub(super) const SEQ_AT: std::ops::Range<usize> = 38..46;
+
+pub(super) fn prefixed(prefix: &[u8; 2], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// `{prefix}{rid}{dev}`: the key of a per-device record, or the prefix of per-device ranges.
+pub(super) fn device_key_with(prefix: &[u8; 2], rid: &Rid, dev: DeviceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(62);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&rid.0);
+    k.extend_from_slice(&dev.0.to_be_bytes());
+    k
+}
+
+pub(super) fn device_key(rid: &Rid, dev: DeviceId) -> Vec<u8> {
+    device_key_with(DEVICE, rid, dev)
+}
+
+pub(super) fn mailbox_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {
+    let mut k = device_key_with(MAILBOX, rid, dev);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(super) fn kp_prefix(rid: &Rid, dev: DeviceId, last_resort: bool) -> Vec<u8> {
+    let mut k = device_key_with(KEY_PACKAGE, rid, dev);
+    k.push(u8::from(last_resort));
+    k
+}
+
+pub(super) fn outbox_prefix(peer: &str) -> Vec<u8> {
+    prefixed(OUTBOX, &blake3::hash(peer.as_bytes()).as_bytes()[..16])
+}
+
+pub(super) fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
+    let mut k = outbox_prefix(peer);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(super) fn expiry_key(expires_at: u64, server_id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26);
+    k.extend_from_slice(EXPIRY);
+    k.extend_from_slice(&expires_at.to_be_bytes());
+    k.extend_from_slice(server_id);
+    k
+}
+
+pub(super) fn audit_key(seq: u64) -> Vec<u8> {
+    prefixed(AUDIT, &seq.to_be_bytes())
+}
+
+/// The (rid, device) of a `{prefix:2}{rid:32}{dev:4}…` key.
+pub(super) fn rid_device(k: &[u8]) -> Result<(Rid, DeviceId), StoreError> {
+    let rid = k.get(2..34).ok_or(StoreError::Corrupt("device key"))?;
+    Ok((
+        Rid(rid.try_into().map_err(|_| StoreError::Corrupt("device key"))?),
+        DeviceId(be_u32(k.get(DEV_AT).ok_or(StoreError::Corrupt("device key"))?)?),
+    ))
+}
+
+/// The seq of a mailbox key.
+pub(super) fn mailbox_seq(k: &[u8]) -> Result<u64, StoreError> {
+    be_u64(k.get(SEQ_AT).ok_or(StoreError::Corrupt("mailbox key"))?)
+}
+
+pub(super) fn be_u32(b: &[u8]) -> Result<u32, StoreError> {
+    b.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("u32"))
+}
+
+pub(super) fn be_u64(b: &[u8]) -> Result<u64, StoreError> {
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("u64"))
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "used as map_err(backend)")]
+pub(super) fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
