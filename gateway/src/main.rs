@@ -77,12 +77,9 @@ fn serve(settings: gateway::Settings) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let running = gateway::start(settings, shutdown.clone()).await?;
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            gateway::shutdown_signal().await;
-            tracing::info!("shutdown requested");
-            signal.cancel();
-        });
+        gateway::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        shutdown.cancel();
         running.wait().await
     })
 }

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::error::SetupError;
 use crate::sender::{ApnsConfig, FcmConfig, Sender, SenderConfig};
-use crate::service::{self, Proxy};
+use crate::service::{self, Proxy, PushQueue};
 
 /// Bodies larger than this are refused (a registration or a full notify batch fits).
 const MAX_BODY: usize = 256 * 1024;
@@ -101,13 +101,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         max_in_flight: d.max_in_flight_per_provider,
         request_timeout: config.request_timeout(),
     })?;
+    let tracker = TaskTracker::new();
     let proxy = Arc::new(Proxy::new(
         keys,
         sender,
-        d.queue,
-        Duration::from_millis(d.notify_wait_ms),
-        d.max_batch,
+        PushQueue {
+            slots: d.queue,
+            notify_wait: Duration::from_millis(d.notify_wait_ms),
+            max_batch: d.max_batch,
+        },
         config.webpush.allowed_hosts.clone(),
+        tracker.clone(),
+        shutdown.clone(),
     ));
     let (device_tls, notify_tls) = crate::tls::server_configs(&config)?;
     let body_limit = tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY);
@@ -152,7 +157,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         listen: addr(&l1)?,
         notify_listen: addr(&l2)?,
         admin_listen: addr(&l3)?,
-        tracker: TaskTracker::new(),
+        tracker,
     };
     let t = running.tracker.clone();
     t.spawn(serve_tls(

@@ -14,6 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use relay_core::push::Pointer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::handle::{HandleKeys, MAX_FIELD_LEN, PushTarget};
 use crate::providers::Outcome;
@@ -31,6 +33,21 @@ pub struct Proxy {
     notify_wait: Duration,
     max_batch: usize,
     allowed_hosts: Vec<String>,
+    /// Every push is a task of the shutdown drain; on shutdown a push still retrying stops
+    /// (a push is a wake-up: the device fetches everything on its next connection anyway).
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The bounded queue of pushes a notify feeds.
+#[derive(Debug, Clone, Copy)]
+pub struct PushQueue {
+    /// Pushes queued or in flight at once; more are shed.
+    pub slots: usize,
+    /// How long a notify waits for its pushes' outcomes before answering.
+    pub notify_wait: Duration,
+    /// Notifications per notify request.
+    pub max_batch: usize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -45,19 +62,21 @@ impl Proxy {
     pub fn new(
         keys: HandleKeys,
         sender: Sender,
-        queue: usize,
-        notify_wait: Duration,
-        max_batch: usize,
+        queue: PushQueue,
         allowed_hosts: Vec<String>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             keys,
             sender: Arc::new(sender),
-            queue: Arc::new(Semaphore::new(queue)),
+            queue: Arc::new(Semaphore::new(queue.slots)),
             dead: Mutex::new(HashMap::new()),
-            notify_wait,
-            max_batch,
+            notify_wait: queue.notify_wait,
+            max_batch: queue.max_batch,
             allowed_hosts,
+            tasks,
+            shutdown,
         }
     }
 
@@ -268,9 +287,12 @@ pub async fn notify(
         };
         let (tx, rx) = oneshot::channel();
         let p = Arc::clone(&proxy);
-        tokio::spawn(async move {
+        proxy.tasks.spawn(async move {
             let _permit = permit;
-            let outcome = p.sender.push(&target, &pointer, urgent).await;
+            let outcome = tokio::select! {
+                outcome = p.sender.push(&target, &pointer, urgent) => outcome,
+                () = p.shutdown.cancelled() => return,
+            };
             if let Outcome::Dead(_) = &outcome {
                 p.remember_dead(&handle);
                 metrics::counter!("push_dead_handles_total", "reason" => "provider").increment(1);

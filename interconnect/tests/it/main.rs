@@ -36,6 +36,18 @@ pub(crate) struct Carrier {
 
 impl Carrier {
     pub(crate) async fn start(domain: &str, jurisdiction: &str, leaf: &Leaf, local: &[&str], allowed: &[&str]) -> Self {
+        Self::start_with(domain, jurisdiction, leaf, local, allowed, |_| {}).await
+    }
+
+    /// Like [`Carrier::start`], with the interconnect configuration adjusted by `tweak`.
+    pub(crate) async fn start_with(
+        domain: &str,
+        jurisdiction: &str,
+        leaf: &Leaf,
+        local: &[&str],
+        allowed: &[&str],
+        tweak: impl FnOnce(&mut InterconnectConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let peers_file = dir.path().join("peers.toml");
         std::fs::write(&peers_file, "").unwrap();
@@ -56,6 +68,8 @@ impl Carrier {
             recheck_secs: 2,
             max_connections: 64,
         };
+        let mut cfg = cfg;
+        tweak(&mut cfg);
         let gw = TestGateway::start_with(|c| c.interconnect = Some(cfg)).await;
         Self {
             gw,

@@ -112,3 +112,80 @@ async fn mtls_refusals_and_revocation_closes_open_connections() {
     }
     b.gw.stop().await;
 }
+
+/// The listener holds at most `max_connections`: past it a connection is closed at once (not
+/// after the 10 s handshake timeout, which would close it anyway), the refusal is counted,
+/// and a slot freed by a closed connection serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_refuses_past_the_limit() {
+    use tokio::io::AsyncReadExt as _;
+    let pki = tempfile::tempdir().unwrap();
+    let ca = RcgenCa::new(&pki.path().join("peers"), "carrier-a");
+    let good = ca.issue("good", "carrier-a.test", 1, None);
+    let own_ca = RcgenCa::new(&pki.path().join("b"), "carrier-b");
+    let leaf_b = own_ca.issue("b", "carrier-b.test", 1, None);
+    let b = Carrier::start_with("carrier-b.test", "GB", &leaf_b, &["+4477"], &[], |c| {
+        c.max_connections = 2;
+    })
+    .await;
+    b.set_peers(&[Peer {
+        name: "a",
+        domain: "carrier-a.test",
+        port: 9,
+        ca: &ca.cert,
+        prefixes: &["+1555"],
+        jurisdiction: "US",
+        crls: vec![],
+    }])
+    .await;
+    let addr = b.gw.interconnect_addr.unwrap();
+    // Two silent connections hold both slots (their TLS handshake waits for a ClientHello).
+    let held = [
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    let refused = || async {
+        crate::admin(b.gw.admin_addr, "GET", "/metrics")
+            .await
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("interconnect_connections_refused_total{reason=\"limit\"} "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let before = refused().await;
+    let started = Instant::now();
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left waiting")
+        .unwrap_or(0);
+    let closed_after = started.elapsed();
+    assert_eq!(n, 0, "closed without a byte");
+    assert!(
+        closed_after < Duration::from_secs(3),
+        "closed by the cap, not by the 10 s handshake timeout: {closed_after:?}"
+    );
+    assert!(refused().await > before, "the refusal is counted");
+    drop(held);
+    // Freed slots serve the next peer connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = mtls(
+            addr,
+            &own_ca.cert,
+            Some(&good),
+            false,
+            "GET",
+            "/.well-known/mimi-protocol-directory",
+            None,
+        )
+        .await;
+        if matches!(r, Ok((200, _))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed slot never served: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.gw.stop().await;
+}

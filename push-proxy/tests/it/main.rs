@@ -203,7 +203,7 @@ async fn fcm_oauth_grant_message_quota_backoff_and_unregistered() {
 async fn a_full_queue_sheds_and_forged_handles_are_dead() {
     use axum::Json;
     use axum::extract::State;
-    use push_proxy::service::{Notification, NotifyRequest, Proxy, notify};
+    use push_proxy::service::{Notification, NotifyRequest, Proxy, PushQueue, notify};
 
     let key = apns_key();
     let sink = PushSink::start_apns(&key).await;
@@ -214,10 +214,14 @@ async fn a_full_queue_sheds_and_forged_handles_are_dead() {
     let proxy = std::sync::Arc::new(Proxy::new(
         keys,
         sender(sink.ca(), Some((&sink, &key))),
-        1,
-        Duration::from_millis(200),
-        10,
+        PushQueue {
+            slots: 1,
+            notify_wait: Duration::from_millis(200),
+            max_batch: 10,
+        },
         vec![],
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
     ));
     let req = |handle: &str| NotifyRequest {
         notifications: vec![Notification {
