@@ -9,6 +9,19 @@ use test_support::pki::{Leaf, RcgenCa};
 
 use crate::{Carrier, Peer, connect, failures, mtls};
 
+/// Carrier A as B's peer (it does not listen: only its certificates matter here).
+fn carrier_a(ca: &RcgenCa, crls: Vec<PathBuf>) -> Peer<'_> {
+    Peer {
+        name: "a",
+        domain: "carrier-a.test",
+        port: 9,
+        ca: &ca.cert,
+        prefixes: &["+1555"],
+        jurisdiction: "US",
+        crls,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refusals_and_revocation_closes_open_connections() {
     let pki = tempfile::tempdir().unwrap();
@@ -23,15 +36,7 @@ async fn mtls_refusals_and_revocation_closes_open_connections() {
     let leaf_b = own_ca.issue("b", "carrier-b.test", 1, None);
     let b = Carrier::start("carrier-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
     let crl = ca.crl("current", &[7], false);
-    let peer = |crls: Vec<PathBuf>| Peer {
-        name: "a",
-        domain: "carrier-a.test",
-        port: 9,
-        ca: &ca.cert,
-        prefixes: &["+1555"],
-        jurisdiction: "US",
-        crls,
-    };
+    let peer = |crls: Vec<PathBuf>| carrier_a(&ca, crls);
     b.set_peers(&[peer(vec![crl.clone()])]).await;
     let addr = b.gw.interconnect_addr.unwrap();
     let get = |leaf: Option<&Leaf>, tls12: bool| {
@@ -128,16 +133,7 @@ async fn connection_cap_refuses_past_the_limit() {
         c.max_connections = 2;
     })
     .await;
-    b.set_peers(&[Peer {
-        name: "a",
-        domain: "carrier-a.test",
-        port: 9,
-        ca: &ca.cert,
-        prefixes: &["+1555"],
-        jurisdiction: "US",
-        crls: vec![],
-    }])
-    .await;
+    b.set_peers(&[carrier_a(&ca, vec![])]).await;
     let addr = b.gw.interconnect_addr.unwrap();
     // Two silent connections hold both slots (their TLS handshake waits for a ClientHello).
     let held = [
