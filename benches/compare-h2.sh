@@ -38,5 +38,5 @@ import sys
 bare, gw = float(sys.argv[1]), float(sys.argv[2])
 print(f"bare {bare:.0f} req/s, gateway {gw:.0f} req/s, ratio gateway/bare = {gw / bare:.2f}")
 PY
-echo "== flush batches (gateway /metrics)"
-curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E "^relay_flush_batch_size_(sum|count)|^relay_flushes_total|^relay_storage_.*_(sum|count)" || true
+echo "== journal groups (gateway /metrics)"
+curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E "^relay_journal_(group_records|fsync_seconds)_(sum|count)|^relay_storage_.*_(sum|count)" || true

@@ -78,13 +78,7 @@ struct Fixture {
 
 async fn fixture(recipients: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SledStore::open(&SledConfig {
-            path: dir.path().to_path_buf(),
-            cache_capacity: 256 << 20,
-        })
-        .unwrap(),
-    );
+    let store = Arc::new(SledStore::open(&SledConfig::in_dir(dir.path())).unwrap());
     let mut rids = Vec::new();
     for i in 0..recipients as u32 {
         let mut raw = [0u8; 32];

@@ -93,9 +93,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         handshake_timeout: settings.timeouts.tls_handshake,
         config: config.http3.clone(),
     };
+    let st = &config.storage;
     let storage_config = StorageConfig::Sled(SledConfig {
-        path: data_dir.join("sled"),
-        cache_capacity: config.storage.cache_capacity_mb << 20,
+        cache_capacity: st.cache_capacity_mb << 20,
+        journal_segment_bytes: st.journal_segment_mb.max(1) << 20,
+        checkpoint_bytes: st.checkpoint_mb.max(1) << 20,
+        checkpoint_interval: Duration::from_secs(st.checkpoint_secs.max(1)),
+        ..SledConfig::in_dir(data_dir)
     });
     let store = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
         .await

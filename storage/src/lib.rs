@@ -35,7 +35,7 @@ pub use relay_core::{Ciphertext, ClientMessageId, DeviceId, Rid, ServerId};
 use tokio::sync::Notify;
 
 pub mod contract;
-pub mod group_commit;
+pub mod journal;
 pub mod model;
 mod sled;
 pub mod watch;

@@ -211,6 +211,16 @@ pub struct StorageConfig {
     /// Interval of the TTL sweeper.
     #[serde(default = "d_sweep")]
     pub sweep_interval_secs: u64,
+    /// The journal is cut into segment files of this size.
+    #[serde(default = "d_segment")]
+    pub journal_segment_mb: u64,
+    /// A checkpoint is taken once this much journal is not covered by one: it bounds what a
+    /// restart after a crash replays.
+    #[serde(default = "d_checkpoint_mb")]
+    pub checkpoint_mb: u64,
+    /// ... or this long after the last one, if anything was written.
+    #[serde(default = "d_checkpoint_secs")]
+    pub checkpoint_secs: u64,
 }
 
 /// HTTP/3 (QUIC) on the client listener's port number, UDP.
@@ -320,6 +330,15 @@ fn d_cache() -> u64 {
     256
 }
 fn d_sweep() -> u64 {
+    60
+}
+fn d_segment() -> u64 {
+    64
+}
+fn d_checkpoint_mb() -> u64 {
+    256
+}
+fn d_checkpoint_secs() -> u64 {
     60
 }
 

@@ -245,7 +245,8 @@ async fn health_and_metrics(p: Protocol) {
     for series in [
         "relay_http_requests_total",
         "relay_http_request_duration_seconds",
-        "relay_flush_batch_size",
+        "relay_journal_group_records",
+        "relay_journal_fsync_seconds",
         "relay_mailbox_ops_total",
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics");

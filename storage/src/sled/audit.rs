@@ -1,46 +1,53 @@
-//! The hash-chained audit log: `a/{seq}` records and the `A/` chain head.
+//! The hash-chained audit log: `a/{seq}` records and the `A/` chain head, appended under the
+//! `audit` lock.
 
-use super::SledStore;
 use super::layout::{AUDIT, AUDIT_HEAD, audit_key, backend, be_u64};
 use super::records::{audit_hash, decode_audit, encode_audit};
+use super::writeset::WriteSet;
+use super::{Inner, SledStore, lock};
 use crate::contract::Audit;
 use crate::{AuditRecord, StoreError};
 
 impl Audit for SledStore {
     async fn audit_append(&self, kind: &str, detail: String, now_ms: u64) -> Result<AuditRecord, StoreError> {
-        let record = {
-            let _guard = self.lock();
-            let mut batch = sled::Batch::default();
-            let r = self.audit_into(&mut batch, kind, &detail, now_ms)?;
-            self.tree.apply_batch(batch).map_err(backend)?;
-            r
-        };
-        self.durable().await?;
+        let kind = kind.to_owned();
+        let (record, lsn) = self
+            .blocking(move |s| {
+                let _audit = lock(&s.audit);
+                let mut ws = WriteSet::default();
+                let r = s.audit_into(&mut ws, &kind, &detail, now_ms)?;
+                Ok((r, s.commit(&ws)?))
+            })
+            .await?;
+        self.durable(lsn).await?;
         Ok(record)
     }
 
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut out: Vec<AuditRecord> = Vec::new();
-        let mut prev = [0u8; 32];
-        for item in self.tree.scan_prefix(AUDIT) {
-            let (k, v) = item.map_err(backend)?;
-            let seq = be_u64(&k[2..])?;
-            let r = decode_audit(seq, &v)?;
-            if r.hash != audit_hash(&prev, seq, r.at_ms, &r.kind, &r.detail) {
-                return Err(StoreError::Corrupt("audit chain"));
+        self.blocking(|s| {
+            let mut out: Vec<AuditRecord> = Vec::new();
+            let mut prev = [0u8; 32];
+            for item in s.tree.scan_prefix(AUDIT) {
+                let (k, v) = item.map_err(backend)?;
+                let seq = be_u64(&k[2..])?;
+                let r = decode_audit(seq, &v)?;
+                if r.hash != audit_hash(&prev, seq, r.at_ms, &r.kind, &r.detail) {
+                    return Err(StoreError::Corrupt("audit chain"));
+                }
+                prev = r.hash;
+                out.push(r);
             }
-            prev = r.hash;
-            out.push(r);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 }
 
-impl SledStore {
-    /// Adds the next audit record (and the new chain head) to `batch`. Caller holds the lock.
+impl Inner {
+    /// Adds the next audit record (and the new chain head) to `ws`. Caller holds `audit`.
     pub(super) fn audit_into(
         &self,
-        batch: &mut sled::Batch,
+        ws: &mut WriteSet,
         kind: &str,
         detail: &str,
         now_ms: u64,
@@ -61,10 +68,10 @@ impl SledStore {
             detail: detail.to_owned(),
             hash: audit_hash(&prev, seq, now_ms, kind, detail),
         };
-        batch.insert(audit_key(seq), encode_audit(&record));
+        ws.put(&audit_key(seq), &encode_audit(&record));
         let mut head = seq.to_be_bytes().to_vec();
         head.extend_from_slice(&record.hash);
-        batch.insert(AUDIT_HEAD.to_vec(), head);
+        ws.put(AUDIT_HEAD, &head);
         Ok(record)
     }
 }

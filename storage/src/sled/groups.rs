@@ -1,43 +1,56 @@
-//! Group epochs (set by accepted commits, reset by an operator) and GroupInfos.
+//! Group epochs (set by accepted commits, reset by an operator) and GroupInfos, each
+//! written under the group's stripe.
 
 use bytes::Bytes;
 
-use super::SledStore;
 use super::layout::{GROUP_EPOCH, GROUP_INFO, backend, be_u64, prefixed};
+use super::writeset::WriteSet;
+use super::{Inner, SledStore};
 use crate::StoreError;
 use crate::contract::Groups;
 
 impl Groups for SledStore {
     async fn group_epoch(&self, group_key: [u8; 32]) -> Result<Option<u64>, StoreError> {
-        self.tree
-            .get(prefixed(GROUP_EPOCH, &group_key))
-            .map_err(backend)?
-            .map(|v| be_u64(&v))
-            .transpose()
+        self.blocking(move |s| {
+            s.tree
+                .get(prefixed(GROUP_EPOCH, &group_key))
+                .map_err(backend)?
+                .map(|v| be_u64(&v))
+                .transpose()
+        })
+        .await
     }
 
     async fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> Result<(), StoreError> {
-        {
-            let _guard = self.lock();
-            self.tree
-                .insert(prefixed(GROUP_EPOCH, &group_key), &epoch.to_be_bytes())
-                .map_err(backend)?;
-        }
-        self.durable().await
+        let lsn = self
+            .blocking(move |s| s.put_group(&group_key, GROUP_EPOCH, &epoch.to_be_bytes()))
+            .await?;
+        self.durable(lsn).await
     }
 
     async fn set_group_info(&self, group_key: [u8; 32], group_info: Bytes) -> Result<(), StoreError> {
-        self.tree
-            .insert(prefixed(GROUP_INFO, &group_key), group_info.as_ref())
-            .map_err(backend)?;
-        self.durable().await
+        let lsn = self
+            .blocking(move |s| s.put_group(&group_key, GROUP_INFO, &group_info))
+            .await?;
+        self.durable(lsn).await
     }
 
     async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
-        Ok(self
-            .tree
-            .get(prefixed(GROUP_INFO, &group_key))
-            .map_err(backend)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        self.blocking(move |s| {
+            Ok(s.tree
+                .get(prefixed(GROUP_INFO, &group_key))
+                .map_err(backend)?
+                .map(|v| Bytes::copy_from_slice(&v)))
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn put_group(&self, group_key: &[u8; 32], prefix: &[u8; 2], value: &[u8]) -> Result<u64, StoreError> {
+        let _group = self.groups.lock(group_key);
+        let mut ws = WriteSet::default();
+        ws.put(&prefixed(prefix, group_key), value);
+        self.commit(&ws)
     }
 }

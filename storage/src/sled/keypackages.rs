@@ -1,11 +1,14 @@
-//! The KeyPackage directory and Welcome routing by KeyPackageRef.
+//! The KeyPackage directory and Welcome routing by KeyPackageRef. Uploads and claims hold the
+//! `keypackages` lock from the first read to the applied write, so a one-time package is
+//! handed out exactly once.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 
-use super::SledStore;
 use super::layout::{KEY_PACKAGE, KEY_PACKAGE_ROUTE, backend, be_u32, be_u64, device_key_with, kp_prefix, prefixed};
+use super::writeset::WriteSet;
+use super::{Inner, SledStore, lock};
 use crate::contract::KeyPackages;
 use crate::{ClaimedKeyPackage, DeviceId, KeyPackageCount, KeyPackageError, NewKeyPackage, Rid, StoreError};
 
@@ -18,62 +21,64 @@ impl KeyPackages for SledStore {
         max_per_device: usize,
         _now_ms: u64,
     ) -> Result<u32, KeyPackageError> {
-        let n = {
-            let _guard = self.lock();
-            self.upload_key_packages_locked(&rid, device, &packages, max_per_device)?
-        };
-        self.durable().await?;
+        let (n, lsn) = self
+            .blocking(move |s| Ok(s.upload(&rid, device, &packages, max_per_device)))
+            .await??;
+        self.durable(lsn).await?;
         Ok(n)
     }
 
     async fn claim_key_packages(&self, targets: Vec<Rid>, now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
-        let claimed = {
-            let _guard = self.lock();
-            self.claim_locked(&targets, now_ms)?
-        };
+        let (claimed, lsn) = self.blocking(move |s| s.claim(&targets, now_ms)).await?;
         // Exactly once: the removal is durable before anyone sees the package.
-        self.durable().await?;
+        self.durable(lsn).await?;
         Ok(claimed)
     }
 
     async fn key_package_count(&self, rid: Rid, device: DeviceId, now_ms: u64) -> Result<KeyPackageCount, StoreError> {
-        let mut count = KeyPackageCount::default();
-        for last_resort in [false, true] {
-            for item in self.tree.scan_prefix(kp_prefix(&rid, device, last_resort)) {
-                let (_, v) = item.map_err(backend)?;
-                if not_after(&v)? > now_ms {
-                    if last_resort {
-                        count.last_resort = true;
-                    } else {
-                        count.one_time += 1;
+        self.blocking(move |s| {
+            let mut count = KeyPackageCount::default();
+            for last_resort in [false, true] {
+                for item in s.tree.scan_prefix(kp_prefix(&rid, device, last_resort)) {
+                    let (_, v) = item.map_err(backend)?;
+                    if not_after(&v)? > now_ms {
+                        if last_resort {
+                            count.last_resort = true;
+                        } else {
+                            count.one_time += 1;
+                        }
                     }
                 }
             }
-        }
-        Ok(count)
+            Ok(count)
+        })
+        .await
     }
 
     async fn devices_for_key_packages(
         &self,
         refs: Vec<Vec<u8>>,
     ) -> Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError> {
-        let mut out: Vec<(Rid, DeviceId)> = Vec::with_capacity(refs.len());
-        for (index, r) in refs.iter().enumerate() {
-            let Some(v) = self.tree.get(prefixed(KEY_PACKAGE_ROUTE, r)).map_err(backend)? else {
-                return Ok(Err(index));
-            };
-            if v.len() != 44 {
-                return Err(StoreError::Corrupt("key package route"));
+        self.blocking(move |s| {
+            let mut out: Vec<(Rid, DeviceId)> = Vec::with_capacity(refs.len());
+            for (index, r) in refs.iter().enumerate() {
+                let Some(v) = s.tree.get(prefixed(KEY_PACKAGE_ROUTE, r)).map_err(backend)? else {
+                    return Ok(Err(index));
+                };
+                if v.len() != 44 {
+                    return Err(StoreError::Corrupt("key package route"));
+                }
+                let target = (
+                    Rid(v[..32].try_into().map_err(|_| StoreError::Corrupt("rid"))?),
+                    DeviceId(be_u32(&v[32..36])?),
+                );
+                if !out.contains(&target) {
+                    out.push(target);
+                }
             }
-            let target = (
-                Rid(v[..32].try_into().map_err(|_| StoreError::Corrupt("rid"))?),
-                DeviceId(be_u32(&v[32..36])?),
-            );
-            if !out.contains(&target) {
-                out.push(target);
-            }
-        }
-        Ok(Ok(out))
+            Ok(Ok(out))
+        })
+        .await
     }
 }
 
@@ -82,14 +87,15 @@ fn not_after(v: &[u8]) -> Result<u64, StoreError> {
     be_u64(v.get(..8).ok_or(StoreError::Corrupt("key package"))?)
 }
 
-impl SledStore {
-    fn upload_key_packages_locked(
+impl Inner {
+    fn upload(
         &self,
         rid: &Rid,
         dev: DeviceId,
         packages: &[NewKeyPackage],
         max_per_device: usize,
-    ) -> Result<u32, KeyPackageError> {
+    ) -> Result<(u32, u64), KeyPackageError> {
+        let _kp = lock(&self.keypackages);
         let mut seen = HashSet::new();
         for (index, p) in packages.iter().enumerate() {
             if !seen.insert(&p.kp_ref)
@@ -107,12 +113,12 @@ impl SledStore {
         if held - usize::from(replaced_last_resort) + packages.len() > max_per_device {
             return Err(KeyPackageError::TooMany { max: max_per_device });
         }
-        let mut batch = sled::Batch::default();
+        let mut ws = WriteSet::default();
         for p in packages {
             if p.last_resort {
                 // One last-resort package per device: the new one replaces the old.
                 for old in self.tree.scan_prefix(kp_prefix(rid, dev, true)).keys() {
-                    batch.remove(old.map_err(backend)?);
+                    ws.del(&old.map_err(backend)?);
                 }
             }
             let mut key = kp_prefix(rid, dev, p.last_resort);
@@ -120,26 +126,27 @@ impl SledStore {
             let mut value = Vec::with_capacity(8 + p.bytes.len());
             value.extend_from_slice(&p.not_after_ms.to_be_bytes());
             value.extend_from_slice(&p.bytes);
-            batch.insert(key, value);
+            ws.put(&key, &value);
             let mut route = Vec::with_capacity(44);
             route.extend_from_slice(&rid.0);
             route.extend_from_slice(&dev.0.to_be_bytes());
             route.extend_from_slice(&p.not_after_ms.to_be_bytes());
-            batch.insert(prefixed(KEY_PACKAGE_ROUTE, &p.kp_ref), route);
+            ws.put(&prefixed(KEY_PACKAGE_ROUTE, &p.kp_ref), &route);
         }
-        self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(packages.len() as u32)
+        let lsn = self.commit(&ws)?;
+        Ok((packages.len() as u32, lsn))
     }
 
-    fn claim_locked(&self, targets: &[Rid], now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
-        let mut batch = sled::Batch::default();
+    fn claim(&self, targets: &[Rid], now_ms: u64) -> Result<(Vec<ClaimedKeyPackage>, u64), StoreError> {
+        let _kp = lock(&self.keypackages);
+        let mut ws = WriteSet::default();
         let mut out = Vec::new();
         for rid in targets {
             for dev in self.active_devices(rid)? {
                 let mut claimed = None;
                 for item in self.tree.scan_prefix(kp_prefix(rid, dev, false)) {
                     let (k, v) = item.map_err(backend)?;
-                    batch.remove(k.to_vec()); // expired, or handed out now: never again
+                    ws.del(&k); // expired, or handed out now: never again
                     if not_after(&v)? > now_ms {
                         claimed = Some((Bytes::copy_from_slice(&v[8..]), false));
                         break;
@@ -164,7 +171,7 @@ impl SledStore {
                 }
             }
         }
-        self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(out)
+        let lsn = self.commit(&ws)?;
+        Ok((out, lsn))
     }
 }

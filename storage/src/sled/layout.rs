@@ -4,8 +4,9 @@
 //! d/{rid:32}{dev:4}            -> DeviceRecord
 //! c/{lookup:16}                -> {rid:32}{dev:4}             credential lookup
 //! n/{rid:32}                   -> next device id (u32)        ids are never reused
-//! b/{server_id:16}             -> BlobRecord (message bytes, stored once per send)
-//! m/{rid:32}{dev:4}{seq:8}     -> MailboxEntry                seq = the send's global id
+//! b/{server_id:16}             -> BlobRecord: recipient devices + message bytes, once per send
+//! x/{server_id:16}{rid:32}{dev:4} -> empty                    tombstone: the device is done with it
+//! G/{rid:32}{dev:4}{seq:8}     -> GapRecord                   envelopes dropped for the quota
 //! e/{expires_at:8}{server_id}  -> idempotency key or empty    blob expiry index
 //! k/{rid:32}{dev:4}{cmid:16}   -> {server_id:16}{digest:32}   idempotent sends
 //! p/{nonce:16}                 -> expires_at                  used provisioning tokens
@@ -17,16 +18,26 @@
 //! o/{blake3(peer):16}{seq:8}   -> {EntryState:20}{envelope_id:16}{record}  interconnect outbox
 //! a/{seq:8}                    -> {at:8}{kind_len:1}{kind}{detail}{hash:32}  audit log
 //! A/                           -> {seq:8}{hash:32}            audit chain head
+//! I/                           -> reserved id (u64)           ids below it may have been used
+//! V/                           -> layout version (u8)         2 since the journal
 //! ```
-//! Integers are big-endian so ranges scan in order.
+//! Integers are big-endian so ranges scan in order. Which envelopes each device still has to
+//! receive is not a key per (device, envelope): it is derived from the blob records, the
+//! tombstones and the gap records into the in-memory index at start (`index.rs`). Layout
+//! version 1 kept one `m/{rid}{dev}{seq}` key per device and envelope; `migrate.rs` converts it.
 
-use crate::{DeviceId, Rid, StoreError};
+use crate::{DeviceId, Rid, ServerId, StoreError};
 
 pub(super) const DEVICE: &[u8; 2] = b"d/";
 pub(super) const CREDENTIAL: &[u8; 2] = b"c/";
 pub(super) const DEVICE_COUNTER: &[u8; 2] = b"n/";
 pub(super) const BLOB: &[u8; 2] = b"b/";
-pub(super) const MAILBOX: &[u8; 2] = b"m/";
+/// Layout version 1 only (converted at open).
+pub(super) const LEGACY_MAILBOX: &[u8; 2] = b"m/";
+pub(super) const TOMBSTONE: &[u8; 2] = b"x/";
+pub(super) const GAP: &[u8; 2] = b"G/";
+pub(super) const ID_RESERVED: &[u8; 2] = b"I/";
+pub(super) const LAYOUT_VERSION: &[u8; 2] = b"V/";
 pub(super) const EXPIRY: &[u8; 2] = b"e/";
 pub(super) const IDEMPOTENCY: &[u8; 2] = b"k/";
 pub(super) const NONCE: &[u8; 2] = b"p/";
@@ -63,10 +74,32 @@ pub(super) fn device_key(rid: &Rid, dev: DeviceId) -> Vec<u8> {
     device_key_with(DEVICE, rid, dev)
 }
 
-pub(super) fn mailbox_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {
-    let mut k = device_key_with(MAILBOX, rid, dev);
+pub(super) fn gap_key(rid: &Rid, dev: DeviceId, seq: u64) -> Vec<u8> {
+    let mut k = device_key_with(GAP, rid, dev);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+pub(super) fn tombstone_key(id: &ServerId, rid: &Rid, dev: DeviceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + 16 + 36);
+    k.extend_from_slice(TOMBSTONE);
+    k.extend_from_slice(&id.0);
+    k.extend_from_slice(&rid.0);
+    k.extend_from_slice(&dev.0.to_be_bytes());
+    k
+}
+
+/// The (server id, rid, device) of a tombstone key.
+pub(super) fn tombstone_parts(k: &[u8]) -> Result<(ServerId, Rid, DeviceId), StoreError> {
+    let corrupt = || StoreError::Corrupt("tombstone key");
+    if k.len() != 2 + 16 + 36 {
+        return Err(corrupt());
+    }
+    Ok((
+        ServerId(k[2..18].try_into().map_err(|_| corrupt())?),
+        Rid(k[18..50].try_into().map_err(|_| corrupt())?),
+        DeviceId(be_u32(&k[50..54])?),
+    ))
 }
 
 pub(super) fn kp_prefix(rid: &Rid, dev: DeviceId, last_resort: bool) -> Vec<u8> {
@@ -106,9 +139,9 @@ pub(super) fn rid_device(k: &[u8]) -> Result<(Rid, DeviceId), StoreError> {
     ))
 }
 
-/// The seq of a mailbox key.
-pub(super) fn mailbox_seq(k: &[u8]) -> Result<u64, StoreError> {
-    be_u64(k.get(SEQ_AT).ok_or(StoreError::Corrupt("mailbox key"))?)
+/// The seq of a `{prefix}{rid}{dev}{seq}` key (gap records, legacy mailbox entries).
+pub(super) fn device_seq(k: &[u8]) -> Result<u64, StoreError> {
+    be_u64(k.get(SEQ_AT).ok_or(StoreError::Corrupt("device seq key"))?)
 }
 
 pub(super) fn be_u32(b: &[u8]) -> Result<u32, StoreError> {

@@ -1,16 +1,20 @@
-//! Sends, receives and acknowledgements: blobs stored once, one mailbox entry per device.
+//! Sends, receives and acknowledgements: one blob record per send (bytes and recipient
+//! devices), the mailbox index in memory, tombstones and gap records for what leaves it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
+use rand::RngCore as _;
 use relay_core::interconnect::EntryState;
 
+use super::index::{Blob, Effect, Index, Key, NewEntry, Slot, server_id};
 use super::layout::{
-    BLOB, GROUP_EPOCH, IDEMPOTENCY, MAILBOX, backend, be_u64, device_key_with, expiry_key, mailbox_key, mailbox_seq,
-    outbox_key, prefixed,
+    BLOB, GAP, GROUP_EPOCH, IDEMPOTENCY, TOMBSTONE, backend, be_u64, device_key_with, device_seq, expiry_key, gap_key,
+    outbox_key, prefixed, rid_device, tombstone_key, tombstone_parts,
 };
-use super::records::{BlobCounts, BlobRecord, IdempotencyRecord, MailboxEntry, encode_outbox};
-use super::{SledStore, WriterState};
+use super::records::{BlobRecord, IdempotencyRecord, decode_gap, encode_gap, encode_outbox};
+use super::writeset::WriteSet;
+use super::{Inner, SledStore, lock};
 use crate::contract::Mailboxes;
 use crate::{
     Ack, Ciphertext, DeviceId, GroupOrdering, OrderingKind, Page, Rid, SendError, SendOutcome, SendRequest, ServerId,
@@ -19,16 +23,9 @@ use crate::{
 
 impl Mailboxes for SledStore {
     async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
-        let outcome = {
-            let mut st = self.lock();
-            let start = std::time::Instant::now();
-            let r = self.send_locked(&mut st, &req);
-            metrics::histogram!("relay_storage_write_seconds", "op" => "send").record(start.elapsed().as_secs_f64());
-            r?
-        };
-        // A duplicate is durable already, or its first send is still waiting for the
-        // same flush; waiting here keeps "2xx means durable" true in both cases.
-        self.durable().await?;
+        let (outcome, lsn) = self.blocking(move |s| Ok(s.send(&req))).await??;
+        // A duplicate's first send may still be on its way to disk: its LSN is covered.
+        self.durable(lsn).await?;
         Ok(outcome)
     }
 
@@ -40,163 +37,113 @@ impl Mailboxes for SledStore {
         limit: u32,
         now_ms: u64,
     ) -> Result<Page, StoreError> {
-        let start = mailbox_key(&rid, device, after.saturating_add(1));
-        let end = mailbox_key(&rid, device, u64::MAX);
-        let mut envelopes = Vec::new();
-        let mut next_cursor = after;
-        let mut queue_empty = true;
-        for item in self.tree.range(start..=end) {
-            let (k, v) = item.map_err(backend)?;
-            let seq = mailbox_seq(&k)?;
-            if envelopes.len() >= limit as usize {
-                queue_empty = false;
-                break;
-            }
-            next_cursor = seq;
-            let entry = MailboxEntry::decode(&v)?;
-            if entry.expires_at_ms <= now_ms {
-                continue;
-            }
-            let message = if entry.is_gap() {
-                Ciphertext::from_stored(Bytes::new())
-            } else {
-                match self.tree.get(prefixed(BLOB, &entry.server_id.0)).map_err(backend)? {
-                    Some(blob) => Ciphertext::from_stored(BlobRecord::payload(&blob)?),
-                    // Blob expired before the sweeper reached this entry.
-                    None => continue,
-                }
-            };
-            envelopes.push(StoredEnvelope {
-                server_id: entry.server_id,
-                seq,
-                received_at_ms: entry.received_at_ms,
-                expires_at_ms: entry.expires_at_ms,
-                flags: entry.flags,
-                message,
-                dropped: entry.dropped,
-            });
-        }
-        metrics::counter!("relay_mailbox_ops_total", "op" => "read").increment(envelopes.len() as u64);
-        Ok(Page {
-            envelopes,
-            next_cursor,
-            queue_empty,
-        })
+        self.blocking(move |s| s.receive((rid, device), after, limit as usize, now_ms))
+            .await
     }
 
     async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
-        let n = {
-            let mut st = self.lock();
-            self.ack_locked(&mut st, &rid, device, &ack)?
-        };
-        self.durable().await?;
+        let (n, lsn) = self.blocking(move |s| s.ack((rid, device), &ack)).await?;
+        self.durable(lsn).await?;
         Ok(n)
     }
 }
 
 /// The group-epoch decision of one send: the epoch it was accepted for and the new epoch to
-/// write in the same batch.
+/// write in the same write set.
 #[derive(Debug, Default)]
 struct EpochUpdate {
     write: Option<(Vec<u8>, u64)>,
     accepted_epoch: Option<u64>,
 }
 
-impl SledStore {
-    fn send_locked(&self, st: &mut WriterState, req: &SendRequest) -> Result<SendOutcome, SendError> {
+impl Inner {
+    fn send(&self, req: &SendRequest) -> Result<(SendOutcome, u64), SendError> {
         let (sender_rid, sender_dev) = req.sender;
         let idem_key = req.client_message_id.map(|c| {
             let mut k = device_key_with(IDEMPOTENCY, &sender_rid, sender_dev);
             k.extend_from_slice(&c.0);
             k
         });
+        let _idem = idem_key.as_deref().map(|k| self.idempotency.lock(k));
         if let Some(k) = &idem_key
             && let Some(earlier) = self.earlier_send(k, &req.request_digest)?
         {
-            return Ok(earlier);
+            return Ok((earlier, self.journal.last_lsn()));
         }
-        // Per-group ordering: decided under the write lock and written in the same batch as
-        // the envelope, so two commits for one epoch can never both win.
+        // Per-group ordering: decided under the group's stripe, written in the same write set
+        // as the envelope, so two commits for one epoch can never both win.
+        let _group = req.ordering.map(|o| self.groups.lock(&o.group_key));
         let epoch = match req.ordering {
             Some(o) => self.check_epoch(o)?,
             None => EpochUpdate::default(),
         };
-        let targets = self.resolve_targets(st, req)?;
+        let mut targets = self.resolve_targets(req)?;
 
-        let server_id = self.new_server_id()?;
-        let size = req.message.len() as u64;
+        let mut ws = WriteSet::default();
+        let mut m = lock(&self.mailboxes);
+        let seq = Self::next_id(&mut m, &mut ws);
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&seq.to_be_bytes());
+        rand::rng().fill_bytes(&mut id[8..]);
+        let server_id = ServerId(id);
         let expires_at = req.now_ms.saturating_add(req.ttl_ms);
-        let mut batch = sled::Batch::default();
-        let mut blobs = BlobCounts::default();
-        if !targets.is_empty() {
-            blobs.insert_new(
-                server_id,
-                targets.len() as u32,
-                expires_at,
-                req.message.as_bytes().clone(),
-            );
-        }
-        let entry = MailboxEntry {
-            flags: if req.urgent { flags::URGENT } else { 0 },
-            server_id,
+        let entry = NewEntry {
+            id: server_id,
+            size: req.message.len() as u32,
+            urgent: req.urgent,
             received_at_ms: req.now_ms,
             expires_at_ms: expires_at,
-            size: size as u32,
-            dropped: 0,
-        }
-        .encode();
-        let mut queued_after = Vec::with_capacity(targets.len());
-        for &(rid, dev) in &targets {
-            let mut queued = self.queued_bytes(st, &rid, dev)?;
-            self.trim_for_quota(
-                &mut batch,
-                &mut blobs,
-                &rid,
-                dev,
-                &mut queued,
-                size,
-                req.max_queue_bytes,
-            )?;
-            queued_after.push(((rid, dev), queued + size));
-            batch.insert(mailbox_key(&rid, dev, server_id.seq()), entry.as_slice());
+        };
+        let effects = m.index.enqueue(&mut targets, entry, req.max_queue_bytes);
+        self.effects_into(&effects, &mut ws)?;
+        if !targets.is_empty() {
+            let blob = BlobRecord {
+                flags: if req.urgent { flags::URGENT } else { 0 },
+                received_at_ms: req.now_ms,
+                expires_at_ms: expires_at,
+                recipients: targets.clone(),
+                payload: req.message.as_bytes().clone(),
+            };
+            ws.put(&prefixed(BLOB, &server_id.0), &blob.encode());
         }
         // The expiry index also carries the idempotency key, which expires with the blob.
         if !targets.is_empty() || idem_key.is_some() {
-            batch.insert(
-                expiry_key(expires_at, &server_id.0),
-                idem_key.clone().unwrap_or_default(),
+            ws.put(
+                &expiry_key(expires_at, &server_id.0),
+                idem_key.as_deref().unwrap_or_default(),
             );
         }
-        if let Some(k) = idem_key {
+        if let Some(k) = &idem_key {
             let record = IdempotencyRecord {
                 server_id,
                 digest: req.request_digest,
                 accepted_epoch: epoch.accepted_epoch,
             };
-            batch.insert(k, record.encode());
+            ws.put(k, &record.encode());
         }
-        if let Some((key, epoch)) = epoch.write {
-            batch.insert(key, &epoch.to_be_bytes());
+        if let Some((key, epoch)) = &epoch.write {
+            ws.put(key, &epoch.to_be_bytes());
         }
         let now_state = EntryState::new(req.now_ms);
         for item in &req.outbox {
-            let seq = self.db.generate_id().map_err(backend)?;
-            batch.insert(
-                outbox_key(&item.peer, seq),
-                encode_outbox(&now_state, &server_id, &item.record),
+            let oseq = Self::next_id(&mut m, &mut ws);
+            ws.put(
+                &outbox_key(&item.peer, oseq),
+                &encode_outbox(&now_state, &server_id, &item.record),
             );
         }
-        blobs.write(&mut batch);
-        self.tree.apply_batch(batch).map_err(backend)?;
-        // Only a written batch changes what is queued.
-        st.queued.extend(queued_after);
+        let lsn = self.commit(&ws)?;
+        drop(m);
         metrics::counter!("relay_mailbox_ops_total", "op" => "enqueue").increment(targets.len() as u64);
-        Ok(SendOutcome {
-            server_id,
-            delivered_to: targets,
-            duplicate: false,
-            accepted_epoch: epoch.accepted_epoch,
-        })
+        Ok((
+            SendOutcome {
+                server_id,
+                delivered_to: targets,
+                duplicate: false,
+                accepted_epoch: epoch.accepted_epoch,
+            },
+            lsn,
+        ))
     }
 
     /// The outcome of an earlier send with the same client message id, if there was one.
@@ -246,11 +193,11 @@ impl SledStore {
 
     /// Every recipient device, resolved before anything is written: an unknown address or
     /// device fails the whole send.
-    fn resolve_targets(&self, st: &mut WriterState, req: &SendRequest) -> Result<Vec<(Rid, DeviceId)>, SendError> {
+    fn resolve_targets(&self, req: &SendRequest) -> Result<Vec<Key>, SendError> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for (index, r) in req.recipients.iter().enumerate() {
-            let active = self.cached_devices(st, &r.rid)?;
+            let active = self.cached_devices(&r.rid)?;
             if active.is_empty() {
                 return Err(SendError::UnknownRecipient { index });
             }
@@ -272,110 +219,173 @@ impl SledStore {
         Ok(targets)
     }
 
-    /// Drops the oldest entries of a device until `incoming` more bytes fit, leaving one
-    /// gap marker (at the seq of the newest dropped entry) that counts what was dropped.
-    #[allow(clippy::too_many_arguments)]
-    fn trim_for_quota(
-        &self,
-        batch: &mut sled::Batch,
-        blobs: &mut BlobCounts,
-        rid: &Rid,
-        dev: DeviceId,
-        queued: &mut u64,
-        incoming: u64,
-        quota: u64,
-    ) -> Result<(), StoreError> {
-        if *queued + incoming <= quota {
-            return Ok(());
-        }
-        let mut dropped = 0u64;
-        let mut last: Option<(Vec<u8>, MailboxEntry)> = None;
-        for item in self.tree.scan_prefix(device_key_with(MAILBOX, rid, dev)) {
-            if *queued + incoming <= quota {
-                break;
+    /// The writes the index's decisions need. The caller holds the mailboxes lock.
+    pub(super) fn effects_into(&self, effects: &[Effect], ws: &mut WriteSet) -> Result<(), StoreError> {
+        for e in effects {
+            match e {
+                Effect::Tombstone { id, key } => ws.put(&tombstone_key(id, &key.0, key.1), &[]),
+                Effect::Release { id } => {
+                    ws.del(&prefixed(BLOB, &id.0));
+                    for k in self.tree.scan_prefix(prefixed(TOMBSTONE, &id.0)).keys() {
+                        ws.del(&k.map_err(backend)?);
+                    }
+                }
+                Effect::PutGap { key, seq, slot } => {
+                    if let Slot::Gap {
+                        dropped,
+                        received_at_ms,
+                        expires_at_ms,
+                    } = slot
+                    {
+                        ws.put(
+                            &gap_key(&key.0, key.1, *seq),
+                            &encode_gap(*dropped, *received_at_ms, *expires_at_ms),
+                        );
+                        metrics::counter!("relay_mailbox_ops_total", "op" => "trim").increment(*dropped);
+                    }
+                }
+                Effect::DelGap { key, seq } => ws.del(&gap_key(&key.0, key.1, *seq)),
             }
-            let (k, v) = item.map_err(backend)?;
-            let entry = MailboxEntry::decode(&v)?;
-            batch.remove(k.to_vec());
-            if entry.is_gap() {
-                dropped += entry.dropped;
-            } else {
-                dropped += 1;
-                *queued = queued.saturating_sub(u64::from(entry.size));
-                blobs.release(&self.tree, entry.server_id)?;
-            }
-            last = Some((k.to_vec(), entry));
-        }
-        if let Some((key, entry)) = last {
-            let gap = MailboxEntry {
-                flags: flags::GAP,
-                server_id: ServerId([0; 16]),
-                received_at_ms: entry.received_at_ms,
-                expires_at_ms: entry.expires_at_ms,
-                size: 0,
-                dropped,
-            };
-            batch.insert(key, gap.encode());
-            metrics::counter!("relay_mailbox_ops_total", "op" => "trim").increment(dropped);
         }
         Ok(())
     }
 
-    /// Removes mailbox entries and releases their blobs; returns the bytes freed.
-    pub(super) fn remove_entries(
-        &self,
-        batch: &mut sled::Batch,
-        blobs: &mut BlobCounts,
-        rid: &Rid,
-        dev: DeviceId,
-        entries: &[(u64, MailboxEntry)],
-    ) -> Result<u64, StoreError> {
-        let mut freed = 0u64;
-        for (seq, entry) in entries {
-            batch.remove(mailbox_key(rid, dev, *seq));
-            if !entry.is_gap() {
-                blobs.release(&self.tree, entry.server_id)?;
-                freed += u64::from(entry.size);
-            }
+    fn receive(&self, key: Key, after: u64, limit: usize, now_ms: u64) -> Result<Page, StoreError> {
+        let (slots, mut queue_empty) = lock(&self.mailboxes).index.page(&key, after, limit);
+        let mut envelopes = Vec::with_capacity(slots.len());
+        let mut next_cursor = after;
+        for (seq, slot) in slots {
+            let envelope = match slot {
+                Slot::Gap {
+                    dropped,
+                    received_at_ms,
+                    expires_at_ms,
+                } => (expires_at_ms > now_ms).then(|| StoredEnvelope {
+                    server_id: ServerId([0; 16]),
+                    seq,
+                    received_at_ms,
+                    expires_at_ms,
+                    flags: flags::GAP,
+                    message: Ciphertext::from_stored(Bytes::new()),
+                    dropped,
+                }),
+                Slot::Entry { rand, .. } => {
+                    let id = server_id(seq, rand);
+                    match self.tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
+                        Some(raw) => {
+                            let blob = BlobRecord::decode(&raw)?;
+                            (blob.expires_at_ms > now_ms).then(|| StoredEnvelope {
+                                server_id: id,
+                                seq,
+                                received_at_ms: blob.received_at_ms,
+                                expires_at_ms: blob.expires_at_ms,
+                                flags: blob.flags,
+                                message: Ciphertext::from_stored(blob.payload),
+                                dropped: 0,
+                            })
+                        }
+                        // Acknowledged, trimmed or expired since the page was read: gone.
+                        None if !lock(&self.mailboxes).index.holds(&key, seq) => None,
+                        // Still held but not readable yet: stop here, never skip it.
+                        None => {
+                            queue_empty = false;
+                            break;
+                        }
+                    }
+                }
+            };
+            next_cursor = seq;
+            envelopes.extend(envelope);
         }
-        Ok(freed)
+        metrics::counter!("relay_mailbox_ops_total", "op" => "read").increment(envelopes.len() as u64);
+        Ok(Page {
+            envelopes,
+            next_cursor,
+            queue_empty,
+        })
     }
 
-    fn ack_locked(&self, st: &mut WriterState, rid: &Rid, dev: DeviceId, ack: &Ack) -> Result<u64, StoreError> {
-        let mut entries: Vec<(u64, MailboxEntry)> = Vec::new();
-        if let Some(up_to) = ack.up_to {
-            let start = mailbox_key(rid, dev, 0);
-            let end = mailbox_key(rid, dev, up_to);
-            for item in self.tree.range(start..=end) {
-                let (k, v) = item.map_err(backend)?;
-                entries.push((mailbox_seq(&k)?, MailboxEntry::decode(&v)?));
-            }
+    fn ack(&self, key: Key, ack: &Ack) -> Result<(u64, u64), StoreError> {
+        let mut m = lock(&self.mailboxes);
+        let mut effects = Vec::new();
+        let n = m.index.ack(key, ack.up_to, &ack.server_ids, &mut effects);
+        if n == 0 {
+            return Ok((0, self.journal.last_lsn()));
         }
-        for id in &ack.server_ids {
-            // The entry sits at the send's global id; the whole server id must match.
-            let seq = id.seq();
-            if entries.iter().any(|(s, _)| *s == seq) {
-                continue;
-            }
-            if let Some(v) = self.tree.get(mailbox_key(rid, dev, seq)).map_err(backend)? {
-                let entry = MailboxEntry::decode(&v)?;
-                if entry.server_id == *id && !entry.is_gap() {
-                    entries.push((seq, entry));
-                }
-            }
-        }
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let mut batch = sled::Batch::default();
-        let mut blobs = BlobCounts::default();
-        let freed = self.remove_entries(&mut batch, &mut blobs, rid, dev, &entries)?;
-        blobs.write(&mut batch);
-        self.tree.apply_batch(batch).map_err(backend)?;
-        if let Some(q) = st.queued.get_mut(&(*rid, dev)) {
-            *q = q.saturating_sub(freed);
-        }
-        metrics::counter!("relay_mailbox_ops_total", "op" => "ack").increment(entries.len() as u64);
-        Ok(entries.len() as u64)
+        let mut ws = WriteSet::default();
+        self.effects_into(&effects, &mut ws)?;
+        let lsn = self.commit(&ws)?;
+        drop(m);
+        metrics::counter!("relay_mailbox_ops_total", "op" => "ack").increment(n);
+        Ok((n, lsn))
     }
+}
+
+/// The index from the durable records: blob records (recipients still active), minus
+/// tombstones, plus gap records. Blobs nobody holds any more are deleted.
+pub(super) fn load_index(tree: &sled::Tree, active: &HashSet<Key>) -> Result<Index, StoreError> {
+    let mut index = Index::default();
+    let mut holders: HashMap<u64, ServerId> = HashMap::new();
+    for item in tree.scan_prefix(BLOB) {
+        let (k, v) = item.map_err(backend)?;
+        let id = ServerId(
+            k.get(2..18)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(StoreError::Corrupt("blob key"))?,
+        );
+        let (blob, end) = BlobRecord::header(&v)?;
+        let held: Vec<Key> = blob.recipients.iter().filter(|r| active.contains(r)).copied().collect();
+        let meta = Blob {
+            remaining: 0,
+            received_at_ms: blob.received_at_ms,
+            expires_at_ms: blob.expires_at_ms,
+        };
+        index.load_blob(id, (v.len() - end) as u32, blob.flags & flags::URGENT != 0, meta, &held);
+        holders.insert(id.seq(), id);
+    }
+    let mut garbage = Vec::new();
+    for k in tree.scan_prefix(TOMBSTONE).keys() {
+        let k = k.map_err(backend)?;
+        let (id, rid, dev) = tombstone_parts(&k)?;
+        if !holders.contains_key(&id.seq()) || index.load_tombstone(id, (rid, dev)) {
+            // Nobody holds the blob any more (or it is gone): its records go.
+            garbage.push(prefixed(BLOB, &id.0));
+        }
+        if !holders.contains_key(&id.seq()) {
+            garbage.push(k.to_vec());
+        }
+    }
+    for item in tree.scan_prefix(GAP) {
+        let (k, v) = item.map_err(backend)?;
+        let key = rid_device(&k)?;
+        if active.contains(&key) {
+            let (dropped, received_at_ms, expires_at_ms) = decode_gap(&v)?;
+            index.load_gap(
+                key,
+                device_seq(&k)?,
+                Slot::Gap {
+                    dropped,
+                    received_at_ms,
+                    expires_at_ms,
+                },
+            );
+        } else {
+            garbage.push(k.to_vec());
+        }
+    }
+    // Blobs every recipient of which is gone (devices deleted meanwhile).
+    for (seq, id) in &holders {
+        if index.blob(*seq).is_none() {
+            garbage.push(prefixed(BLOB, &id.0));
+            for k in tree.scan_prefix(prefixed(TOMBSTONE, &id.0)).keys() {
+                garbage.push(k.map_err(backend)?.to_vec());
+            }
+        }
+    }
+    // Cleaning up is itself idempotent: these records describe nothing any more, so losing the
+    // removal in a crash only repeats it at the next start.
+    for k in garbage {
+        tree.remove(k).map_err(backend)?;
+    }
+    Ok(index)
 }

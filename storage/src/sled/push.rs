@@ -1,50 +1,60 @@
-//! Push handles, one per device.
+//! Push handles, one per device, written under the `push` lock.
 
-use super::SledStore;
 use super::layout::{PUSH_HANDLE, backend, device_key_with};
+use super::writeset::WriteSet;
+use super::{SledStore, lock};
 use crate::contract::PushHandles;
 use crate::{DeviceId, Rid, StoreError};
 
 impl PushHandles for SledStore {
     async fn set_push_handle(&self, rid: Rid, device: DeviceId, handle: Option<String>) -> Result<bool, StoreError> {
-        {
-            let _guard = self.lock();
-            if self.device_record(&rid, device)?.is_none() {
-                return Ok(false);
-            }
-            let key = device_key_with(PUSH_HANDLE, &rid, device);
-            match handle {
-                Some(h) => self.tree.insert(key, h.as_bytes()).map_err(backend)?,
-                None => self.tree.remove(key).map_err(backend)?,
-            };
-        }
-        self.durable().await?;
+        let lsn = self
+            .blocking(move |s| {
+                let _push = lock(&s.push);
+                if s.device_record(&rid, device)?.is_none() {
+                    return Ok(None);
+                }
+                let key = device_key_with(PUSH_HANDLE, &rid, device);
+                let mut ws = WriteSet::default();
+                match handle {
+                    Some(h) => ws.put(&key, h.as_bytes()),
+                    None => ws.del(&key),
+                }
+                s.commit(&ws).map(Some)
+            })
+            .await?;
+        let Some(lsn) = lsn else { return Ok(false) };
+        self.durable(lsn).await?;
         Ok(true)
     }
 
     async fn push_handle(&self, rid: Rid, device: DeviceId) -> Result<Option<String>, StoreError> {
-        self.tree
-            .get(device_key_with(PUSH_HANDLE, &rid, device))
-            .map_err(backend)?
-            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push handle")))
-            .transpose()
+        self.blocking(move |s| {
+            s.tree
+                .get(device_key_with(PUSH_HANDLE, &rid, device))
+                .map_err(backend)?
+                .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push handle")))
+                .transpose()
+        })
+        .await
     }
 
     async fn drop_push_handle_if(&self, rid: Rid, device: DeviceId, handle: &str) -> Result<bool, StoreError> {
-        let dropped = {
-            let _guard = self.lock();
-            let key = device_key_with(PUSH_HANDLE, &rid, device);
-            let current = self.tree.get(&key).map_err(backend)?;
-            if current.as_deref() == Some(handle.as_bytes()) {
-                self.tree.remove(key).map_err(backend)?;
-                true
-            } else {
-                false
-            }
-        };
-        if dropped {
-            self.durable().await?;
-        }
-        Ok(dropped)
+        let handle = handle.to_owned();
+        let lsn = self
+            .blocking(move |s| {
+                let _push = lock(&s.push);
+                let key = device_key_with(PUSH_HANDLE, &rid, device);
+                if s.tree.get(&key).map_err(backend)?.as_deref() != Some(handle.as_bytes()) {
+                    return Ok(None);
+                }
+                let mut ws = WriteSet::default();
+                ws.del(&key);
+                s.commit(&ws).map(Some)
+            })
+            .await?;
+        let Some(lsn) = lsn else { return Ok(false) };
+        self.durable(lsn).await?;
+        Ok(true)
     }
 }

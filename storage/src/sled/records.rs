@@ -1,14 +1,12 @@
 //! Value codecs of the sled backend. Every record starts with a version byte (or has a
 //! fixed length), so a layout change is detected rather than misread.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use relay_core::credential::CredentialHash;
 use relay_core::interconnect::EntryState;
 
-use super::layout::{BLOB, backend, be_u32, be_u64, prefixed};
-use crate::{AuditRecord, OutboxEntry, ServerId, StoreError};
+use super::layout::{be_u32, be_u64};
+use crate::{AuditRecord, DeviceId, OutboxEntry, Rid, ServerId, StoreError};
 
 const RECORD_VERSION: u8 = 1;
 pub(super) const DEVICE_ACTIVE: u8 = 1;
@@ -59,156 +57,123 @@ impl DeviceRecord {
     }
 }
 
+/// Layout version 1's per-device mailbox entry (read only by the migration):
 /// `version:1 flags:1 server_id:16 received_at:8 expires_at:8 size:4 dropped:8`
 #[derive(Debug, Clone)]
-pub(super) struct MailboxEntry {
+pub(super) struct LegacyEntry {
     pub(super) flags: u32,
     pub(super) server_id: ServerId,
     pub(super) received_at_ms: u64,
     pub(super) expires_at_ms: u64,
-    pub(super) size: u32,
     pub(super) dropped: u64,
 }
 
-const MAILBOX_ENTRY_LEN: usize = 46;
-
-impl MailboxEntry {
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(MAILBOX_ENTRY_LEN);
-        v.push(RECORD_VERSION);
-        v.push(self.flags as u8);
-        v.extend_from_slice(&self.server_id.0);
-        v.extend_from_slice(&self.received_at_ms.to_be_bytes());
-        v.extend_from_slice(&self.expires_at_ms.to_be_bytes());
-        v.extend_from_slice(&self.size.to_be_bytes());
-        v.extend_from_slice(&self.dropped.to_be_bytes());
-        v
-    }
-
+impl LegacyEntry {
     pub(super) fn decode(v: &[u8]) -> Result<Self, StoreError> {
-        if v.len() != MAILBOX_ENTRY_LEN || v[0] != RECORD_VERSION {
-            return Err(StoreError::Corrupt("mailbox entry"));
+        if v.len() != 46 || v[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("legacy mailbox entry"));
         }
         Ok(Self {
             flags: u32::from(v[1]),
             server_id: ServerId(v[2..18].try_into().map_err(|_| StoreError::Corrupt("server id"))?),
             received_at_ms: be_u64(&v[18..26])?,
             expires_at_ms: be_u64(&v[26..34])?,
-            size: be_u32(&v[34..38])?,
             dropped: be_u64(&v[38..46])?,
         })
     }
-
-    pub(super) fn is_gap(&self) -> bool {
-        self.flags & crate::flags::GAP != 0
-    }
 }
 
-/// `version:1 remaining:4 expires_at:8 payload`
-pub(super) struct BlobRecord;
+const BLOB_VERSION: u8 = 2;
+const BLOB_HEADER: usize = 1 + 1 + 8 + 8 + 4;
+
+/// A message and who it is for, written once per send:
+/// `version:1 (2) flags:1 received_at:8 expires_at:8 n:4 (rid:32 dev:4)×n payload`.
+/// Version 1 (`1 remaining:4 expires_at:8 payload`) is read by the migration only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BlobRecord {
+    pub(super) flags: u32,
+    pub(super) received_at_ms: u64,
+    pub(super) expires_at_ms: u64,
+    pub(super) recipients: Vec<(Rid, DeviceId)>,
+    pub(super) payload: Bytes,
+}
 
 impl BlobRecord {
-    pub(super) fn encode(remaining: u32, expires_at: u64, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(13 + payload.len());
-        v.push(RECORD_VERSION);
-        v.extend_from_slice(&remaining.to_be_bytes());
-        v.extend_from_slice(&expires_at.to_be_bytes());
-        v.extend_from_slice(payload);
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(BLOB_HEADER + self.recipients.len() * 36 + self.payload.len());
+        v.push(BLOB_VERSION);
+        v.push(self.flags as u8);
+        v.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        v.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        v.extend_from_slice(&(self.recipients.len() as u32).to_be_bytes());
+        for (rid, dev) in &self.recipients {
+            v.extend_from_slice(&rid.0);
+            v.extend_from_slice(&dev.0.to_be_bytes());
+        }
+        v.extend_from_slice(&self.payload);
         v
     }
 
-    pub(super) fn remaining(raw: &[u8]) -> Result<u32, StoreError> {
-        if raw.len() < 13 || raw[0] != RECORD_VERSION {
-            return Err(StoreError::Corrupt("blob record"));
+    /// Everything but the payload (index rebuilds read only this).
+    pub(super) fn header(raw: &[u8]) -> Result<(Self, usize), StoreError> {
+        let corrupt = || StoreError::Corrupt("blob record");
+        if raw.len() < BLOB_HEADER || raw[0] != BLOB_VERSION {
+            return Err(corrupt());
         }
-        be_u32(&raw[1..5])
-    }
-
-    pub(super) fn payload(raw: &sled::IVec) -> Result<Bytes, StoreError> {
-        if raw.len() < 13 || raw[0] != RECORD_VERSION {
-            return Err(StoreError::Corrupt("blob record"));
-        }
-        Ok(Bytes::copy_from_slice(&raw[13..]))
-    }
-}
-
-/// Remaining-recipient counts of blobs touched by one operation, so a blob released
-/// twice in one batch is counted correctly.
-#[derive(Default)]
-pub(super) struct BlobCounts {
-    touched: HashMap<ServerId, BlobState>,
-}
-
-enum BlobState {
-    New {
-        remaining: u32,
-        expires_at: u64,
-        payload: Bytes,
-    },
-    Existing {
-        remaining: u32,
-        raw: sled::IVec,
-    },
-    Gone,
-}
-
-impl BlobCounts {
-    pub(super) fn insert_new(&mut self, id: ServerId, remaining: u32, expires_at: u64, payload: Bytes) {
-        self.touched.insert(
-            id,
-            BlobState::New {
-                remaining,
-                expires_at,
-                payload,
+        let n = be_u32(&raw[18..22])? as usize;
+        let end = BLOB_HEADER + n.checked_mul(36).ok_or_else(corrupt)?;
+        let list = raw.get(BLOB_HEADER..end).ok_or_else(corrupt)?;
+        let recipients = list
+            .chunks_exact(36)
+            .map(|c| {
+                Ok((
+                    Rid(c[..32].try_into().map_err(|_| corrupt())?),
+                    DeviceId(be_u32(&c[32..36])?),
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((
+            Self {
+                flags: u32::from(raw[1]),
+                received_at_ms: be_u64(&raw[2..10])?,
+                expires_at_ms: be_u64(&raw[10..18])?,
+                recipients,
+                payload: Bytes::new(),
             },
-        );
+            end,
+        ))
     }
 
-    /// One recipient fewer holds blob `id`.
-    pub(super) fn release(&mut self, tree: &sled::Tree, id: ServerId) -> Result<(), StoreError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.touched.entry(id) {
-            let state = match tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
-                Some(raw) => BlobState::Existing {
-                    remaining: BlobRecord::remaining(&raw)?,
-                    raw,
-                },
-                None => BlobState::Gone,
-            };
-            slot.insert(state);
-        }
-        match self.touched.get_mut(&id) {
-            Some(BlobState::New { remaining, .. } | BlobState::Existing { remaining, .. }) => {
-                *remaining = remaining.saturating_sub(1);
-            }
-            Some(BlobState::Gone) | None => {}
-        }
-        Ok(())
+    pub(super) fn decode(raw: &sled::IVec) -> Result<Self, StoreError> {
+        let (mut r, end) = Self::header(raw)?;
+        r.payload = Bytes::copy_from_slice(&raw[end..]);
+        Ok(r)
     }
 
-    /// Adds the new counts to `batch`; a blob nobody holds any more is deleted.
-    pub(super) fn write(self, batch: &mut sled::Batch) {
-        for (id, state) in self.touched {
-            let key = prefixed(BLOB, &id.0);
-            match state {
-                BlobState::New { remaining: 0, .. } | BlobState::Existing { remaining: 0, .. } => {
-                    batch.remove(key);
-                }
-                BlobState::New {
-                    remaining,
-                    expires_at,
-                    payload,
-                } => {
-                    batch.insert(key, BlobRecord::encode(remaining, expires_at, &payload));
-                }
-                BlobState::Existing { remaining, raw } => {
-                    let mut v = raw.to_vec();
-                    v[1..5].copy_from_slice(&remaining.to_be_bytes());
-                    batch.insert(key, v);
-                }
-                BlobState::Gone => {}
-            }
+    /// The bytes and expiry of a layout version 1 blob.
+    pub(super) fn legacy(raw: &[u8]) -> Result<(u64, Bytes), StoreError> {
+        if raw.len() < 13 || raw[0] != RECORD_VERSION {
+            return Err(StoreError::Corrupt("legacy blob record"));
         }
+        Ok((be_u64(&raw[5..13])?, Bytes::copy_from_slice(&raw[13..])))
     }
+}
+
+/// A gap record: `dropped:8 received_at:8 expires_at:8`.
+pub(super) fn encode_gap(dropped: u64, received_at_ms: u64, expires_at_ms: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&dropped.to_be_bytes());
+    v.extend_from_slice(&received_at_ms.to_be_bytes());
+    v.extend_from_slice(&expires_at_ms.to_be_bytes());
+    v
+}
+
+/// (dropped, received_at, expires_at) of a gap record.
+pub(super) fn decode_gap(v: &[u8]) -> Result<(u64, u64, u64), StoreError> {
+    if v.len() != 24 {
+        return Err(StoreError::Corrupt("gap record"));
+    }
+    Ok((be_u64(&v[..8])?, be_u64(&v[8..16])?, be_u64(&v[16..24])?))
 }
 
 /// An idempotency record: `server_id:16 digest:32 has_epoch:1 epoch:8`.

@@ -1,137 +1,149 @@
-//! Expiry (mailbox entries, blobs, idempotency records, provisioning nonces, KeyPackages)
-//! in bounded chunks, statistics and lifecycle.
+//! Expiry (blobs with their idempotency records, gap records, provisioning nonces,
+//! KeyPackages) in bounded chunks, statistics and lifecycle.
 
-use super::SledStore;
 use super::layout::{
-    BLOB, DEVICE, EXPIRY, KEY_PACKAGE, KEY_PACKAGE_ROUTE, MAILBOX, NONCE, backend, be_u64, device_key_with,
-    mailbox_seq, prefixed, rid_device,
+    BLOB, DEVICE, EXPIRY, GAP, KEY_PACKAGE, KEY_PACKAGE_ROUTE, NONCE, backend, be_u64, device_seq, prefixed, rid_device,
 };
-use super::records::{BlobCounts, BlobRecord, MailboxEntry};
+use super::records::{BlobRecord, decode_gap};
+use super::writeset::WriteSet;
+use super::{Inner, SledStore, lock};
 use crate::contract::Maintenance;
-use crate::{Stats, StoreError, SweepStats};
+use crate::{ServerId, Stats, StoreError, SweepStats};
 
-/// Operations per batch when sweeping, so the write lock is never held for long.
+/// Records per write set when sweeping, so no lock is held for long.
 const SWEEP_CHUNK: usize = 1_000;
 
 impl Maintenance for SledStore {
     async fn sweep(&self, now_ms: u64) -> Result<SweepStats, StoreError> {
-        let mailbox_entries = self.sweep_mailboxes(now_ms)?;
-        let blobs = self.sweep_blobs(now_ms)?;
-        // Expired tokens are refused before storage is asked, so no lock is needed.
-        let nonces = self.remove_expired(NONCE, now_ms, |v| v.get(..8))?;
-        let key_packages = self.sweep_key_packages(now_ms)?;
-        metrics::counter!("relay_key_packages_expired_total").increment(key_packages);
-        metrics::counter!("relay_mailbox_ops_total", "op" => "expire").increment(mailbox_entries);
-        Ok(SweepStats {
-            blobs,
-            mailbox_entries,
-            nonces,
-        })
+        let (stats, lsn) = self
+            .blocking(move |s| {
+                let (blobs, mailbox_entries) = s.sweep_blobs(now_ms)?;
+                s.sweep_gaps(now_ms)?;
+                let nonces = {
+                    let _devices = lock(&s.devices);
+                    // Expired tokens are refused before storage is asked.
+                    s.remove_expired(NONCE, now_ms, |v| v.get(..8))?
+                };
+                let key_packages = {
+                    let _kp = lock(&s.keypackages);
+                    let n = s.remove_expired(KEY_PACKAGE, now_ms, |v| v.get(..8))?;
+                    s.remove_expired(KEY_PACKAGE_ROUTE, now_ms, |v| v.get(36..44))?;
+                    n
+                };
+                metrics::counter!("relay_key_packages_expired_total").increment(key_packages);
+                metrics::counter!("relay_mailbox_ops_total", "op" => "expire").increment(mailbox_entries);
+                let stats = SweepStats {
+                    blobs,
+                    mailbox_entries,
+                    nonces,
+                };
+                Ok((stats, s.journal.last_lsn()))
+            })
+            .await?;
+        self.durable(lsn).await?;
+        Ok(stats)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        let mut s = Stats {
-            devices: self.tree.scan_prefix(DEVICE).count() as u64,
-            mailbox_entries: self.tree.scan_prefix(MAILBOX).count() as u64,
-            ..Stats::default()
-        };
-        for item in self.tree.scan_prefix(BLOB) {
-            let (_, v) = item.map_err(backend)?;
-            s.blobs += 1;
-            s.blob_bytes += BlobRecord::payload(&v)?.len() as u64;
-        }
-        Ok(s)
+        self.blocking(|s| {
+            let mut st = Stats {
+                devices: s.tree.scan_prefix(DEVICE).count() as u64,
+                mailbox_entries: lock(&s.mailboxes).index.len(),
+                ..Stats::default()
+            };
+            for item in s.tree.scan_prefix(BLOB) {
+                let (_, v) = item.map_err(backend)?;
+                let (_, end) = BlobRecord::header(&v)?;
+                st.blobs += 1;
+                st.blob_bytes += (v.len() - end) as u64;
+            }
+            Ok(st)
+        })
+        .await
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Flushes and stops the flusher thread.
+    /// Stops the checkpoint thread, makes every appended record durable and takes a final
+    /// checkpoint, so the next start replays nothing.
     fn close(&self) {
-        self.commit.stop();
+        self.inner.checkpoint.stop();
+        self.inner.journal.stop();
+        if let Err(e) = self.inner.checkpoint_now() {
+            tracing::error!(cause = %e, "final checkpoint failed; the next start replays the journal");
+        }
     }
 }
 
-impl SledStore {
-    /// Expired mailbox entries, device by device, each device's removal one batch.
-    fn sweep_mailboxes(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let devices = self
-            .tree
-            .scan_prefix(DEVICE)
-            .keys()
-            .map(|k| rid_device(&k.map_err(backend)?))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut removed = 0u64;
-        for (rid, dev) in devices {
-            let mut st = self.lock();
-            let mut expired = Vec::new();
-            for item in self.tree.scan_prefix(device_key_with(MAILBOX, &rid, dev)) {
-                let (k, v) = item.map_err(backend)?;
-                let entry = MailboxEntry::decode(&v)?;
-                if entry.expires_at_ms > now_ms || expired.len() >= SWEEP_CHUNK {
-                    break;
-                }
-                expired.push((mailbox_seq(&k)?, entry));
-            }
-            if expired.is_empty() {
-                continue;
-            }
-            let mut batch = sled::Batch::default();
-            let mut blobs = BlobCounts::default();
-            let freed = self.remove_entries(&mut batch, &mut blobs, &rid, dev, &expired)?;
-            blobs.write(&mut batch);
-            self.tree.apply_batch(batch).map_err(backend)?;
-            if let Some(q) = st.queued.get_mut(&(rid, dev)) {
-                *q = q.saturating_sub(freed);
-            }
-            removed += expired.len() as u64;
-        }
-        Ok(removed)
-    }
-
-    /// Expired blobs and the idempotency records that expire with them.
-    fn sweep_blobs(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let mut removed = 0u64;
+impl Inner {
+    /// Expired blobs, their tombstones, expiry keys and idempotency records; returns
+    /// (blobs, mailbox entries) removed.
+    fn sweep_blobs(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        let (mut blobs, mut entries) = (0u64, 0u64);
         loop {
-            let _guard = self.lock();
-            let mut batch = sled::Batch::default();
+            let mut m = lock(&self.mailboxes);
+            let mut ws = WriteSet::default();
+            let mut effects = Vec::new();
             let mut n = 0usize;
             let end = prefixed(EXPIRY, &now_ms.to_be_bytes());
             for item in self.tree.range(EXPIRY.to_vec()..=end) {
                 let (k, idem) = item.map_err(backend)?;
-                if k.len() != 26 {
-                    return Err(StoreError::Corrupt("expiry key"));
+                let id = ServerId(
+                    k.get(10..26)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or(StoreError::Corrupt("expiry key"))?,
+                );
+                if let Some(raw) = self.tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
+                    let (blob, _) = BlobRecord::header(&raw)?;
+                    entries += m.index.expire_blob(id, &blob.recipients, &mut effects);
+                    blobs += 1;
                 }
-                batch.remove(prefixed(BLOB, &k[10..26]));
                 if !idem.is_empty() {
-                    batch.remove(idem.to_vec());
+                    ws.del(&idem);
                 }
-                batch.remove(k.to_vec());
+                ws.del(&k);
                 n += 1;
                 if n >= SWEEP_CHUNK {
                     break;
                 }
             }
             if n == 0 {
-                return Ok(removed);
+                return Ok((blobs, entries));
             }
-            self.tree.apply_batch(batch).map_err(backend)?;
-            removed += n as u64;
+            self.effects_into(&effects, &mut ws)?;
+            self.commit(&ws)?;
         }
     }
 
-    /// Expired KeyPackages and their routes. Scanned without the writer lock (removing an
-    /// expired record cannot race with anything meaningful: an expired package is never
-    /// served and cannot be uploaded again), removed in bounded batches.
-    fn sweep_key_packages(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let packages = self.remove_expired(KEY_PACKAGE, now_ms, |v| v.get(..8))?;
-        self.remove_expired(KEY_PACKAGE_ROUTE, now_ms, |v| v.get(36..44))?;
-        Ok(packages)
+    /// Gap records past their expiry.
+    fn sweep_gaps(&self, now_ms: u64) -> Result<(), StoreError> {
+        let mut expired = Vec::new();
+        for item in self.tree.scan_prefix(GAP) {
+            let (k, v) = item.map_err(backend)?;
+            if decode_gap(&v)?.2 <= now_ms {
+                expired.push((rid_device(&k)?, device_seq(&k)?));
+            }
+        }
+        for chunk in expired.chunks(SWEEP_CHUNK) {
+            let mut m = lock(&self.mailboxes);
+            let mut effects = Vec::new();
+            for (key, seq) in chunk {
+                m.index.expire_gap(*key, *seq, &mut effects);
+            }
+            let mut ws = WriteSet::default();
+            self.effects_into(&effects, &mut ws)?;
+            for (key, seq) in chunk {
+                ws.del(&super::layout::gap_key(&key.0, key.1, *seq));
+            }
+            self.commit(&ws)?;
+        }
+        Ok(())
     }
 
     /// Removes every record under `prefix` whose big-endian expiry (found by `expiry`) has
-    /// passed, `SWEEP_CHUNK` keys per batch.
+    /// passed, `SWEEP_CHUNK` keys per write set. The caller holds the domain's lock.
     fn remove_expired(
         &self,
         prefix: &[u8],
@@ -139,21 +151,21 @@ impl SledStore {
         expiry: impl Fn(&[u8]) -> Option<&[u8]>,
     ) -> Result<u64, StoreError> {
         let mut removed = 0u64;
-        let mut batch = sled::Batch::default();
+        let mut ws = WriteSet::default();
         let mut pending = 0usize;
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(backend)?;
             if be_u64(expiry(&v).ok_or(StoreError::Corrupt("expiry"))?)? <= now_ms {
-                batch.remove(k);
+                ws.del(&k);
                 pending += 1;
                 if pending == SWEEP_CHUNK {
-                    self.tree.apply_batch(std::mem::take(&mut batch)).map_err(backend)?;
+                    self.commit(&std::mem::take(&mut ws))?;
                     removed += pending as u64;
                     pending = 0;
                 }
             }
         }
-        self.tree.apply_batch(batch).map_err(backend)?;
+        self.commit(&ws)?;
         Ok(removed + pending as u64)
     }
 }

@@ -54,8 +54,8 @@ fn open(path: &std::path::Path) -> Storage {
     // sled's own background threads may hold the directory lock for a moment after the
     // last handle is dropped (a reopen in the same process races it): retry briefly.
     let config = StorageConfig::Sled(SledConfig {
-        path: path.to_path_buf(),
         cache_capacity: 16 << 20,
+        ..SledConfig::in_dir(path)
     });
     for _ in 0..100 {
         match Storage::open(&config) {
