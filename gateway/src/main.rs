@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, Overrides};
 
+/// mimalloc: glibc's allocator spent a sixth of the gateway's CPU under load (request bodies,
+/// sled nodes and HTTP/2 buffers freed on other threads than they were allocated on).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
 

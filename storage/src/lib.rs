@@ -41,6 +41,7 @@ mod sled;
 pub mod watch;
 
 pub use contract::{Audit, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Store};
+pub use journal::Recovery;
 pub use model::*;
 pub use sled::{SledConfig, SledStore};
 

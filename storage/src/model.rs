@@ -216,6 +216,10 @@ pub enum StoreError {
     /// Another process (or a store not yet closed in this one) holds the data directory.
     #[error("the data directory is in use: {0}")]
     InUse(String),
+    /// The journal could not be replayed (corruption, a missing segment): the store refuses
+    /// to start rather than skip acknowledged data. The text names the file and offset.
+    #[error("storage recovery refused: {0}")]
+    Recovery(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 
+/// The gateway's allocator, so the comparison measures the transport, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long)]

@@ -30,7 +30,12 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         body.recipients.iter().map(|r| r.address.as_str()),
         Duplicates::Refuse,
     )?;
-    let digest = request_digest(&checked.envelope, &recipients, &body);
+    // The digest only tells a retry from a reused client message id: without an id there is
+    // nothing to compare it with.
+    let digest = match checked.client_message_id {
+        Some(_) => request_digest(&checked.envelope, &recipients, &body),
+        None => [0; 32],
+    };
     let mut specs: Vec<RecipientSpec> = recipients
         .iter()
         .zip(&body.recipients)

@@ -94,6 +94,9 @@ pub struct Recovery {
     pub torn_at: Option<(u64, usize)>,
 }
 
+/// Called once with the outcome of the `fdatasync` that covers a record.
+pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// The journal of one store.
 #[derive(Debug)]
 pub struct Journal {
@@ -108,7 +111,6 @@ struct Shared {
     wake: Condvar,
 }
 
-#[derive(Debug)]
 struct State {
     /// Records not yet handed to the journal thread, framed.
     buf: Vec<u8>,
@@ -116,7 +118,7 @@ struct State {
     buf_first: u64,
     next_lsn: u64,
     durable_lsn: u64,
-    waiters: Vec<(u64, oneshot::Sender<Result<(), StoreError>>)>,
+    waiters: Vec<(u64, Completion)>,
     /// Appended but not yet applied by their writer.
     applying: BTreeSet<u64>,
     thread_idle: bool,
@@ -294,23 +296,38 @@ impl Journal {
 
     /// Resolves once record `lsn` (and every record before it) is on disk.
     pub async fn durable(&self, lsn: u64) -> Result<(), StoreError> {
-        let rx = {
-            let mut s = self.shared.lock();
-            if s.durable_lsn >= lsn {
-                return Ok(());
-            }
-            if s.failed {
-                return Err(StoreError::Backend("an earlier journal write failed".into()));
-            }
-            let (tx, rx) = oneshot::channel();
-            s.waiters.push((lsn, tx));
-            if s.thread_idle {
-                s.thread_idle = false;
-                self.shared.wake.notify_one();
-            }
-            rx
-        };
+        let (tx, rx) = oneshot::channel();
+        self.when_durable(
+            lsn,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Calls `done` once record `lsn` (and every record before it) is on disk, or with the
+    /// error that means it never will be — on the journal thread, or at once if it is
+    /// already durable. Keep `done` short: it delays the completions after it.
+    pub fn when_durable(&self, lsn: u64, done: Completion) {
+        let mut s = self.shared.lock();
+        if s.durable_lsn >= lsn {
+            drop(s);
+            return done(Ok(()));
+        }
+        if s.failed {
+            drop(s);
+            return done(Err(StoreError::Backend("an earlier journal write failed".into())));
+        }
+        if s.stop && s.buf.is_empty() {
+            drop(s);
+            return done(Err(StoreError::Closed));
+        }
+        s.waiters.push((lsn, done));
+        if s.thread_idle {
+            s.thread_idle = false;
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The LSN of the last record appended so far (wait on it to cover everything before).
@@ -365,6 +382,17 @@ impl Journal {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("next_lsn", &self.next_lsn)
+            .field("durable_lsn", &self.durable_lsn)
+            .field("waiters", &self.waiters.len())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
     }
 }
 

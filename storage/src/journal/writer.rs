@@ -75,17 +75,26 @@ pub(super) fn writer(shared: &Shared, dir: &Path, mut segment: Segment, segment_
         }
         let (durable, failed) = (s.durable_lsn, s.failed);
         let mut later = Vec::new();
-        for (lsn, tx) in waiters {
+        let mut done = Vec::with_capacity(waiters.len());
+        for (lsn, completion) in waiters {
             if lsn <= durable {
-                let _ = tx.send(Ok(()));
+                done.push((completion, true));
             } else if failed {
-                let _ = tx.send(Err(StoreError::Backend("journal write failed".into())));
+                done.push((completion, false));
             } else {
-                later.push((lsn, tx));
+                later.push((lsn, completion));
             }
         }
         s.waiters.extend(later);
         drop(s);
+        // Completed outside the lock: they wake tasks, and appends must not wait for that.
+        for (completion, ok) in done {
+            completion(if ok {
+                Ok(())
+            } else {
+                Err(StoreError::Backend("journal write failed".into()))
+            });
+        }
         group.clear();
         spare = group;
     }

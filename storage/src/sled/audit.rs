@@ -11,16 +11,13 @@ use crate::{AuditRecord, StoreError};
 impl Audit for SledStore {
     async fn audit_append(&self, kind: &str, detail: String, now_ms: u64) -> Result<AuditRecord, StoreError> {
         let kind = kind.to_owned();
-        let (record, lsn) = self
-            .blocking(move |s| {
-                let _audit = lock(&s.audit);
-                let mut ws = WriteSet::default();
-                let r = s.audit_into(&mut ws, &kind, &detail, now_ms)?;
-                Ok((r, s.commit(&ws)?))
-            })
-            .await?;
-        self.durable(lsn).await?;
-        Ok(record)
+        self.write(move |s| {
+            let _audit = lock(&s.audit);
+            let mut ws = WriteSet::default();
+            let r = s.audit_into(&mut ws, &kind, &detail, now_ms)?;
+            Ok((r, s.commit(&ws)?))
+        })
+        .await
     }
 
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {

@@ -13,13 +13,28 @@ use crate::{DeviceAuth, DeviceId, NewDevice, RegisterError, Rid, StoreError};
 
 impl Devices for SledStore {
     async fn register_device(&self, req: NewDevice) -> Result<DeviceId, RegisterError> {
-        let (device, lsn) = self.blocking(move |s| Ok(s.register(&req))).await??;
-        self.durable(lsn).await?;
-        Ok(device)
+        self.write(move |s| s.register(&req)).await
     }
 
     async fn device_by_lookup(&self, lookup: [u8; 16]) -> Result<Option<DeviceAuth>, StoreError> {
-        self.blocking(move |s| s.device_by_lookup(lookup)).await
+        let generation = {
+            let cache = lock(&self.inner.auth);
+            if let Some(auth) = cache.map.get(&lookup) {
+                return Ok(Some(*auth));
+            }
+            cache.generation
+        };
+        let found = self.blocking(move |s| s.device_by_lookup(lookup)).await?;
+        if let Some(auth) = found {
+            let mut cache = lock(&self.inner.auth);
+            if cache.generation == generation {
+                if cache.map.len() >= super::CACHE_LIMIT {
+                    cache.map.clear();
+                }
+                cache.map.insert(lookup, auth);
+            }
+        }
+        Ok(found)
     }
 
     async fn devices(&self, rid: Rid) -> Result<Vec<DeviceId>, StoreError> {
@@ -27,11 +42,7 @@ impl Devices for SledStore {
     }
 
     async fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<bool, StoreError> {
-        let Some(lsn) = self.blocking(move |s| s.delete_device(rid, device)).await? else {
-            return Ok(false);
-        };
-        self.durable(lsn).await?;
-        Ok(true)
+        self.write(move |s| s.delete_device(rid, device)).await
     }
 }
 
@@ -96,14 +107,14 @@ impl Inner {
         }))
     }
 
-    /// Removes the device, its credential, push handle, KeyPackages and mailbox; `None` if
+    /// Removes the device, its credential, push handle, KeyPackages and mailbox; `false` if
     /// there was no such device.
-    fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<Option<u64>, StoreError> {
+    fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<(bool, u64), StoreError> {
         let mut cache = lock(&self.devices);
         let _kp = lock(&self.keypackages);
         let _push = lock(&self.push);
         let Some(rec) = self.device_record(&rid, device)? else {
-            return Ok(None);
+            return Ok((false, self.journal.last_lsn()));
         };
         let mut ws = WriteSet::default();
         ws.del(&device_key(&rid, device));
@@ -124,6 +135,9 @@ impl Inner {
         let lsn = self.commit(&ws)?;
         drop(m);
         cache.remove(&rid);
-        Ok(Some(lsn))
+        let mut auth = lock(&self.auth);
+        auth.map.remove(&rec.lookup);
+        auth.generation += 1;
+        Ok((true, lsn))
     }
 }

@@ -22,17 +22,13 @@ impl Groups for SledStore {
     }
 
     async fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> Result<(), StoreError> {
-        let lsn = self
-            .blocking(move |s| s.put_group(&group_key, GROUP_EPOCH, &epoch.to_be_bytes()))
-            .await?;
-        self.durable(lsn).await
+        self.write(move |s| Ok(((), s.put_group(&group_key, GROUP_EPOCH, &epoch.to_be_bytes())?)))
+            .await
     }
 
     async fn set_group_info(&self, group_key: [u8; 32], group_info: Bytes) -> Result<(), StoreError> {
-        let lsn = self
-            .blocking(move |s| s.put_group(&group_key, GROUP_INFO, &group_info))
-            .await?;
-        self.durable(lsn).await
+        self.write(move |s| Ok(((), s.put_group(&group_key, GROUP_INFO, &group_info)?)))
+            .await
     }
 
     async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {

@@ -21,18 +21,13 @@ impl KeyPackages for SledStore {
         max_per_device: usize,
         _now_ms: u64,
     ) -> Result<u32, KeyPackageError> {
-        let (n, lsn) = self
-            .blocking(move |s| Ok(s.upload(&rid, device, &packages, max_per_device)))
-            .await??;
-        self.durable(lsn).await?;
-        Ok(n)
+        self.write(move |s| s.upload(&rid, device, &packages, max_per_device))
+            .await
     }
 
     async fn claim_key_packages(&self, targets: Vec<Rid>, now_ms: u64) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
-        let (claimed, lsn) = self.blocking(move |s| s.claim(&targets, now_ms)).await?;
         // Exactly once: the removal is durable before anyone sees the package.
-        self.durable(lsn).await?;
-        Ok(claimed)
+        self.write(move |s| s.claim(&targets, now_ms)).await
     }
 
     async fn key_package_count(&self, rid: Rid, device: DeviceId, now_ms: u64) -> Result<KeyPackageCount, StoreError> {

@@ -23,10 +23,8 @@ use crate::{
 
 impl Mailboxes for SledStore {
     async fn send(&self, req: SendRequest) -> Result<SendOutcome, SendError> {
-        let (outcome, lsn) = self.blocking(move |s| Ok(s.send(&req))).await??;
         // A duplicate's first send may still be on its way to disk: its LSN is covered.
-        self.durable(lsn).await?;
-        Ok(outcome)
+        self.write(move |s| s.send(&req)).await
     }
 
     async fn receive(
@@ -42,9 +40,7 @@ impl Mailboxes for SledStore {
     }
 
     async fn ack(&self, rid: Rid, device: DeviceId, ack: Ack) -> Result<u64, StoreError> {
-        let (n, lsn) = self.blocking(move |s| s.ack((rid, device), &ack)).await?;
-        self.durable(lsn).await?;
-        Ok(n)
+        self.write(move |s| s.ack((rid, device), &ack)).await
     }
 }
 
@@ -104,16 +100,13 @@ impl Inner {
                 recipients: targets.clone(),
                 payload: req.message.as_bytes().clone(),
             };
-            ws.put(&prefixed(BLOB, &server_id.0), &blob.encode());
-        }
-        // The expiry index also carries the idempotency key, which expires with the blob.
-        if !targets.is_empty() || idem_key.is_some() {
-            ws.put(
-                &expiry_key(expires_at, &server_id.0),
-                idem_key.as_deref().unwrap_or_default(),
-            );
+            ws.put_with(&prefixed(BLOB, &server_id.0), blob.encoded_len(), |v| {
+                blob.encode_into(v)
+            });
         }
         if let Some(k) = &idem_key {
+            // The idempotency record expires with the blob (blobs expire from the index).
+            ws.put(&expiry_key(expires_at, &server_id.0), k);
             let record = IdempotencyRecord {
                 server_id,
                 digest: req.request_digest,
@@ -337,6 +330,7 @@ pub(super) fn load_index(tree: &sled::Tree, active: &HashSet<Key>) -> Result<Ind
         let held: Vec<Key> = blob.recipients.iter().filter(|r| active.contains(r)).copied().collect();
         let meta = Blob {
             remaining: 0,
+            rand: [0; 8],
             received_at_ms: blob.received_at_ms,
             expires_at_ms: blob.expires_at_ms,
         };

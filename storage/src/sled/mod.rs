@@ -43,6 +43,7 @@ mod outbox;
 mod push;
 mod records;
 mod sweep;
+mod writer;
 mod writeset;
 
 use std::collections::HashMap;
@@ -102,6 +103,9 @@ struct Inner {
     journal: Journal,
     /// Active devices per address (filled on first use), guarding device writes.
     devices: Mutex<HashMap<Rid, Vec<DeviceId>>>,
+    /// Credential lookups of active devices (every request authenticates: no disk read and
+    /// no hand-off to the blocking pool once a credential is known).
+    auth: Mutex<AuthCache>,
     keypackages: Mutex<()>,
     push: Mutex<()>,
     idempotency: Stripes,
@@ -110,6 +114,9 @@ struct Inner {
     outbox: Mutex<()>,
     audit: Mutex<()>,
     checkpoint: checkpoint::Checkpointer,
+    writer: writer::Writer,
+    /// What the last open replayed.
+    recovery: Recovery,
 }
 
 /// The mailbox index and the id allocator, under one lock.
@@ -119,6 +126,14 @@ struct Mailboxes {
     /// The next send id; ids up to `reserved` are covered by a durable `I/` record.
     next_id: u64,
     reserved: u64,
+}
+
+/// Positive credential lookups, and a generation bumped by every deletion so a lookup read
+/// before a deletion is never cached after it.
+#[derive(Debug, Default)]
+struct AuthCache {
+    map: HashMap<[u8; 16], crate::DeviceAuth>,
+    generation: u64,
 }
 
 /// Ids reserved per `I/` record.
@@ -176,7 +191,7 @@ impl SledStore {
             segment_bytes: config.journal_segment_bytes,
         };
         let (journal, recovery) = Journal::open(&journal_config, |_, payload| writeset::apply(&tree, payload))
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            .map_err(|e| StoreError::Recovery(e.to_string()))?;
         migrate::to_current(&db, &tree)?;
         let index = Self::rebuild_index(&tree)?;
         let reserved = tree
@@ -188,11 +203,13 @@ impl SledStore {
             .map_or_else(|| db.generate_id().map_err(backend).map(|id| id + 1), Ok)?;
         let inner = Arc::new(Inner {
             checkpoint: checkpoint::Checkpointer::default(),
+            writer: writer::Writer::default(),
             db,
             tree,
             path: config.path.clone(),
             journal,
             devices: Mutex::default(),
+            auth: Mutex::default(),
             keypackages: Mutex::default(),
             push: Mutex::default(),
             idempotency: Stripes::new(),
@@ -204,6 +221,7 @@ impl SledStore {
             }),
             outbox: Mutex::default(),
             audit: Mutex::default(),
+            recovery,
         });
         // Everything replayed is made durable in sled at once, so a crash during the next
         // run never replays it again.
@@ -211,11 +229,48 @@ impl SledStore {
             inner.checkpoint_now()?;
         }
         checkpoint::Checkpointer::start(&inner, config);
-        log_recovery(&recovery, started);
+        writer::Writer::start(&inner)?;
+        log_recovery(&inner.recovery, started);
         Ok(Self { inner })
     }
 
-    /// Runs `f` on tokio's blocking pool (storage never blocks an async worker).
+    /// What opening this store replayed from the journal.
+    pub fn recovery(&self) -> Recovery {
+        self.inner.recovery
+    }
+
+    /// Takes a checkpoint now (blocking; the checkpoint thread does this on its own).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.checkpoint_now()
+    }
+
+    /// Runs the mutation `op` on the writer thread and resolves once its write set is durable
+    /// (`op` returns its result and the LSN to wait for).
+    async fn write<T, E>(&self, op: impl FnOnce(&Inner) -> Result<(T, u64), E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let start = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        let job: writer::Job = Box::new(move |inner: &Inner| match op(inner) {
+            Ok((value, lsn)) => inner.journal.when_durable(
+                lsn,
+                Box::new(move |r| {
+                    let _ = tx.send(r.map(|()| value).map_err(E::from));
+                }),
+            ),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        self.inner.writer.submit(job)?;
+        let r = rx.await.unwrap_or_else(|_| Err(StoreError::Closed.into()));
+        metrics::histogram!("relay_storage_durable_wait_seconds").record(start.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Runs the read `f` on tokio's blocking pool (storage never blocks an async worker).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,

@@ -48,47 +48,41 @@ impl Outbox for SledStore {
 
     async fn outbox_retry(&self, peer: &str, seq: u64, state: EntryState) -> Result<(), StoreError> {
         let peer = peer.to_owned();
-        let lsn = self
-            .blocking(move |s| {
-                let _outbox = lock(&s.outbox);
-                let key = outbox_key(&peer, seq);
-                let mut ws = WriteSet::default();
-                if let Some(v) = s.tree.get(&key).map_err(backend)? {
-                    let mut v = v.to_vec();
-                    v[..20].copy_from_slice(&state.encode());
-                    ws.put(&key, &v);
-                }
-                s.commit(&ws)
-            })
-            .await?;
-        self.durable(lsn).await
+        self.write(move |s| {
+            let _outbox = lock(&s.outbox);
+            let key = outbox_key(&peer, seq);
+            let mut ws = WriteSet::default();
+            if let Some(v) = s.tree.get(&key).map_err(backend)? {
+                let mut v = v.to_vec();
+                v[..20].copy_from_slice(&state.encode());
+                ws.put(&key, &v);
+            }
+            Ok(((), s.commit(&ws)?))
+        })
+        .await
     }
 
     async fn outbox_delete(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
         let peer = peer.to_owned();
-        let lsn = self
-            .blocking(move |s| {
-                let _outbox = lock(&s.outbox);
-                let mut ws = WriteSet::default();
-                ws.del(&outbox_key(&peer, seq));
-                s.commit(&ws)
-            })
-            .await?;
-        self.durable(lsn).await
+        self.write(move |s| {
+            let _outbox = lock(&s.outbox);
+            let mut ws = WriteSet::default();
+            ws.del(&outbox_key(&peer, seq));
+            Ok(((), s.commit(&ws)?))
+        })
+        .await
     }
 
     async fn outbox_dead_letter(&self, peer: &str, seq: u64, detail: String, now_ms: u64) -> Result<(), StoreError> {
         let peer = peer.to_owned();
-        let lsn = self
-            .blocking(move |s| {
-                let _outbox = lock(&s.outbox);
-                let _audit = lock(&s.audit);
-                let mut ws = WriteSet::default();
-                ws.del(&outbox_key(&peer, seq));
-                s.audit_into(&mut ws, "interconnect.dead_letter", &detail, now_ms)?;
-                s.commit(&ws)
-            })
-            .await?;
-        self.durable(lsn).await
+        self.write(move |s| {
+            let _outbox = lock(&s.outbox);
+            let _audit = lock(&s.audit);
+            let mut ws = WriteSet::default();
+            ws.del(&outbox_key(&peer, seq));
+            s.audit_into(&mut ws, "interconnect.dead_letter", &detail, now_ms)?;
+            Ok(((), s.commit(&ws)?))
+        })
+        .await
     }
 }

@@ -8,24 +8,20 @@ use crate::{DeviceId, Rid, StoreError};
 
 impl PushHandles for SledStore {
     async fn set_push_handle(&self, rid: Rid, device: DeviceId, handle: Option<String>) -> Result<bool, StoreError> {
-        let lsn = self
-            .blocking(move |s| {
-                let _push = lock(&s.push);
-                if s.device_record(&rid, device)?.is_none() {
-                    return Ok(None);
-                }
-                let key = device_key_with(PUSH_HANDLE, &rid, device);
-                let mut ws = WriteSet::default();
-                match handle {
-                    Some(h) => ws.put(&key, h.as_bytes()),
-                    None => ws.del(&key),
-                }
-                s.commit(&ws).map(Some)
-            })
-            .await?;
-        let Some(lsn) = lsn else { return Ok(false) };
-        self.durable(lsn).await?;
-        Ok(true)
+        self.write(move |s| {
+            let _push = lock(&s.push);
+            if s.device_record(&rid, device)?.is_none() {
+                return Ok((false, s.journal.last_lsn()));
+            }
+            let key = device_key_with(PUSH_HANDLE, &rid, device);
+            let mut ws = WriteSet::default();
+            match handle {
+                Some(h) => ws.put(&key, h.as_bytes()),
+                None => ws.del(&key),
+            }
+            Ok((true, s.commit(&ws)?))
+        })
+        .await
     }
 
     async fn push_handle(&self, rid: Rid, device: DeviceId) -> Result<Option<String>, StoreError> {
@@ -41,20 +37,16 @@ impl PushHandles for SledStore {
 
     async fn drop_push_handle_if(&self, rid: Rid, device: DeviceId, handle: &str) -> Result<bool, StoreError> {
         let handle = handle.to_owned();
-        let lsn = self
-            .blocking(move |s| {
-                let _push = lock(&s.push);
-                let key = device_key_with(PUSH_HANDLE, &rid, device);
-                if s.tree.get(&key).map_err(backend)?.as_deref() != Some(handle.as_bytes()) {
-                    return Ok(None);
-                }
-                let mut ws = WriteSet::default();
-                ws.del(&key);
-                s.commit(&ws).map(Some)
-            })
-            .await?;
-        let Some(lsn) = lsn else { return Ok(false) };
-        self.durable(lsn).await?;
-        Ok(true)
+        self.write(move |s| {
+            let _push = lock(&s.push);
+            let key = device_key_with(PUSH_HANDLE, &rid, device);
+            if s.tree.get(&key).map_err(backend)?.as_deref() != Some(handle.as_bytes()) {
+                return Ok((false, s.journal.last_lsn()));
+            }
+            let mut ws = WriteSet::default();
+            ws.del(&key);
+            Ok((true, s.commit(&ws)?))
+        })
+        .await
     }
 }

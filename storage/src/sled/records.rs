@@ -100,7 +100,16 @@ pub(super) struct BlobRecord {
 
 impl BlobRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(BLOB_HEADER + self.recipients.len() * 36 + self.payload.len());
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    pub(super) fn encoded_len(&self) -> usize {
+        BLOB_HEADER + self.recipients.len() * 36 + self.payload.len()
+    }
+
+    pub(super) fn encode_into(&self, v: &mut Vec<u8>) {
         v.push(BLOB_VERSION);
         v.push(self.flags as u8);
         v.extend_from_slice(&self.received_at_ms.to_be_bytes());
@@ -111,7 +120,6 @@ impl BlobRecord {
             v.extend_from_slice(&dev.0.to_be_bytes());
         }
         v.extend_from_slice(&self.payload);
-        v
     }
 
     /// Everything but the payload (index rebuilds read only this).

@@ -8,7 +8,7 @@ use super::records::{BlobRecord, decode_gap};
 use super::writeset::WriteSet;
 use super::{Inner, SledStore, lock};
 use crate::contract::Maintenance;
-use crate::{ServerId, Stats, StoreError, SweepStats};
+use crate::{Stats, StoreError, SweepStats};
 
 /// Records per write set when sweeping, so no lock is held for long.
 const SWEEP_CHUNK: usize = 1_000;
@@ -69,6 +69,7 @@ impl Maintenance for SledStore {
     /// Stops the checkpoint thread, makes every appended record durable and takes a final
     /// checkpoint, so the next start replays nothing.
     fn close(&self) {
+        self.inner.writer.stop();
         self.inner.checkpoint.stop();
         self.inner.journal.stop();
         if let Err(e) = self.inner.checkpoint_now() {
@@ -78,41 +79,43 @@ impl Maintenance for SledStore {
 }
 
 impl Inner {
-    /// Expired blobs, their tombstones, expiry keys and idempotency records; returns
-    /// (blobs, mailbox entries) removed.
+    /// Expired blobs (found in the index) with their tombstones, then expired idempotency
+    /// records (the `e/` index); returns (blobs, mailbox entries) removed.
     fn sweep_blobs(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
         let (mut blobs, mut entries) = (0u64, 0u64);
         loop {
             let mut m = lock(&self.mailboxes);
-            let mut ws = WriteSet::default();
+            let expired = m.index.expired(now_ms, SWEEP_CHUNK);
+            if expired.is_empty() {
+                break;
+            }
             let mut effects = Vec::new();
-            let mut n = 0usize;
+            for id in &expired {
+                let holders = match self.tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
+                    Some(raw) => BlobRecord::header(&raw)?.0.recipients,
+                    None => Vec::new(),
+                };
+                entries += m.index.expire_blob(*id, &holders, &mut effects);
+                blobs += 1;
+            }
+            let mut ws = WriteSet::default();
+            self.effects_into(&effects, &mut ws)?;
+            self.commit(&ws)?;
+        }
+        loop {
+            let _m = lock(&self.mailboxes);
+            let mut ws = WriteSet::default();
             let end = prefixed(EXPIRY, &now_ms.to_be_bytes());
-            for item in self.tree.range(EXPIRY.to_vec()..=end) {
+            for item in self.tree.range(EXPIRY.to_vec()..=end).take(SWEEP_CHUNK) {
                 let (k, idem) = item.map_err(backend)?;
-                let id = ServerId(
-                    k.get(10..26)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or(StoreError::Corrupt("expiry key"))?,
-                );
-                if let Some(raw) = self.tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
-                    let (blob, _) = BlobRecord::header(&raw)?;
-                    entries += m.index.expire_blob(id, &blob.recipients, &mut effects);
-                    blobs += 1;
-                }
                 if !idem.is_empty() {
                     ws.del(&idem);
                 }
                 ws.del(&k);
-                n += 1;
-                if n >= SWEEP_CHUNK {
-                    break;
-                }
             }
-            if n == 0 {
+            if ws.is_empty() {
                 return Ok((blobs, entries));
             }
-            self.effects_into(&effects, &mut ws)?;
             self.commit(&ws)?;
         }
     }

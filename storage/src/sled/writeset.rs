@@ -32,6 +32,24 @@ impl WriteSet {
         self.ops += 1;
     }
 
+    /// A put whose value (`len` bytes) `fill` writes straight into the record, with no
+    /// intermediate copy.
+    pub(super) fn put_with(&mut self, key: &[u8], len: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.reserve(7 + key.len() + len);
+        self.bytes.push(PUT);
+        self.bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
+        let start = self.bytes.len();
+        fill(&mut self.bytes);
+        debug_assert_eq!(
+            self.bytes.len() - start,
+            len,
+            "put_with: the value has the announced length"
+        );
+        self.ops += 1;
+    }
+
     pub(super) fn del(&mut self, key: &[u8]) {
         self.bytes.push(DEL);
         self.bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod contract;
+mod journal;
 
 use storage::prelude::*;
 use storage::{SledConfig, Storage, StorageConfig, StoreError};
