@@ -26,6 +26,7 @@ admin_listen = "127.0.0.1:$admin_port"
 [rate_limit]
 requests_per_second = 1000000
 burst = 1000000
+${EXTRA_TOML:-}
 TOML
     spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log"
     gpid=${pids[-1]}

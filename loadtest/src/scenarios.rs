@@ -145,7 +145,9 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
 }
 
 /// Receivers long-poll and acknowledge; for `live` they record send → receive latency from
-/// the time embedded in each measured message, for `mixed` they count.
+/// the time embedded in each measured message, for `mixed` they count. Acknowledgements go
+/// out in the background (the newest cursor wins), as an app would send them, so a receive
+/// never waits for the previous page's acknowledgement to become durable.
 fn receivers(
     scenario: Scenario,
     clients: &[Client],
@@ -158,6 +160,14 @@ fn receivers(
     for r in clients {
         let (r, rec, mixed_received) = (r.clone(), Arc::clone(rec), Arc::clone(mixed_received));
         tasks.spawn(async move {
+            let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(0u64);
+            let acker = r.clone();
+            tokio::spawn(async move {
+                while ack_rx.changed().await.is_ok() {
+                    let up_to = *ack_rx.borrow_and_update();
+                    let _ = acker.ack(&[], Some(up_to)).await;
+                }
+            });
             let mut cursor = 0;
             while Instant::now() < w.end + Duration::from_secs(2) {
                 let Ok(page) = r.receive(cursor, 100, 1).await else {
@@ -176,7 +186,7 @@ fn receivers(
                 }
                 cursor = page.next_cursor;
                 if !page.envelopes.is_empty() {
-                    let _ = r.ack(&[], Some(cursor)).await;
+                    let _ = ack_tx.send(cursor);
                 }
             }
             anyhow::Ok(())

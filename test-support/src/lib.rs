@@ -57,6 +57,8 @@ impl TestGateway {
         };
         config.rate_limit.requests_per_second = 10_000;
         config.rate_limit.burst = 10_000;
+        // Small journal segments: each gateway preallocates one ahead of time.
+        config.storage.journal_segment_mb = 2;
         tweak(&mut config);
         let settings = config.validate().unwrap();
         let shutdown = CancellationToken::new();

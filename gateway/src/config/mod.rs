@@ -333,13 +333,13 @@ fn d_sweep() -> u64 {
     60
 }
 fn d_segment() -> u64 {
-    64
+    32
 }
 fn d_checkpoint_mb() -> u64 {
-    256
+    32
 }
 fn d_checkpoint_secs() -> u64 {
-    60
+    10
 }
 
 impl Default for Config {

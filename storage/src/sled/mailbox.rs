@@ -217,10 +217,12 @@ impl Inner {
         for e in effects {
             match e {
                 Effect::Tombstone { id, key } => ws.put(&tombstone_key(id, &key.0, key.1), &[]),
-                Effect::Release { id } => {
+                Effect::Release { id, tombstones } => {
                     ws.del(&prefixed(BLOB, &id.0));
-                    for k in self.tree.scan_prefix(prefixed(TOMBSTONE, &id.0)).keys() {
-                        ws.del(&k.map_err(backend)?);
+                    if *tombstones {
+                        for k in self.tree.scan_prefix(prefixed(TOMBSTONE, &id.0)).keys() {
+                            ws.del(&k.map_err(backend)?);
+                        }
                     }
                 }
                 Effect::PutGap { key, seq, slot } => {
@@ -266,7 +268,7 @@ impl Inner {
                     let id = server_id(seq, rand);
                     match self.tree.get(prefixed(BLOB, &id.0)).map_err(backend)? {
                         Some(raw) => {
-                            let blob = BlobRecord::decode(&raw)?;
+                            let blob = BlobRecord::decode(raw)?;
                             (blob.expires_at_ms > now_ms).then(|| StoredEnvelope {
                                 server_id: id,
                                 seq,
@@ -330,6 +332,7 @@ pub(super) fn load_index(tree: &sled::Tree, active: &HashSet<Key>) -> Result<Ind
         let held: Vec<Key> = blob.recipients.iter().filter(|r| active.contains(r)).copied().collect();
         let meta = Blob {
             remaining: 0,
+            tombstones: true,
             rand: [0; 8],
             received_at_ms: blob.received_at_ms,
             expires_at_ms: blob.expires_at_ms,

@@ -181,8 +181,10 @@ impl SledStore {
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
-            // Durability comes from the journal; sled is flushed at checkpoints only.
-            .flush_every_ms(None)
+            // Durability comes from the journal and checkpoints. sled's own flusher writes its
+            // dirty pages every second, so a checkpoint has little left to write and the disk
+            // sees a steady trickle instead of bursts that stall the journal's fdatasyncs.
+            .flush_every_ms(Some(1000))
             .open()
             .map_err(open_error)?;
         let tree = db.open_tree("relay-v1").map_err(backend)?;

@@ -152,9 +152,10 @@ impl BlobRecord {
         ))
     }
 
-    pub(super) fn decode(raw: &sled::IVec) -> Result<Self, StoreError> {
-        let (mut r, end) = Self::header(raw)?;
-        r.payload = Bytes::copy_from_slice(&raw[end..]);
+    /// The whole record; the payload shares sled's buffer (no copy).
+    pub(super) fn decode(raw: sled::IVec) -> Result<Self, StoreError> {
+        let (mut r, end) = Self::header(&raw)?;
+        r.payload = Bytes::from_owner(raw).slice(end..);
         Ok(r)
     }
 

@@ -33,8 +33,8 @@ pub(super) enum Slot {
 pub(super) enum Effect {
     /// `dev` no longer holds the blob, which other recipients still hold: write a tombstone.
     Tombstone { id: ServerId, key: Key },
-    /// Nobody holds the blob any more: delete it and its tombstones.
-    Release { id: ServerId },
+    /// Nobody holds the blob any more: delete it, and its tombstones if it has any.
+    Release { id: ServerId, tombstones: bool },
     /// Write a gap record.
     PutGap { key: Key, seq: u64, slot: Slot },
     /// Delete a gap record.
@@ -45,6 +45,8 @@ pub(super) enum Effect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Blob {
     pub(super) remaining: u32,
+    /// Whether a tombstone was written for it (a release then deletes them too).
+    pub(super) tombstones: bool,
     /// The random half of the blob's server id.
     pub(super) rand: [u8; 8],
     pub(super) received_at_ms: u64,
@@ -93,6 +95,7 @@ impl Index {
             seq,
             Blob {
                 remaining: targets.len() as u32,
+                tombstones: false,
                 rand: rand_half(&entry.id),
                 received_at_ms: entry.received_at_ms,
                 expires_at_ms: entry.expires_at_ms,
@@ -166,11 +169,13 @@ impl Index {
         match self.blobs.get_mut(&seq) {
             Some(b) if b.remaining > 1 => {
                 b.remaining -= 1;
+                b.tombstones = true;
                 effects.push(Effect::Tombstone { id, key });
             }
-            Some(_) => {
+            Some(b) => {
+                let tombstones = b.tombstones;
                 self.blobs.remove(&seq);
-                effects.push(Effect::Release { id });
+                effects.push(Effect::Release { id, tombstones });
             }
             None => {}
         }
@@ -269,8 +274,8 @@ impl Index {
                 }
             }
         }
-        self.blobs.remove(&seq);
-        effects.push(Effect::Release { id });
+        let tombstones = self.blobs.remove(&seq).is_none_or(|b| b.tombstones);
+        effects.push(Effect::Release { id, tombstones });
         n
     }
 
@@ -321,6 +326,8 @@ impl Index {
                 Blob {
                     remaining,
                     rand: rand_half(&id),
+                    // Tombstones may exist on disk: a release after a restart looks for them.
+                    tombstones: true,
                     ..meta
                 },
             );

@@ -32,7 +32,14 @@ fn fan_out_is_one_blob_released_by_the_last_ack() {
     );
     fx.clear();
     assert_eq!(ix.ack(key(3), None, &[e.id, e.id], &mut fx), 1, "acked once");
-    assert_eq!(fx, [Effect::Release { id: e.id }]);
+    assert_eq!(
+        fx,
+        [Effect::Release {
+            id: e.id,
+            tombstones: true
+        }],
+        "the other two recipients' tombstones go with it"
+    );
     assert_eq!((ix.len(), ix.blob(1)), (0, None));
     assert_eq!(ix.ack(key(3), Some(99), &[e.id], &mut fx), 0, "idempotent");
 }
@@ -60,7 +67,10 @@ fn the_quota_trims_the_oldest_into_one_gap() {
     assert_eq!(
         fx,
         [
-            Effect::Release { id: entry(1, 0).id },
+            Effect::Release {
+                id: entry(1, 0).id,
+                tombstones: false
+            },
             Effect::PutGap {
                 key: key(1),
                 seq: 1,
@@ -105,6 +115,7 @@ fn rebuilding_from_records_gives_the_same_mailboxes() {
     let mut rebuilt = Index::default();
     let meta = |e: NewEntry| Blob {
         remaining: 0,
+        tombstones: false,
         rand: [0; 8],
         received_at_ms: e.received_at_ms,
         expires_at_ms: e.expires_at_ms,
@@ -140,7 +151,10 @@ fn removing_a_device_releases_what_only_it_held() {
                 id: entry(1, 0).id,
                 key: key(1)
             },
-            Effect::Release { id: entry(2, 0).id }
+            Effect::Release {
+                id: entry(2, 0).id,
+                tombstones: false
+            }
         ]
     );
     assert_eq!(ix.len(), 1);
