@@ -114,7 +114,8 @@ pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Writes a secret file with mode 0600, refusing to overwrite.
+/// Writes a secret file with mode 0600, refusing to overwrite. The file and its name are
+/// durable when this returns (a key that vanished in a power loss would change every rid).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -124,7 +125,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

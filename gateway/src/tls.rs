@@ -120,8 +120,19 @@ pub fn ensure_dev_certificate(dir: &Path, extra_names: &[String]) -> anyhow::Res
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
-    std::fs::write(dir.join("dev-ca.pem"), ca_cert.pem()).context("writing dev-ca.pem")?;
-    std::fs::write(dir.join("dev-cert.pem"), leaf_cert.pem()).context("writing dev-cert.pem")?;
+    // The certificates are synced before the key, and the key (with the directory) last:
+    // once `dev-key.pem` exists after a power loss, the certificates do too, with content.
+    write_synced(&dir.join("dev-ca.pem"), ca_cert.pem().as_bytes())?;
+    write_synced(&dir.join("dev-cert.pem"), leaf_cert.pem().as_bytes())?;
     write_private(&dir.join("dev-key.pem"), leaf_key.serialize_pem().as_bytes())?;
     Ok(())
+}
+
+/// Writes a public file and `fsync`s it.
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -59,6 +59,8 @@ impl Sealer {
                 .open(&path)
                 .map_err(io)?;
             f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
+            // The name must survive a power loss too: queued records are sealed under it.
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         let bytes = std::fs::read(&path).map_err(io)?;
         let key: [u8; 32] = bytes

@@ -22,7 +22,14 @@ pub fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), SetupErr
     let mut f = opts.open(path).map_err(SetupError::io(path))?;
     f.write_all(data)
         .and_then(|()| f.sync_all())
-        .map_err(SetupError::io(path))
+        .map_err(SetupError::io(path))?;
+    // A handle key whose name vanished in a power loss would leave every handle unopenable.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(SetupError::io(dir))?;
+    }
+    Ok(())
 }
 
 /// Every `handle-<id>.key` in `dir`, creating the current one if missing.

@@ -26,6 +26,7 @@ mod interconnect_faults;
 mod interop;
 mod limits;
 mod mls;
+mod power_loss;
 mod process;
 mod roundtrip;
 mod tidy;

@@ -142,6 +142,33 @@ struct Ledger {
     /// Server ids an ack was sent for (it may have been applied without its 204
     /// reaching us before the kill).
     ack_attempted: HashSet<Bytes>,
+    /// Deliveries per server id, over the whole test.
+    deliveries: HashMap<Bytes, u32>,
+    /// The server id each payload was delivered under (one send is one envelope).
+    delivered_as: HashMap<Bytes, Bytes>,
+    /// Failures of a request before the gateway was killed (the load must not stop early).
+    early_errors: Vec<String>,
+}
+
+impl Ledger {
+    /// One received envelope: never unsent, never stored twice, never back once its
+    /// acknowledgement was confirmed, byte-identical to what was sent.
+    fn delivered(&mut self, server_id: &Bytes, message: &Bytes) {
+        assert!(
+            self.attempted.contains(message),
+            "received an envelope that was never sent"
+        );
+        assert!(!self.acked.contains(server_id), "an acknowledged envelope came back");
+        if let Some(p) = self.confirmed.get(server_id) {
+            assert_eq!(p, message, "bytes differ from what was sent");
+        }
+        let first = self
+            .delivered_as
+            .entry(message.clone())
+            .or_insert_with(|| server_id.clone());
+        assert_eq!(first, server_id, "one send was stored twice (two server ids)");
+        *self.deliveries.entry(server_id.clone()).or_default() += 1;
+    }
 }
 
 /// Checks the invariants against the mailbox after a restart, then acknowledges all.
@@ -151,16 +178,11 @@ async fn verify_and_drain(receiver: &Client, ledger: &Mutex<Ledger>) -> usize {
     loop {
         let page = receiver.receive(cursor, 1000, 0).await.unwrap();
         for e in &page.envelopes {
-            let l = ledger.lock().unwrap();
             assert!(
-                l.attempted.contains(&e.message),
-                "received an envelope that was never sent"
+                present.insert(e.server_id.clone()),
+                "an envelope is in the mailbox twice"
             );
-            assert!(!l.acked.contains(&e.server_id), "an acknowledged envelope came back");
-            if let Some(p) = l.confirmed.get(&e.server_id) {
-                assert_eq!(p, &e.message, "bytes differ from what was sent");
-            }
-            present.insert(e.server_id.clone());
+            ledger.lock().unwrap().delivered(&e.server_id, &e.message);
         }
         cursor = page.next_cursor;
         if page.queue_empty {
@@ -184,15 +206,16 @@ async fn verify_and_drain(receiver: &Client, ledger: &Mutex<Ledger>) -> usize {
     present.len()
 }
 
-/// `kill -9` the gateway at random moments under concurrent sends and acks. Every
-/// 2xx'd send survives byte-identical, nothing unsent appears, nothing acknowledged
-/// returns. `RELAY_CRASH_CYCLES` raises the cycle count (default 20).
+/// `kill -9` the gateway at random moments under concurrent sends and acks, 100 times.
+/// Every 2xx'd send survives byte-identical and is delivered under one server id, nothing
+/// unsent appears, nothing acknowledged returns, and the load ran until each kill.
+/// `RELAY_CRASH_CYCLES` changes the cycle count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_test_kill_9() {
     let cycles: usize = std::env::var("RELAY_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(100);
     // Kept on failure (for diagnosis), deleted on success.
     let dir = tempfile::Builder::new()
         .prefix("crash-test-")
@@ -217,18 +240,29 @@ async fn crash_test_kill_9() {
     p.kill9();
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut total_confirmed = 0usize;
     let mut counter = 0u64;
+    let mut thin_cycles = 0usize;
     for cycle in 0..cycles {
         let p = spawn_gateway(&data, &log, &[]).await;
         let sender = p.client().with_credential(sender_cred.clone());
         let receiver = p.client().with_credential(receiver_cred.clone());
         verify_and_drain(&receiver, &ledger).await;
+        let confirmed_before = ledger.lock().unwrap().confirmed.len();
+        // Set when the kill is about to happen: a request failing before it is a failure of
+        // the test (the load stopped early), one failing after it is the kill.
+        let killing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fail = {
+            let (ledger, killing) = (Arc::clone(&ledger), Arc::clone(&killing));
+            move |what: String| {
+                if !killing.load(std::sync::atomic::Ordering::SeqCst) {
+                    ledger.lock().unwrap().early_errors.push(what);
+                }
+            }
+        };
 
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..6u64 {
-            let sender = sender.clone();
-            let ledger = Arc::clone(&ledger);
+            let (sender, ledger, fail) = (sender.clone(), Arc::clone(&ledger), fail.clone());
             let base = counter + w * 1_000_000;
             tasks.spawn(async move {
                 for i in 0.. {
@@ -241,50 +275,83 @@ async fn crash_test_kill_9() {
                         Ok(r) => {
                             ledger.lock().unwrap().confirmed.insert(r.server_id, payload);
                         }
-                        Err(_) => return,
+                        Err(e) => return fail(format!("send: {e}")),
                     }
                 }
             });
         }
         {
-            let ledger = Arc::clone(&ledger);
-            let receiver = receiver.clone();
+            let (ledger, receiver, fail) = (Arc::clone(&ledger), receiver.clone(), fail.clone());
             tasks.spawn(async move {
                 let mut cursor = 0;
                 loop {
-                    let Ok(page) = receiver.receive(cursor, 50, 1).await else {
-                        return;
+                    let page = match receiver.receive(cursor, 50, 1).await {
+                        Ok(p) => p,
+                        Err(e) => return fail(format!("receive: {e}")),
                     };
                     let ids: Vec<Bytes> = page.envelopes.iter().map(|e| e.server_id.clone()).collect();
+                    for e in &page.envelopes {
+                        ledger.lock().unwrap().delivered(&e.server_id, &e.message);
+                    }
                     if ids.is_empty() {
                         continue;
                     }
                     cursor = page.next_cursor;
                     ledger.lock().unwrap().ack_attempted.extend(ids.iter().cloned());
-                    if receiver.ack(&ids, None).await.is_err() {
-                        return;
+                    if let Err(e) = receiver.ack(&ids, None).await {
+                        return fail(format!("ack: {e}"));
                     }
                     ledger.lock().unwrap().acked.extend(ids);
                 }
             });
         }
         counter += 10_000_000;
-        let delay = rand::rng().random_range(50..400);
+        let delay = rand::rng().random_range(50..300);
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        killing.store(true, std::sync::atomic::Ordering::SeqCst);
         p.kill9();
         while tasks.join_next().await.is_some() {}
-        total_confirmed = ledger.lock().unwrap().confirmed.len();
+        let l = ledger.lock().unwrap();
+        assert!(
+            l.early_errors.is_empty(),
+            "the load stopped before the kill: {:?}",
+            l.early_errors
+        );
+        if l.confirmed.len() == confirmed_before {
+            thin_cycles += 1;
+        }
     }
     let p = spawn_gateway(&data, &log, &[]).await;
     let receiver = p.client().with_credential(receiver_cred.clone());
     verify_and_drain(&receiver, &ledger).await;
     let l = ledger.lock().unwrap();
+    // Measured, not asserted into the summary: lost = confirmed and neither acknowledged nor
+    // delivered; redelivered = delivered again because its ack did not survive the kill.
+    let lost = l
+        .confirmed
+        .keys()
+        .filter(|id| !l.deliveries.contains_key(*id) && !l.ack_attempted.contains(*id))
+        .count();
+    let redelivered = l.deliveries.values().filter(|n| **n > 1).count();
+    let stored_twice = l.attempted.len() - l.delivered_as.len().min(l.attempted.len());
     eprintln!(
-        "crash test: {cycles} kill -9 cycles, {} sends attempted, {total_confirmed} acknowledged (2xx), {} acks confirmed, 0 lost",
+        "crash test: {cycles} kill -9 cycles; {} sends attempted, {} acknowledged (2xx), {} delivered,          {} acks confirmed; lost {lost}, stored twice 0, redelivered after an unconfirmed ack {redelivered};          cycles without a confirmed send {thin_cycles}",
         l.attempted.len(),
-        l.acked.len()
+        l.confirmed.len(),
+        l.deliveries.len(),
+        l.acked.len(),
     );
-    assert!(total_confirmed > cycles, "the load actually ran");
+    let _ = stored_twice;
+    assert_eq!(lost, 0, "acknowledged sends were lost");
+    assert!(
+        thin_cycles * 5 <= cycles,
+        "{thin_cycles} of {cycles} cycles confirmed no send: the load did not run"
+    );
+    assert!(
+        l.confirmed.len() >= cycles * 10,
+        "the load actually ran: {}",
+        l.confirmed.len()
+    );
     drop(l);
     assert!(p.terminate().success());
     drop(keep);
