@@ -9,17 +9,19 @@
 //! reach the disk.
 //!
 //! # Durability
-//! Every mutating call returns only after a flush that started after its write has
-//! completed ("ack ⇒ durable"). [`SledStore`] batches those flushes: one flusher
-//! thread loops `Db::flush()` while writers wait ([`group_commit`]). sled 0.34's
-//! `flush_async` is never used: it hangs when many tasks call it (sled#1308).
+//! Every mutating call returns only after the `fdatasync` of the [`journal`] record that holds
+//! its whole write set ("ack ⇒ durable", also across a power loss); writers share one
+//! `fdatasync` per group. [`SledStore`] keeps sled as the store and index, written with
+//! single-key operations and flushed (then `fsync`ed) at checkpoints; a restart replays the
+//! journal after the last checkpoint. sled 0.34's `flush_async` is never used: it hangs when
+//! many tasks call it (sled#1308).
 //!
 //! # Layout
 //! - [`contract`]: the domain traits every backend implements.
 //! - [`model`]: request, result, record and error types shared by all backends.
 //! - [`watch`]: mailbox watchers (long-polls) and the events a push notifier consumes.
 //! - `sled`: the sled backend, one module per domain ([`SledStore`]).
-//! - [`group_commit`]: the flusher thread.
+//! - [`journal`]: the write-ahead journal (framing, group commit, recovery, checkpoints).
 //!
 //! # What it does not do
 //! It never decides policy (limits, TTLs, quotas come in the requests) and never sees an

@@ -7,6 +7,7 @@
 
 mod contract;
 mod journal;
+mod migrate;
 
 use storage::prelude::*;
 use storage::{SledConfig, Storage, StorageConfig, StoreError};
