@@ -31,8 +31,17 @@ struct Cli {
     /// Overrides `admin_listen` (metrics, health).
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
+    /// Overrides `log.json`: `text` (human-readable) or `json` (one object per line).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,7 +66,12 @@ fn main() -> ExitCode {
         admin_listen: cli.admin_listen,
     };
     let settings = match Config::load(cli.config.as_deref(), &overrides) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            if let Some(format) = cli.log_format {
+                s.config.log.json = matches!(format, LogFormat::Json);
+            }
+            s
+        }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "gateway: {e}");
             return ExitCode::from(EXIT_CONFIG);

@@ -84,6 +84,10 @@ impl Notifier {
     /// Runs until `shutdown`; each batch posted to the proxy is a task owned by `tracker`.
     pub async fn run(self, mut events: Events, shutdown: CancellationToken, tracker: TaskTracker) {
         let this = Arc::new(self);
+        for result in ["ok", "error"] {
+            metrics::counter!("relay_push_notifies_total", "result" => result).increment(0);
+        }
+        metrics::counter!("relay_push_dead_handles_total").increment(0);
         let epoch = Instant::now();
         let now = move || epoch.elapsed().as_millis() as u64;
         let mut sched: Scheduler<Key> = Scheduler::new(this.policy);

@@ -77,6 +77,12 @@ impl Running {
 
 /// Opens storage and keys, binds the listeners and starts serving.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // The recorder first: what storage recovery and certificate loading record is kept.
+    telemetry::prometheus();
+    for transport in ["tcp", "h3"] {
+        metrics::counter!("relay_connections_refused_total", "reason" => "limit", "transport" => transport)
+            .increment(0);
+    }
     let config = &settings.config;
     let data_dir = &config.data_dir;
     crate::keys::create_private_dir(data_dir)?;
@@ -141,7 +147,6 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown: shutdown.clone(),
         interconnect: interconnect.clone(),
     });
-    telemetry::prometheus();
 
     let (listener, endpoint) = bind_client_listeners(config, &tls, &h3_settings).await?;
     let admin = TcpListener::bind(config.admin_listen)
@@ -284,7 +289,8 @@ async fn serve_tls(
 ) {
     while let Some((tcp, peer)) = relay_net::serve::accept(&listener, &shutdown).await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            metrics::counter!("relay_connections_refused_total", "reason" => "limit").increment(1);
+            metrics::counter!("relay_connections_refused_total", "reason" => "limit", "transport" => "tcp")
+                .increment(1);
             drop(tcp);
             continue;
         };

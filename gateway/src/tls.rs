@@ -85,6 +85,7 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path, alpn: &[&[u8]]) -> anyhow
 
 fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<Arc<CertifiedKey>> {
     let (certs, key_der) = relay_net::pem::load_pair(cert, key)?;
+    relay_net::pem::export_expiry("relay_cert_expiry_seconds", "client", &certs);
     let certified = CertifiedKey::from_der(certs, key_der, provider).with_context(|| {
         format!(
             "{} and {} do not form a usable certificate",

@@ -24,6 +24,7 @@ impl Interconnect {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
         let router = self.router();
         let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
+        metrics::counter!("interconnect_connections_refused_total", "reason" => "limit").increment(0);
         while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 metrics::counter!("interconnect_connections_refused_total", "reason" => "limit").increment(1);

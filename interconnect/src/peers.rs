@@ -45,10 +45,14 @@ impl Table {
     pub(crate) fn build(cfg: &InterconnectConfig) -> Result<Self, SetupError> {
         let file = PeersFile::load(&cfg.peers_file)?;
         let (chain, key) = load_pair(&cfg.cert, &cfg.key)?;
+        relay_net::pem::export_expiry("relay_cert_expiry_seconds", "interconnect", &chain);
         let mut identities = Vec::new();
         let mut peers = Vec::new();
         let mut routes = Vec::new();
         for p in &file.peers {
+            // Per-peer failure counters exist (at zero) from the moment a peer is configured.
+            metrics::counter!("interconnect_retries_total", "peer" => p.name.clone()).increment(0);
+            metrics::counter!("interconnect_dead_letters_total", "peer" => p.name.clone()).increment(0);
             identities.push(PeerIdentity::new(&p.domain, &p.ca, &p.crls, p.spki_sha256.as_deref())?);
             let client = tls::client_config(&p.ca, chain.clone(), key.clone_key())?;
             let nz = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);

@@ -15,12 +15,26 @@ struct Cli {
     /// TOML configuration file (all keys optional).
     #[arg(long, env = "PUSH_PROXY_CONFIG")]
     config: Option<PathBuf>,
+    /// Overrides `log.json`: `text` (human-readable) or `json` (one object per line).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match push_proxy::config::Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(format) = cli.log_format {
+                c.log.json = matches!(format, LogFormat::Json);
+            }
+            c
+        }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "push-proxy: {e}");
             return ExitCode::from(EXIT_CONFIG);

@@ -59,6 +59,10 @@ impl Running {
 
 /// Builds the proxy from `config` and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, SetupError> {
+    // The recorder first: what certificate loading records is kept.
+    let metrics = prometheus();
+    ::metrics::counter!("push_connections_refused_total").increment(0);
+    // The recorder first: what certificate loading records is kept.
     let key_dir = config.data_dir.join("keys");
     let keys = crate::keys::handle_keys(&key_dir, config.handles.current_key_id)?;
     let vapid_key = crate::keys::vapid_key(config.webpush.vapid_key_file.as_deref(), &key_dir)?;
@@ -132,7 +136,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)
         .with_state(proxy);
-    let metrics = prometheus();
     let admin = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
         .route("/healthz", get(|| async { "ok" }));

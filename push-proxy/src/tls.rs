@@ -39,6 +39,7 @@ pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerC
         }
     };
     let chain = load_certs(&cert)?;
+    relay_net::pem::export_expiry("push_cert_expiry_seconds", "device", &chain);
     let tls = |context| move |source| SetupError::Tls { context, source };
     let builder = || {
         ServerConfig::builder_with_provider(provider())

@@ -71,6 +71,21 @@ pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, Pe
     }
 }
 
+/// The end of a certificate's validity (`notAfter`) in seconds since the Unix epoch, or
+/// `None` if the DER does not parse as X.509.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// Exports the leaf's `notAfter` as the gauge `name{listener}` (Unix seconds), so an alert can
+/// fire well before a certificate expires: `name - time() < 14 * 86400`.
+pub fn export_expiry(name: &'static str, listener: &'static str, chain: &[CertificateDer<'_>]) {
+    if let Some(t) = chain.first().and_then(not_after) {
+        metrics::gauge!(name, "listener" => listener).set(t as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

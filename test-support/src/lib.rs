@@ -8,6 +8,7 @@ pub mod faulty_proxy;
 pub mod mls;
 pub mod mlsrs;
 pub mod pki;
+pub mod process;
 pub mod push_sinks;
 
 use std::net::SocketAddr;

@@ -163,7 +163,7 @@ async fn with_deadline(limit: Duration, req: Request, next: Next) -> Response {
     }
 }
 
-/// Requests by route, method, status and HTTP version; latency by route. Routes are
+/// Requests by route, method, status and HTTP version; latency by route, method and version. Routes are
 /// the matched templates, never a raw path, so no identifier becomes a label.
 async fn track_metrics(req: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
@@ -179,9 +179,9 @@ async fn track_metrics(req: Request, next: Next) -> Response {
     };
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("relay_http_requests_total", "route" => route.clone(), "method" => method, "status" => status, "transport" => version)
+    metrics::counter!("relay_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status, "transport" => version)
         .increment(1);
-    metrics::histogram!("relay_http_request_duration_seconds", "route" => route, "transport" => version)
+    metrics::histogram!("relay_http_request_duration_seconds", "route" => route, "method" => method, "transport" => version)
         .record(start.elapsed().as_secs_f64());
     resp
 }

@@ -12,7 +12,8 @@ use relay_client::{Client, Recipient};
 use test_support::faulty_proxy::{FaultyProxy, Mode};
 use test_support::pki::RcgenCa;
 
-use crate::process::{KeepOnPanic, Proc, free_port, spawn_gateway_with};
+use crate::process::{KeepOnPanic, spawn_gateway_with};
+use test_support::process::{Proc, free_port};
 
 fn interconnect_toml(
     listen: u16,

@@ -21,6 +21,7 @@ macro_rules! both_transports {
 }
 
 mod bad_input;
+mod deploy;
 mod http3;
 mod interconnect_faults;
 mod interop;

@@ -3,40 +3,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng as _;
-use relay_client::{Client, Recipient, Trust};
+use relay_client::{Client, Recipient};
+use test_support::process::Proc;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
-/// A gateway child process on a free loopback port; killed if the test panics.
-pub(crate) struct Proc {
-    child: Child,
-    done: bool,
-    pub(crate) url: String,
-    ca: PathBuf,
-    pub(crate) admin: u16,
-}
-
-/// A port free for both TCP and UDP (the gateway serves HTTP/3 on the same number).
-pub(crate) fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// Starts the gateway binary and waits until it is healthy. Ports are picked free and
-/// released before the child binds them, so another socket (our own clients' outgoing
-/// connections draw from the same ephemeral range) can take one in between: when the
-/// child exits during start-up, it is started again on fresh ports.
+/// Starts the gateway binary and waits until it is healthy (see [`test_support::process`]).
 async fn spawn_gateway(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Proc {
     spawn_gateway_with(data_dir, log, extra_env, "").await
 }
@@ -48,86 +26,7 @@ pub(crate) async fn spawn_gateway_with(
     extra_env: &[(&str, &str)],
     extra_toml: &str,
 ) -> Proc {
-    for _attempt in 0..10 {
-        let (port, admin) = (free_port(), free_port());
-        let config = data_dir.with_extension("toml");
-        std::fs::write(
-            &config,
-            format!("[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n{extra_toml}"),
-        )
-        .unwrap();
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut cmd = Command::new(GATEWAY);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{admin}"))
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut p = Proc {
-            done: false,
-            child: cmd.spawn().unwrap(),
-            url: format!("https://localhost:{port}"),
-            ca: data_dir.join("tls/dev-ca.pem"),
-            admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if p.ca.exists()
-                && let Ok(c) = Client::new(&p.url, Trust::CaFile(p.ca.clone()))
-                && c.healthz().await.is_ok()
-            {
-                return p;
-            }
-            if p.child.try_wait().unwrap().is_some() {
-                p.done = true; // exited (e.g. a port was taken): try fresh ports
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not become healthy; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("gateway kept exiting at start-up; see {}", log.display());
-}
-
-impl Proc {
-    pub(crate) fn client(&self) -> Client {
-        Client::new(&self.url, Trust::CaFile(self.ca.clone())).unwrap()
-    }
-
-    pub(crate) fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-        self.done = true;
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        self.done = true;
-        status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    test_support::process::spawn_gateway(Path::new(GATEWAY), data_dir, log, extra_env, extra_toml).await
 }
 
 /// What the load generator knows for sure.
@@ -455,4 +354,50 @@ fn bad_config_exits_64() {
     .unwrap();
     let out = Command::new(GATEWAY).arg("--config").arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "open registration off loopback is refused");
+}
+
+/// `--log-format json` (the README's "Logs" fields): one JSON object per line with
+/// `timestamp`, `level`, `target` and the event's `fields` (`message` among them).
+#[test]
+fn log_format_json_writes_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut child = Command::new(GATEWAY)
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("gateway listening") {
+            break text;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "gateway exited:\n{text}");
+        assert!(std::time::Instant::now() < deadline, "no start-up line:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "gateway listening")
+        .unwrap();
+    for key in ["timestamp", "level", "target"] {
+        assert!(start[key].is_string(), "{key} in {start}");
+    }
+    assert_eq!(start["level"], "INFO");
+    assert!(
+        start["fields"]["listen"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{start}"
+    );
+    let bad = Command::new(GATEWAY).args(["--log-format", "xml"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "an unknown format is a usage error");
 }

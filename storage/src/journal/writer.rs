@@ -83,6 +83,7 @@ pub(super) fn writer(shared: &Shared, dir: &Path, mut segment: Segment, segment_
             }
             Err(e) => {
                 tracing::error!(cause = %e, "journal write failed; writes are no longer acknowledged");
+                metrics::counter!("relay_storage_failures_total", "stage" => "journal").increment(1);
                 s.failed = true;
             }
         }

@@ -50,6 +50,7 @@ impl Checkpointer {
                 if pending >= bytes || (pending > 0 && last.elapsed() >= every) {
                     last = Instant::now();
                     if let Err(e) = inner.checkpoint_now() {
+                        metrics::counter!("relay_storage_failures_total", "stage" => "checkpoint").increment(1);
                         tracing::error!(cause = %e, "checkpoint failed; the journal keeps growing until one succeeds");
                     }
                 }

@@ -232,6 +232,10 @@ impl SledStore {
         }
         checkpoint::Checkpointer::start(&inner, config);
         writer::Writer::start(&inner)?;
+        // Present at zero from the start, so an alert on their increase sees the first one.
+        for stage in ["journal", "checkpoint"] {
+            metrics::counter!("relay_storage_failures_total", "stage" => stage).increment(0);
+        }
         log_recovery(&inner.recovery, started);
         Ok(Self { inner })
     }
