@@ -196,6 +196,11 @@ pub trait Maintenance: Send + Sync + 'static {
     /// Counts of stored records (tests, metrics).
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 
+    /// A hash of every stored record, key and value, of every kind (devices, credentials,
+    /// used provisioning nonces, idempotency keys, envelopes, KeyPackages, epochs, push
+    /// handles, outbox, audit). Tests use it to show a refused request changed nothing.
+    fn digest(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send;
+
     /// Bytes the backend uses on disk (0 where it cannot tell).
     fn size_on_disk(&self) -> u64;
 

@@ -279,6 +279,10 @@ impl Maintenance for Storage {
         on_backend!(self, b => b.stats().await)
     }
 
+    async fn digest(&self) -> Result<[u8; 32], StoreError> {
+        on_backend!(self, b => b.digest().await)
+    }
+
     fn size_on_disk(&self) -> u64 {
         on_backend!(self, b => b.size_on_disk())
     }

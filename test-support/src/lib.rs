@@ -19,6 +19,13 @@ use relay_client::{Client, Protocol, Trust};
 use storage::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+/// What [`TestGateway::snapshot`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stats: storage::Stats,
+    pub digest: [u8; 32],
+}
+
 /// A gateway running in this process, with its own temporary data directory.
 #[derive(Debug)]
 pub struct TestGateway {
@@ -127,6 +134,14 @@ impl TestGateway {
 
     pub async fn stats(&self) -> storage::Stats {
         self.state.store().stats().await.unwrap()
+    }
+
+    /// Counts and a hash of every stored record: equal snapshots mean nothing stored changed.
+    pub async fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stats: self.stats().await,
+            digest: self.state.store().digest().await.unwrap(),
+        }
     }
 
     pub fn state(&self) -> &gateway::api::AppState {

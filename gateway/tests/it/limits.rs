@@ -6,30 +6,60 @@ use relay_client::Recipient;
 use test_support::TestGateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// Reads until the server closes the connection; returns what it sent.
-async fn read_to_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+async fn read_to_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
         .await
         .expect("server closed the connection");
-    out
+    (out, started.elapsed())
+}
+
+/// The value of one metric line on the admin listener (`name{labels}` exactly as rendered).
+pub(crate) async fn metric(gw: &TestGateway, series: &str) -> f64 {
+    let text = crate::roundtrip::admin_get(gw.admin_addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The knob, not a default: 1 s configured, every other timeout at 30 s, so a close between
+/// 1 s and 5 s is this timeout's doing.
+fn only(set: impl FnOnce(&mut gateway::Config)) -> impl FnOnce(&mut gateway::Config) {
+    |c| {
+        c.timeouts.tls_handshake_secs = 30;
+        c.timeouts.first_request_secs = 30;
+        c.timeouts.header_read_secs = 30;
+        c.timeouts.body_read_secs = 30;
+        set(c);
+    }
+}
+
+fn closed_by_the_knob(after: Duration) {
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(5)).contains(&after),
+        "closed after {after:?}, expected ~1 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tcp_connection_is_closed_after_handshake_timeout() {
-    let gw = TestGateway::start_with(|c| c.timeouts.tls_handshake_secs = 1).await;
+    let gw = TestGateway::start_with(only(|c| c.timeouts.tls_handshake_secs = 1)).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let got = read_to_close(&mut tcp).await;
+    let (got, after) = read_to_close(&mut tcp).await;
     assert!(got.is_empty());
+    closed_by_the_knob(after);
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_without_request_is_closed() {
-    let gw = TestGateway::start_with(|c| c.timeouts.first_request_secs = 1).await;
+    let gw = TestGateway::start_with(only(|c| c.timeouts.first_request_secs = 1)).await;
     let mut tls = gw.tls_connect(b"http/1.1").await;
-    let got = read_to_close(&mut tls).await;
+    let (got, after) = read_to_close(&mut tls).await;
     assert!(got.is_empty());
+    closed_by_the_knob(after);
     gw.stop().await;
 }
 
@@ -60,13 +90,18 @@ async fn stalled_body_gets_408_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused() {
-    let gw = TestGateway::start_with(|c| c.limits.max_connections = 2).await;
+    // Handshake and first-request timeouts at 30 s: only the cap can close a connection soon.
+    let gw = TestGateway::start_with(only(|c| c.limits.max_connections = 2)).await;
+    let refused = "relay_connections_refused_total{reason=\"limit\",transport=\"tcp\"}";
+    let refused_before = metric(&gw, refused).await;
     let _a = gw.tls_connect(b"http/1.1").await;
     let _b = gw.tls_connect(b"http/1.1").await;
     // The third TCP connection is accepted by the kernel, then dropped at once.
     let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let got = read_to_close(&mut third).await;
+    let (got, after) = read_to_close(&mut third).await;
     assert!(got.is_empty());
+    assert!(after < Duration::from_secs(3), "the third connection waited {after:?}");
+    assert!(metric(&gw, refused).await > refused_before, "the refusal is counted");
     drop(_a);
     // A slot frees up once a connection ends.
     let deadline = Instant::now() + Duration::from_secs(10);

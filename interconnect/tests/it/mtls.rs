@@ -97,10 +97,16 @@ async fn mtls_refusals_and_revocation_closes_open_connections() {
             .unwrap()
     };
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+    let reverified = reverify_closes(&b.gw).await;
     let revoke_all = ca.crl("revoke-good", &[1, 7], false);
+    let revoked_at = Instant::now();
     b.set_peers(&[peer(vec![revoke_all])]).await;
-    let closed = tokio::time::timeout(Duration::from_secs(60), driver).await;
+    // Closed by the reload's re-verification: well before the listener's 10 s header-read
+    // timeout could close an idle connection on its own.
+    let closed = tokio::time::timeout(Duration::from_secs(5), driver).await;
     assert!(closed.is_ok(), "the revoked peer's connection stayed open");
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    assert!(reverify_closes(&b.gw).await > reverified, "closed for reverification");
     assert!(get(Some(&good), false).await.is_err());
 
     // A stale CRL refuses even an unrevoked certificate (enforce_revocation_expiration).
@@ -116,6 +122,15 @@ async fn mtls_refusals_and_revocation_closes_open_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.gw.stop().await;
+}
+
+/// Connections closed because their certificate no longer verifies (all peers).
+async fn reverify_closes(gw: &test_support::TestGateway) -> u64 {
+    let text = crate::admin(gw.admin_addr, "GET", "/metrics").await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("interconnect_connections_closed_total{") && l.contains("reason=\"reverify\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// The listener holds at most `max_connections`: past it a connection is closed at once (not

@@ -62,6 +62,27 @@ impl Maintenance for SledStore {
         .await
     }
 
+    /// Every tree, in name order, every key and value in key order (length-prefixed). The
+    /// in-memory mailbox index is derived from these records, so they are the whole state.
+    async fn digest(&self) -> Result<[u8; 32], StoreError> {
+        self.blocking(|s| {
+            let mut h = blake3::Hasher::new();
+            let mut names = s.db.tree_names();
+            names.sort();
+            for name in names {
+                let tree = s.db.open_tree(&name).map_err(backend)?;
+                h.update(&(name.len() as u64).to_be_bytes()).update(&name);
+                for item in tree.iter() {
+                    let (k, v) = item.map_err(backend)?;
+                    h.update(&(k.len() as u64).to_be_bytes()).update(&k);
+                    h.update(&(v.len() as u64).to_be_bytes()).update(&v);
+                }
+            }
+            Ok(*h.finalize().as_bytes())
+        })
+        .await
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
