@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod faulty_proxy;
+pub mod independent;
 pub mod mls;
 pub mod mlsrs;
 pub mod pki;

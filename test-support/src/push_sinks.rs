@@ -72,6 +72,8 @@ struct Inner {
     refused: Vec<String>,
     /// OAuth2 access tokens issued (FCM).
     issued: Vec<String>,
+    /// Every OAuth2 JWT-bearer assertion received (FCM), accepted or not.
+    assertions: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -181,6 +183,11 @@ impl PushSink {
         self.lock().pushes.clone()
     }
 
+    /// The FCM OAuth2 assertions (JWTs) the token endpoint received.
+    pub fn assertions(&self) -> Vec<String> {
+        self.lock().assertions.clone()
+    }
+
     /// OAuth2 access tokens the FCM token endpoint issued.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.lock().issued.clone()
@@ -227,6 +234,9 @@ async fn handle(
     {
         let audience = format!("https://localhost:{}/token", addr.port());
         let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = form_value(&body, "assertion") {
+            inner.assertions.push(a.to_owned());
+        }
         return match check_oauth(rsa_public_der, client_email, &audience, &body) {
             Ok(()) => {
                 let token = format!("ya29.test-{}", inner.issued.len());
@@ -313,6 +323,13 @@ async fn handle(
         resp.headers_mut().insert("retry-after", secs.into());
     }
     resp
+}
+
+fn form_value<'b>(body: &'b [u8], name: &str) -> Option<&'b str> {
+    std::str::from_utf8(body)
+        .ok()?
+        .split('&')
+        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, String> {

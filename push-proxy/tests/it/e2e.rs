@@ -318,7 +318,8 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         let carol = carol.clone();
         async move { carol.receive(0, 10, 10).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The long-poll is held (the store knows carol is watching) before the send.
+    wait_for("carol's long-poll", || !gw.state().store().watchers().is_empty()).await;
     let left_at = Instant::now();
     send_to(&alice, "tel:+15550100003", b"live", false).await;
     let page = poll.await.expect("join").expect("long-poll");

@@ -4,11 +4,13 @@ mod e2e;
 
 use std::time::Duration;
 
-use push_proxy::providers::{Outcome, payload};
+use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+use push_proxy::providers::Outcome;
 use push_proxy::sender::{Sender, SenderConfig};
 use push_proxy::{PushTarget, webpush};
 use relay_core::push::{Backoff, Pointer};
-use test_support::push_sinks::{PushSink, SinkKind};
+use test_support::independent::{self, Key};
+use test_support::push_sinks::{APNS_KEY_ID, APNS_TEAM_ID, PushSink, SinkKind};
 
 fn apns_key() -> p256::ecdsa::SigningKey {
     p256::ecdsa::SigningKey::from(webpush::random_secret())
@@ -65,10 +67,35 @@ async fn apns_pushes_carry_only_the_pointer_retry_after_503_and_report_dead_toke
     );
     assert_eq!(pushes[0].headers["apns-push-type"], "background");
     assert_eq!(pushes[0].path, "/3/device/a1b2c3d4");
+    // The provider token verifies with a second ES256 implementation (OpenSSL via Python),
+    // and not with another key.
+    let jwt = pushes[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("bearer ")
+        .unwrap();
+    let public_pem = key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+    let (header, claims) = independent::verify_jwt(jwt, "ES256", Key::PublicPem(&public_pem)).unwrap();
+    assert_eq!(
+        (header["kid"].as_str(), claims["iss"].as_str()),
+        (Some(APNS_KEY_ID), Some(APNS_TEAM_ID))
+    );
+    let other_pem = apns_key().verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+    assert!(independent::verify_jwt(jwt, "ES256", Key::PublicPem(&other_pem)).is_err());
 
-    // Urgent: an alert at priority 10.
+    // Urgent: a visible alert at priority 10 whose text is the app's own localised string —
+    // the body, in full, is this and the pointer.
     assert_eq!(s.push(&token, &pointer(2), true).await, Outcome::Delivered);
-    assert_eq!(sink.pushes()[1].headers["apns-priority"], "10");
+    let urgent = &sink.pushes()[1];
+    assert_eq!(urgent.headers["apns-priority"], "10");
+    assert_eq!(urgent.headers["apns-push-type"], "alert");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&urgent.payload).unwrap(),
+        serde_json::json!({
+            "aps": {"alert": {"loc-key": "RCS_NEW_MESSAGE"}, "mutable-content": 1},
+            "p": pointer(2).encode(),
+        })
+    );
 
     // 503 with Retry-After: 1 is retried no sooner than a second later.
     sink.script(&[(503, Some(1))]);
@@ -129,10 +156,24 @@ async fn webpush_payload_decrypts_to_the_pointer_at_a_constant_size() {
     }
     let pushes = sink.pushes();
     assert_eq!((pushes.len(), sink.refused()), (3, vec![]));
+    let ua_pem = ua.to_pkcs8_pem(LineEnding::LF).unwrap();
     for (n, p) in pushes.iter().enumerate() {
-        assert_eq!(p.payload, payload(&pointer(n as u8)).as_bytes());
+        // Decrypted by a second RFC 8291 implementation: exactly this JSON, nothing else.
+        let (plain, padded) = independent::webpush_decrypt(&p.body, &ua_pem, &auth).unwrap();
+        let expected = format!(r#"{{"p":"{}"}}"#, pointer(n as u8).encode());
+        assert_eq!(String::from_utf8(plain).unwrap(), expected);
+        assert!(padded > expected.len(), "padded to hide the length");
         assert_eq!(p.body.len(), pushes[0].body.len(), "constant ciphertext size");
         assert_eq!(p.headers["topic"], "rcs-relay");
+        // VAPID (RFC 8292): `vapid t=JWT, k=key`, the JWT verified with the key it names.
+        let vapid = p.headers["authorization"].to_str().unwrap();
+        let (t, k) = vapid
+            .strip_prefix("vapid t=")
+            .and_then(|rest| rest.split_once(", k="))
+            .unwrap_or_else(|| panic!("{vapid}"));
+        let (_, claims) = independent::verify_jwt(t, "ES256", Key::Point(k)).unwrap();
+        assert_eq!(claims["aud"], sink.url().trim_end_matches('/'));
+        assert_eq!(claims["sub"], "mailto:push-ops@example.net");
     }
     assert_eq!(pushes[2].headers["urgency"], "high");
 
@@ -174,12 +215,22 @@ async fn fcm_oauth_grant_message_quota_backoff_and_unregistered() {
     assert_eq!(sink.refused(), Vec::<String>::new());
     assert_eq!(sink.issued_tokens().len(), 1, "the access token is cached");
     let p = sink.pushes();
-    assert_eq!(
-        p[0].payload,
-        serde_json::to_vec(&serde_json::json!({"p": pointer(1).encode()})).unwrap()
-    );
-    let body: serde_json::Value = serde_json::from_slice(&p[1].body).unwrap();
-    assert_eq!(body["message"]["android"]["priority"], "high");
+    // The whole request, not only `data`: no `notification`, no other field.
+    let message = |n: usize, priority: &str| {
+        serde_json::json!({"message": {
+            "token": "fcm:APA91b-token_1",
+            "data": {"p": pointer(n as u8).encode()},
+            "android": {"priority": priority, "collapse_key": "rcs-relay", "ttl": "3600s"},
+        }})
+    };
+    let body = |n: usize| serde_json::from_slice::<serde_json::Value>(&p[n].body).unwrap();
+    assert_eq!(body(0), message(1, "normal"));
+    assert_eq!(body(1), message(2, "high"));
+    // The OAuth2 assertion verifies (RS256) with a second implementation.
+    let assertion = &sink.assertions()[0];
+    let (_, claims) = independent::verify_jwt(assertion, "RS256", Key::PrivatePem(&key_pem)).unwrap();
+    assert_eq!(claims["iss"], "relay@proj.iam.gserviceaccount.com");
+    assert_eq!(claims["scope"], "https://www.googleapis.com/auth/firebase.messaging");
 
     sink.mark_dead("token_1");
     assert_eq!(
@@ -258,4 +309,49 @@ async fn a_full_queue_sheds_and_forged_handles_are_dead() {
         }],
     };
     assert!(notify(State(proxy), Ok(Json(bad))).await.is_err());
+}
+
+/// A service account whose key is not the one FCM knows gets no access token and sends
+/// nothing (the sink's check is real).
+#[tokio::test]
+async fn fcm_refuses_an_assertion_signed_by_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (known, other) = (dir.path().join("known"), dir.path().join("other"));
+    std::fs::create_dir_all(&known).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let (_, known_public) = test_support::push_sinks::rsa_key(&known);
+    let (other_pem, _) = test_support::push_sinks::rsa_key(&other);
+    let sink = PushSink::start(SinkKind::Fcm {
+        rsa_public_der: known_public,
+        client_email: "relay@proj.iam.gserviceaccount.com".into(),
+        project_id: "proj".into(),
+    })
+    .await;
+    let sa_path = test_support::push_sinks::write_service_account(
+        dir.path(),
+        &sink,
+        &other_pem,
+        "proj",
+        "relay@proj.iam.gserviceaccount.com",
+    );
+    let sa = push_proxy::keys::service_account(&sa_path).unwrap();
+    let fcm = push_proxy::sender::FcmConfig {
+        base_url: sink.url(),
+        project_id: sa.project_id,
+        token_uri: sa.token_uri,
+        client_email: sa.client_email,
+        key: sa.key,
+    };
+    let s = sender_with(sink.ca(), None, Some(fcm));
+    let target = PushTarget::Fcm {
+        token: "fcm:APA91b-token_2".into(),
+    };
+    assert!(matches!(
+        s.push(&target, &pointer(1), false).await,
+        Outcome::Rejected(_)
+    ));
+    assert!(sink.issued_tokens().is_empty());
+    assert!(sink.pushes().is_empty(), "no message without a token");
+    assert!(!sink.refused().is_empty());
+    assert!(!sink.assertions().is_empty(), "the grant was attempted");
 }
