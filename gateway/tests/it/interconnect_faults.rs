@@ -37,6 +37,29 @@ fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Path, prefix: 
     )
 }
 
+/// A series of A's metrics (0 until it exists).
+async fn metric(admin: u16, series: &str) -> f64 {
+    test_support::admin_request(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const DELIVERED: &str = "interconnect_deliveries_total{peer=\"b\",result=\"delivered\"}";
+const RETRIES: &str = "interconnect_retries_total{peer=\"b\"}";
+
+/// Waits (bounded) until A's `series` grows by more than `by` from now.
+async fn grows(admin: u16, series: &str, by: f64, what: &str) {
+    let start = metric(admin, series).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(admin, series).await <= start + by {
+        assert!(Instant::now() < deadline, "{what}: {series} stayed at {start}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn outbox_depth(admin: u16) -> Option<f64> {
     test_support::admin_request(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
         .await?
@@ -114,20 +137,27 @@ async fn acknowledged_sends_arrive_exactly_once_across_kills_and_cuts() {
         })
     };
 
-    // Faults, bounded: three kill -9 cycles of B, a cut and a slow link, one kill -9 of A.
+    // Faults, bounded, each fired while deliveries are flowing (A's delivered counter is
+    // rising) and each shown to bite (A retries): three kill -9 cycles of B, a cut, a link
+    // slower than A's 3 s request timeout, one kill -9 of A.
     let mut b: Proc = b;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        grows(a.admin, DELIVERED, 5.0, "deliveries before killing B").await;
         b.kill9();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        grows(a.admin, RETRIES, 0.0, "A retries while B is down").await;
         b = start_b().await;
     }
+    grows(a.admin, DELIVERED, 5.0, "deliveries before the cut").await;
     proxy.set(Mode::Drop);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    proxy.set(Mode::Delay);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    grows(a.admin, RETRIES, 0.0, "A retries across the cut").await;
+    proxy.set_delay(Duration::from_millis(2_000));
     proxy.set(Mode::Pass);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    grows(a.admin, DELIVERED, 5.0, "deliveries before the slow link").await;
+    proxy.set(Mode::Delay);
+    // 2 s per chunk each way: a delivery cannot finish inside the 3 s timeout.
+    grows(a.admin, RETRIES, 0.0, "A times out on the slow link and retries").await;
+    proxy.set(Mode::Pass);
+    grows(a.admin, DELIVERED, 5.0, "deliveries before killing A").await;
     a.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = start_a().await;

@@ -301,7 +301,11 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
     }
     let page = b.receive(0, 10, 0).await.unwrap();
     b.ack(&[page.envelopes[0].server_id.clone()], None).await.unwrap();
-    let _ = p.client().with_credential("rc1.wrong").receive(0, 1, 0).await;
+    let wrong = p.client().with_credential("rc1.wrong").receive(0, 1, 0).await;
+    assert!(
+        matches!(&wrong, Err(relay_client::ClientError::Api { status: 401, code, .. }) if code == "unauthorized"),
+        "{wrong:?}"
+    );
     assert!(p.terminate().success(), "graceful shutdown exits 0");
 
     let secret_of = |cred: &str| cred.trim_start_matches("rc1.").to_owned();
@@ -328,8 +332,13 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
         !test_support::files_containing(&data.join("sled"), marker).is_empty(),
         "scan control: ciphertext is stored"
     );
+    // Log controls: the scan read debug-level output from start to shutdown (the storage
+    // index rebuild at start, the final checkpoint at shutdown), not just info lines.
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("gateway listening"), "logs were captured");
+    let debug = |what: &str| logs.lines().any(|l| l.contains(" DEBUG ") && l.contains(what));
+    assert!(debug("mailbox index rebuilt"), "debug lines at start-up");
+    assert!(debug("checkpoint"), "debug lines until shutdown");
 }
 
 #[test]

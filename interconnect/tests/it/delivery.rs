@@ -250,6 +250,11 @@ async fn two_carriers_deliver_claim_and_refuse_by_residency() {
             assert!(found.is_empty(), "{number} at rest in {found:?}");
         }
     }
+    // Scan control: the same scan finds what is stored (Dave's unacknowledged envelope).
+    assert!(
+        !test_support::files_containing(&b.gw.data_dir, b"to-dave").is_empty(),
+        "the scan reads B's storage"
+    );
     a.gw.stop().await;
     b.gw.stop().await;
 }
