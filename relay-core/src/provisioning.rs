@@ -113,6 +113,22 @@ mod tests {
     }
 
     #[test]
+    fn claims_need_the_version_and_24_bytes_before_the_address() {
+        let good = encode_claims(&claims(5));
+        assert_eq!(decode_claims(&good), Some(claims(5)));
+        let mut other_version = good.clone();
+        other_version[0] = VERSION + 1;
+        assert_eq!(
+            decode_claims(&other_version),
+            None,
+            "a version this build does not know"
+        );
+        // Too short to hold expiry and nonce: refused, never sliced past its end.
+        assert_eq!(decode_claims(&good[..10]), None);
+        assert_eq!(decode_claims(&good[..25]), None, "expiry and nonce but no address");
+    }
+
+    #[test]
     fn sign_then_verify() {
         let key = keypair();
         let token = sign(&key, &claims(2_000));
