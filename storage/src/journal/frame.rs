@@ -59,7 +59,8 @@ pub enum End {
     Clean { offset: usize },
     /// A record that does not check out at `offset`, with nothing valid after it.
     Torn { offset: usize },
-    /// A record that does not check out at `offset`, followed by a valid one at `next`.
+    /// A record that does not check out at `offset`, followed by a valid one at `next`
+    /// (`next == offset` for a whole record whose LSN is out of sequence).
     Corrupt {
         offset: usize,
         next: usize,
@@ -108,6 +109,20 @@ pub fn scan(bytes: &[u8], first_lsn: u64) -> Scan {
                 });
                 at = payload.1;
                 expect += 1;
+            }
+            // A whole record from the future means records are missing: refuse, even at the
+            // very end. One from the past can be stale disk content behind the last write
+            // (a reused block after a power cut): like any bad record, it ends the journal
+            // if nothing valid follows it.
+            Ok((lsn, _)) if lsn > expect => {
+                return Scan {
+                    records,
+                    end: End::Corrupt {
+                        offset: at,
+                        next: at,
+                        reason: "LSN ahead of sequence (records missing)",
+                    },
+                };
             }
             Ok(_) => {
                 return bad(bytes, at, records, "LSN out of sequence");
@@ -224,8 +239,56 @@ mod tests {
         let mut zeroed = seg.clone();
         zeroed[second..third].fill(0);
         assert!(matches!(scan(&zeroed, 1).end, End::Corrupt { offset, .. } if offset == second));
-        // A record with the wrong LSN (a segment spliced from elsewhere) is not accepted.
+        // A record with the wrong LSN (a segment spliced from elsewhere) is not accepted,
+        // even as the last record (it is whole, so it is not a torn write).
         assert!(matches!(scan(&seg, 2).end, End::Corrupt { offset: 0, .. }));
+        let mut gap = segment(1, &[b"one"]);
+        encode(&mut gap, 3, b"three");
+        assert_eq!(
+            scan(&gap, 1).end,
+            End::Corrupt {
+                offset: s.records[1].offset,
+                next: s.records[1].offset,
+                reason: "LSN ahead of sequence (records missing)"
+            }
+        );
+        // An old record behind the last write (stale blocks) is a torn tail, not corruption.
+        let mut stale = segment(10, &[b"ten", b"eleven"]);
+        let end = stale.len();
+        encode(&mut stale, 4, b"four, checkpointed long ago");
+        let s = scan(&stale, 10);
+        assert_eq!((s.records.len(), s.end), (2, End::Torn { offset: end }));
+    }
+
+    #[test]
+    fn a_false_magic_inside_the_damage_is_skipped_on_the_way_to_the_next_record() {
+        let seg = segment(1, &[b"one", b"two", b"three"]);
+        let s = scan(&seg, 1);
+        let (second, third) = (s.records[1].offset, s.records[2].offset);
+        let mut damaged = seg.clone();
+        // Record 2 overwritten with bytes that contain the magic twice but no record.
+        let junk = [b"RCJ1RCJ1".as_slice(), &vec![0xee; third - second - 8]].concat();
+        damaged[second..third].copy_from_slice(&junk);
+        assert_eq!(
+            scan(&damaged, 1).end,
+            End::Corrupt {
+                offset: second,
+                next: third,
+                reason: "length out of range"
+            }
+        );
+    }
+
+    #[test]
+    fn the_largest_payload_is_accepted_and_one_byte_more_is_not() {
+        let mut out = Vec::new();
+        encode(&mut out, 1, &vec![7u8; MAX_PAYLOAD]);
+        let s = scan(&out, 1);
+        assert_eq!((s.records.len(), s.end.clone()), (1, End::Clean { offset: out.len() }));
+        // A header claiming one byte more is refused for its length, before any read.
+        let mut header = out[..HEADER_LEN].to_vec();
+        header[4..8].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        assert_eq!(parse_at(&header, 0), Err("length out of range"));
     }
 
     proptest! {
