@@ -265,7 +265,7 @@ mod tests {
         let seg = segment(1, &[b"one", b"two", b"three"]);
         let s = scan(&seg, 1);
         let (second, third) = (s.records[1].offset, s.records[2].offset);
-        let mut damaged = seg.clone();
+        let mut damaged = seg;
         // Record 2 overwritten with bytes that contain the magic twice but no record.
         let junk = [b"RCJ1RCJ1".as_slice(), &vec![0xee; third - second - 8]].concat();
         damaged[second..third].copy_from_slice(&junk);
