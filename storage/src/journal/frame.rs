@@ -284,7 +284,7 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, 1, &vec![7u8; MAX_PAYLOAD]);
         let s = scan(&out, 1);
-        assert_eq!((s.records.len(), s.end.clone()), (1, End::Clean { offset: out.len() }));
+        assert_eq!((s.records.len(), s.end), (1, End::Clean { offset: out.len() }));
         // A header claiming one byte more is refused for its length, before any read.
         let mut header = out[..HEADER_LEN].to_vec();
         header[4..8].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
