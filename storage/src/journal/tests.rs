@@ -36,13 +36,31 @@ async fn records_are_replayed_in_order_after_a_restart() {
     drop(j);
     let (j, r, seen) = open_collect(&cfg).unwrap();
     assert_eq!(r.records, 100);
+    assert_eq!(
+        r.bytes,
+        100 * (frame::HEADER_LEN as u64 + 4),
+        "replayed bytes, headers included"
+    );
     assert_eq!(seen.len(), 100);
+    // Everything replayed is durable; the next LSN is not (it must wait for its fsync).
+    assert_eq!(j.shared.lock().durable_lsn, 100);
     for (i, (lsn, p)) in seen.iter().enumerate() {
         assert_eq!(*lsn, i as u64 + 1);
         assert_eq!(p, &(i as u32).to_le_bytes());
     }
-    // Appends continue after the replayed LSNs.
+    // Appends continue after the replayed LSNs; the last LSN (what a no-op waits on) and
+    // the bytes a checkpoint would cover follow each append.
+    assert_eq!(j.last_lsn(), 100);
     assert_eq!(append_durable(&j, b"next").await, 101);
+    assert_eq!(j.last_lsn(), 101);
+    let (lsn, ()) = j.append(b"and more", || ()).unwrap();
+    assert_eq!((lsn, j.last_lsn()), (102, 102));
+    let header = frame::HEADER_LEN as u64;
+    assert_eq!(
+        j.bytes_since_checkpoint(),
+        100 * (header + 4) + (header + 4) + (header + 8),
+        "replayed and new bytes are both uncovered until a checkpoint"
+    );
 }
 
 #[tokio::test]
@@ -176,4 +194,112 @@ async fn the_watermark_waits_for_records_being_applied() {
         "record 2 is not applied while its apply runs"
     );
     assert_eq!(j.applied_watermark(), 2);
+}
+
+#[tokio::test]
+async fn a_torn_record_before_the_last_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    let (j, _, _) = open_collect(&cfg).unwrap();
+    for i in 0..4u8 {
+        append_durable(&j, &[i; 700 << 10]).await;
+    }
+    drop(j);
+    let segments = list_segments(dir.path()).unwrap();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let first = &segments[0].1;
+    let len = std::fs::metadata(first).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let err = open_collect(&cfg).map(|_| ()).unwrap_err();
+    assert!(matches!(err, JournalError::TornMiddle { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn segments_are_at_least_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1);
+    let (j, _, _) = open_collect(&cfg).unwrap();
+    for i in 0..3u8 {
+        append_durable(&j, &[i; 100]).await;
+    }
+    drop(j);
+    let sizes: Vec<u64> = list_segments(dir.path())
+        .unwrap()
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .filter(|len| *len > 0)
+        .collect();
+    assert_eq!(sizes.len(), 1, "three small groups share one segment: {sizes:?}");
+}
+
+#[tokio::test]
+async fn the_largest_record_is_accepted_and_one_byte_more_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = open_collect(&config(dir.path(), 64 << 20)).unwrap();
+    assert!(j.append(&vec![0; frame::MAX_PAYLOAD + 1], || ()).is_err());
+    let (lsn, ()) = j.append(&vec![1; frame::MAX_PAYLOAD], || ()).unwrap();
+    j.durable(lsn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_at_a_segments_last_lsn_deletes_exactly_that_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    let (j, _, _) = open_collect(&cfg).unwrap();
+    for i in 0..4u8 {
+        append_durable(&j, &[i; 700 << 10]).await;
+    }
+    let segments = list_segments(dir.path()).unwrap();
+    let second_first = segments[1].0;
+    // One LSN short of covering the first segment: it stays.
+    j.checkpoint(second_first - 2, 0).unwrap();
+    assert_eq!(list_segments(dir.path()).unwrap()[0].0, segments[0].0);
+    // Its last LSN: it goes, and only it.
+    j.checkpoint(second_first - 1, 0).unwrap();
+    assert_eq!(list_segments(dir.path()).unwrap()[0].0, second_first);
+}
+
+#[tokio::test]
+async fn stop_flushes_and_refuses_more_and_drop_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64 << 20);
+    let (j, _, _) = open_collect(&cfg).unwrap();
+    j.append(b"not yet waited for", || ()).unwrap();
+    j.stop();
+    assert!(matches!(j.append(b"after stop", || ()), Err(StoreError::Closed)));
+    drop(j);
+    let (j, _, seen) = open_collect(&cfg).unwrap();
+    assert_eq!(
+        seen,
+        [(1, b"not yet waited for".to_vec())],
+        "stop wrote what was appended"
+    );
+    // Dropping the journal stops it the same way.
+    j.append(b"dropped", || ()).unwrap();
+    drop(j);
+    let (_, _, seen) = open_collect(&cfg).unwrap();
+    assert_eq!(seen.len(), 2, "drop wrote what was appended");
+}
+
+#[test]
+fn an_unreadable_or_malformed_checkpoint_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64 << 20);
+    // Not "no checkpoint" (which would replay from the start): an error.
+    std::fs::create_dir_all(dir.path().join(CHECKPOINT)).unwrap();
+    assert!(matches!(open_collect(&cfg).map(|_| ()), Err(JournalError::Io { .. })));
+    std::fs::remove_dir(dir.path().join(CHECKPOINT)).unwrap();
+    // A well-framed record whose payload is not an 8-byte LSN.
+    let mut bytes = Vec::new();
+    frame::encode(&mut bytes, 0, &[1, 2, 3, 4, 5, 6, 7]);
+    std::fs::write(dir.path().join(CHECKPOINT), bytes).unwrap();
+    assert!(matches!(
+        open_collect(&cfg).map(|_| ()),
+        Err(JournalError::Checkpoint { .. })
+    ));
 }
