@@ -159,10 +159,15 @@ async fn acknowledged_sends_arrive_exactly_once_across_kills_and_cuts() {
     proxy.set(Mode::Pass);
     grows(a.admin, DELIVERED, 5.0, "deliveries before killing A").await;
     a.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let a = start_a().await;
     *sender.lock().unwrap() = a.client().with_credential(alice.clone());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Sends are acknowledged again by the restarted A before the load stops.
+    let resumed = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < resumed + 20 {
+        assert!(Instant::now() < deadline, "no send acknowledged after A's restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     running.store(false, Ordering::Relaxed);
     send_task.await.unwrap();
 

@@ -43,6 +43,32 @@ fn sender_with(
     .expect("a valid sender configuration")
 }
 
+const FCM_ACCOUNT: &str = "relay@proj.iam.gserviceaccount.com";
+
+/// A loopback FCM (project `proj`) that accepts assertions signed by `rsa_public_der`'s key.
+async fn fcm_sink(rsa_public_der: Vec<u8>) -> PushSink {
+    PushSink::start(SinkKind::Fcm {
+        rsa_public_der,
+        client_email: FCM_ACCOUNT.into(),
+        project_id: "proj".into(),
+    })
+    .await
+}
+
+/// A sender whose FCM service account (written to `dir`) signs with `key_pem`.
+fn fcm_sender(dir: &std::path::Path, sink: &PushSink, key_pem: &str) -> Sender {
+    let sa_path = test_support::push_sinks::write_service_account(dir, sink, key_pem, "proj", FCM_ACCOUNT);
+    let sa = push_proxy::keys::service_account(&sa_path).expect("the service account parses");
+    let fcm = push_proxy::sender::FcmConfig {
+        base_url: sink.url(),
+        project_id: sa.project_id,
+        token_uri: sa.token_uri,
+        client_email: sa.client_email,
+        key: sa.key,
+    };
+    sender_with(sink.ca(), None, Some(fcm))
+}
+
 fn pointer(n: u8) -> Pointer {
     Pointer::from_random([n; 16])
 }
@@ -185,28 +211,8 @@ async fn webpush_payload_decrypts_to_the_pointer_at_a_constant_size() {
 async fn fcm_oauth_grant_message_quota_backoff_and_unregistered() {
     let dir = tempfile::tempdir().unwrap();
     let (key_pem, public_der) = test_support::push_sinks::rsa_key(dir.path());
-    let sink = PushSink::start(SinkKind::Fcm {
-        rsa_public_der: public_der,
-        client_email: "relay@proj.iam.gserviceaccount.com".into(),
-        project_id: "proj".into(),
-    })
-    .await;
-    let sa_path = test_support::push_sinks::write_service_account(
-        dir.path(),
-        &sink,
-        &key_pem,
-        "proj",
-        "relay@proj.iam.gserviceaccount.com",
-    );
-    let sa = push_proxy::keys::service_account(&sa_path).unwrap();
-    let fcm = push_proxy::sender::FcmConfig {
-        base_url: sink.url(),
-        project_id: sa.project_id,
-        token_uri: sa.token_uri,
-        client_email: sa.client_email,
-        key: sa.key,
-    };
-    let s = sender_with(sink.ca(), None, Some(fcm));
+    let sink = fcm_sink(public_der).await;
+    let s = fcm_sender(dir.path(), &sink, &key_pem);
     let token = PushTarget::Fcm {
         token: "fcm:APA91b-token_1".into(),
     };
@@ -321,28 +327,8 @@ async fn fcm_refuses_an_assertion_signed_by_another_key() {
     std::fs::create_dir_all(&other).unwrap();
     let (_, known_public) = test_support::push_sinks::rsa_key(&known);
     let (other_pem, _) = test_support::push_sinks::rsa_key(&other);
-    let sink = PushSink::start(SinkKind::Fcm {
-        rsa_public_der: known_public,
-        client_email: "relay@proj.iam.gserviceaccount.com".into(),
-        project_id: "proj".into(),
-    })
-    .await;
-    let sa_path = test_support::push_sinks::write_service_account(
-        dir.path(),
-        &sink,
-        &other_pem,
-        "proj",
-        "relay@proj.iam.gserviceaccount.com",
-    );
-    let sa = push_proxy::keys::service_account(&sa_path).unwrap();
-    let fcm = push_proxy::sender::FcmConfig {
-        base_url: sink.url(),
-        project_id: sa.project_id,
-        token_uri: sa.token_uri,
-        client_email: sa.client_email,
-        key: sa.key,
-    };
-    let s = sender_with(sink.ca(), None, Some(fcm));
+    let sink = fcm_sink(known_public).await;
+    let s = fcm_sender(dir.path(), &sink, &other_pem);
     let target = PushTarget::Fcm {
         token: "fcm:APA91b-token_2".into(),
     };

@@ -38,7 +38,8 @@ fn crash(store: SledStore) {
     drop(store);
 }
 
-async fn device(s: &SledStore, n: u8) -> (Rid, DeviceId) {
+/// Registers device `n` of address `Rid([n; 32])`.
+pub(crate) async fn device(s: &SledStore, n: u8) -> (Rid, DeviceId) {
     let rid = Rid([n; 32]);
     let cred = DeviceCredential::from_random([n; 48]);
     let dev = s

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::credential::DeviceCredential;
 use storage::prelude::*;
 use storage::*;
 
@@ -37,25 +36,13 @@ async fn a_layout_1_mailbox_is_converted_in_place() {
         ..SledConfig::in_dir(dir.path())
     };
     // Two devices registered through the store, then layout 1 records written under them.
-    let (bob, carol) = (Rid([1; 32]), Rid([2; 32]));
-    {
+    let (bob, carol) = {
         let s = SledStore::open(&config).unwrap();
-        for (rid, n) in [(bob, 1u8), (carol, 2u8)] {
-            let cred = DeviceCredential::from_random([n; 48]);
-            s.register_device(NewDevice {
-                rid,
-                credential_lookup: cred.lookup(),
-                credential_hash: cred.hash([n; 16]),
-                provisioning_nonce: [n; 16],
-                provisioning_expires_at_ms: NOW + 60_000,
-                max_devices: 6,
-                now_ms: NOW,
-            })
-            .await
-            .unwrap();
-        }
+        let (bob, _) = crate::journal::device(&s, 1).await;
+        let (carol, _) = crate::journal::device(&s, 2).await;
         s.close();
-    }
+        (bob, carol)
+    };
     let fan_out_id = [[0, 0, 0, 0, 0, 0, 0, 9], [7; 8]].concat();
     let solo_id = [[0, 0, 0, 0, 0, 0, 0, 11], [8; 8]].concat();
     {
