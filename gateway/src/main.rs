@@ -56,6 +56,30 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         valid_for: u64,
     },
+    /// The client listener's ACME certificate, through the running gateway's admin listener.
+    Acme {
+        #[command(subcommand)]
+        action: AcmeAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AcmeAction {
+    /// Serial, expiry, next renewal and recent failures.
+    Status,
+    /// Renew the certificate (the gateway also renews on its own schedule).
+    Renew {
+        /// Renew now, whatever the schedule says (required: a reminder that it asks the CA).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Revoke the certificate being served, then obtain one with a new key.
+    Revoke {
+        /// RFC 5280 reason: keyCompromise, superseded, affiliationChanged,
+        /// cessationOfOperation, unspecified.
+        #[arg(long, value_parser = ["keyCompromise", "superseded", "affiliationChanged", "cessationOfOperation", "unspecified"])]
+        reason: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +104,21 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Provision { address, valid_for } => provision(&settings, &address, valid_for),
+        Command::Acme { action } => {
+            let path = match action {
+                AcmeAction::Status => ("GET", "/admin/acme".to_owned()),
+                AcmeAction::Renew { now: true } => ("POST", "/admin/acme/renew".to_owned()),
+                AcmeAction::Renew { now: false } => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "gateway: the gateway renews on its own schedule (see `gateway acme status`); pass --now to renew immediately"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                AcmeAction::Revoke { reason } => ("POST", format!("/admin/acme/revoke?reason={reason}")),
+            };
+            admin_call(settings.config.admin_listen, path.0, &path.1)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +140,35 @@ fn serve(settings: gateway::Settings) -> anyhow::Result<()> {
         shutdown.cancel();
         running.wait().await
     })
+}
+
+/// One request to the running gateway's admin listener; prints the answer.
+fn admin_call(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use http_body_util::BodyExt as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(admin)
+            .await
+            .with_context(|| format!("no gateway admin listener at {admin} (is the gateway running?)"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, admin.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    })?;
+    std::io::stdout().write_all(&body)?;
+    if !body.ends_with(b"\n") {
+        writeln!(std::io::stdout())?;
+    }
+    anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+    Ok(())
 }
 
 fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {

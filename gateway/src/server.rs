@@ -91,8 +91,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         config.registration.provisioning_public_key.as_deref(),
     )
     .context("loading provider keys")?;
-    let certs = crate::tls::CertStore::open(&config.tls, data_dir).context("setting up TLS")?;
-    let tls = Arc::new(certs.server_config(&[b"h2", b"http/1.1"])?);
+    let certs = crate::tls::CertStore::open(&config.tls, config.acme.as_ref(), data_dir).context("setting up TLS")?;
+    let mut alpn: Vec<&[u8]> = vec![b"h2", b"http/1.1"];
+    if config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == relay_net::acme::ChallengeKind::TlsAlpn01)
+    {
+        alpn.push(relay_net::acme::ACME_TLS_ALPN);
+    }
+    let tls = Arc::new(certs.server_config(&alpn)?);
     let h3_settings = crate::h3::H3Settings {
         max_connections: config.limits.max_connections,
         max_concurrent_streams: config.limits.max_concurrent_streams,
@@ -156,6 +164,33 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let admin_addr = admin.local_addr()?;
 
     let tracker = TaskTracker::new();
+    let acme = match &config.acme {
+        Some(acme_config) => {
+            if let Some(addr) = acme_config.http01_listen
+                && acme_config.challenge == relay_net::acme::ChallengeKind::Http01
+            {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding acme.http01_listen {addr}"))?;
+                tracker.spawn(relay_net::acme::serve_http01(
+                    listener,
+                    Arc::clone(certs.challenges()),
+                    shutdown.clone(),
+                ));
+            }
+            let client = relay_net::acme::AcmeClient::new(
+                acme_config.clone(),
+                key_dir(data_dir).join("acme-account.json"),
+                Arc::clone(certs.challenges()),
+            );
+            Some(relay_net::acme::Manager::new(
+                client,
+                Arc::clone(&certs) as Arc<dyn relay_net::acme::CertSink>,
+                "client",
+            ))
+        }
+        None => None,
+    };
     let mut interconnect_addr = None;
     if let (Some(ic), Some(ic_config)) = (interconnect, &config.interconnect) {
         let listener = TcpListener::bind(ic_config.listen)
@@ -208,6 +243,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tracker.spawn(crate::admin::serve(
         admin,
         Arc::clone(&certs),
+        acme.as_ref().map(|(_, handle)| handle.clone()),
         state.clone(),
         shutdown.clone(),
         tracker.clone(),
@@ -225,6 +261,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
         shutdown.clone(),
     ));
+
+    if let Some((mut manager, _)) = acme {
+        // The first certificate before anything is served; tls-alpn-01 is answered by the
+        // listener just started, which refuses every other handshake until then.
+        if let Err(e) = manager.obtain_initial().await {
+            shutdown.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(settings.timeouts.shutdown_grace, tracker.wait()).await;
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            return Err(anyhow::Error::new(e).context("no certificate for the client listener"));
+        }
+        tracker.spawn(manager.run(shutdown.clone()));
+    }
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -329,6 +379,10 @@ async fn serve_connection(
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(relay_net::acme::ACME_TLS_ALPN) {
+        // An ACME validator: the handshake was the answer (RFC 8737 section 3).
+        return;
+    }
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&seen_request);
     let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {

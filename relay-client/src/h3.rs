@@ -17,6 +17,7 @@ pub(crate) struct H3 {
     port: u16,
     config: quinn::ClientConfig,
     local: Option<std::net::IpAddr>,
+    resolve: Option<SocketAddr>,
     state: Mutex<Option<(quinn::Endpoint, Sender)>>,
 }
 
@@ -34,6 +35,7 @@ impl H3 {
         uri: &Uri,
         mut tls: rustls::ClientConfig,
         local: Option<std::net::IpAddr>,
+        resolve: Option<SocketAddr>,
     ) -> Result<Self, ClientError> {
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -51,16 +53,20 @@ impl H3 {
             port: uri.port_u16().unwrap_or(443),
             config,
             local,
+            resolve,
             state: Mutex::new(None),
         })
     }
 
     async fn connect(&self) -> Result<(quinn::Endpoint, Sender), ClientError> {
-        let addr: SocketAddr = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| ClientError::Transport(format!("resolving {}: {e}", self.host)))?
-            .next()
-            .ok_or_else(|| ClientError::Transport(format!("{} has no address", self.host)))?;
+        let addr: SocketAddr = match self.resolve {
+            Some(fixed) => SocketAddr::new(fixed.ip(), self.port),
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| ClientError::Transport(format!("resolving {}: {e}", self.host)))?
+                .next()
+                .ok_or_else(|| ClientError::Transport(format!("{} has no address", self.host)))?,
+        };
         let bind = match self.local {
             Some(ip) => SocketAddr::new(ip, 0),
             None if addr.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),

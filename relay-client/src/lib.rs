@@ -130,7 +130,43 @@ impl RawResponse {
     }
 }
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Https = hyper_rustls::HttpsConnector<HttpConnector<Resolve>>;
+
+/// Name resolution of the HTTP/2 transport: the system's, or one fixed address (like
+/// curl's `--resolve`: the URL's host still names the server for TLS and `:authority`).
+#[derive(Clone, Debug)]
+struct Resolve {
+    fixed: Option<std::net::SocketAddr>,
+    system: hyper_util::client::legacy::connect::dns::GaiResolver,
+}
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for Resolve {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.system.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        if let Some(addr) = self.fixed {
+            return Box::pin(std::future::ready(Ok(vec![addr].into_iter())));
+        }
+        let lookup = self.system.call(name);
+        Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
+    }
+}
+
+/// How a [`Client`] reaches the server, beyond the URL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// The local (source) address to connect from.
+    pub local: Option<std::net::IpAddr>,
+    /// Connect here instead of resolving the URL's host (which still names the server for
+    /// TLS); the URL's port is kept.
+    pub resolve: Option<std::net::SocketAddr>,
+}
 
 /// Which HTTP version a [`Client`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +219,21 @@ impl Client {
         protocol: Protocol,
         local: Option<std::net::IpAddr>,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(server, trust, protocol, ConnectOptions { local, resolve: None })
+    }
+
+    /// A client for `server` speaking `protocol`, reached as `options` say.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "the trust setting is handed over, like a builder argument"
+    )]
+    pub fn connect_with(
+        server: &str,
+        trust: Trust,
+        protocol: Protocol,
+        options: ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let ConnectOptions { local, resolve } = options;
         let base = server.trim_end_matches('/');
         let uri: Uri = base
             .parse()
@@ -191,7 +242,7 @@ impl Client {
             return Err(ClientError::Config("server URL must start with https://".into()));
         }
         if protocol == Protocol::Http3 {
-            let h3 = h3::H3::new(&uri, tls_config(&trust, &[])?, local)?;
+            let h3 = h3::H3::new(&uri, tls_config(&trust, &[])?, local, resolve)?;
             return Ok(Self {
                 transport: Transport::H3(Arc::new(h3)),
                 base: base.into(),
@@ -200,7 +251,10 @@ impl Client {
         }
         let tls = tls_config(&trust, &[])?; // hyper-rustls sets ALPN (h2) itself
         // TCP_NODELAY: a lone request must not wait for the peer's delayed ACK (40 ms).
-        let mut tcp = HttpConnector::new();
+        let mut tcp = HttpConnector::new_with_resolver(Resolve {
+            fixed: resolve,
+            system: hyper_util::client::legacy::connect::dns::GaiResolver::new(),
+        });
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
         tcp.set_local_address(local);

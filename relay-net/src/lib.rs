@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod clock;
 pub mod https;
 pub mod pem;

@@ -50,6 +50,20 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
     })
 }
 
+/// Every certificate in PEM text (at least one).
+pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(rustls::pki_types::pem::Error::NoItemsFound);
+    }
+    Ok(certs)
+}
+
+/// The first private key in PEM text.
+pub fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, rustls::pki_types::pem::Error> {
+    PrivateKeyDer::from_pem_slice(pem)
+}
+
 /// A certificate chain and its private key.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PemError> {
     Ok((load_certs(cert)?, load_key(key)?))

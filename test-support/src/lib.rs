@@ -8,6 +8,7 @@ pub mod faulty_proxy;
 pub mod independent;
 pub mod mls;
 pub mod mlsrs;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod push_sinks;

@@ -45,6 +45,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Peering with other carriers (DESIGN.md section 7); absent: every address is local.
     pub interconnect: Option<interconnect::config::InterconnectConfig>,
+    /// The client listener's certificate from an ACME CA (RFC 8555) instead of `[tls]` files.
+    pub acme: Option<relay_net::acme::AcmeConfig>,
 }
 
 /// Waking devices through the push proxy (DESIGN.md section 6). Without `proxy_url`, no

@@ -94,6 +94,12 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
         }
+        if let Some(acme) = &self.acme {
+            acme.validate().map_err(ConfigError::Invalid)?;
+            if self.tls.cert.is_some() {
+                return invalid("tls.cert/tls.key and [acme] exclude each other: choose one source of certificates");
+            }
+        }
         if self.registration.danger_open_registration
             && !(self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback())
         {

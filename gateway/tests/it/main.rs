@@ -20,6 +20,7 @@ macro_rules! both_transports {
     };
 }
 
+mod acme;
 mod bad_input;
 mod deploy;
 mod http3;
