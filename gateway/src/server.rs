@@ -91,7 +91,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         config.registration.provisioning_public_key.as_deref(),
     )
     .context("loading provider keys")?;
-    let certs = crate::tls::CertStore::open(&config.tls, config.acme.as_ref(), data_dir).context("setting up TLS")?;
+    let certs = crate::tls::open_cert_store(&config.tls, config.acme.as_ref(), data_dir).context("setting up TLS")?;
     let mut alpn: Vec<&[u8]> = vec![b"h2", b"http/1.1"];
     if config
         .acme

@@ -39,6 +39,9 @@ pub struct Config {
     pub webpush: WebPushSection,
     #[serde(default)]
     pub log: LogConfig,
+    /// The device listener's certificate from an ACME CA (RFC 8555) instead of `tls.cert`
+    /// (the notify listener, internal, keeps `tls.cert` or the development PKI).
+    pub acme: Option<relay_net::acme::AcmeConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -282,6 +285,9 @@ impl Config {
 
     pub fn validate(self) -> Result<Self, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if let Some(acme) = &self.acme {
+            acme.validate().map_err(ConfigError::Invalid)?;
+        }
         let d = &self.delivery;
         if d.queue == 0 || d.max_in_flight_per_provider == 0 || d.max_batch == 0 || d.max_attempts == 0 {
             return invalid("delivery.queue, max_in_flight_per_provider, max_batch and max_attempts must be positive");

@@ -33,6 +33,10 @@ pub enum SetupError {
     },
     #[error("development PKI: {0}")]
     DevPki(#[from] rcgen::Error),
+    #[error("no certificate for the device listener: {0}")]
+    Acme(#[from] relay_net::acme::AcmeError),
+    #[error(transparent)]
+    Cert(#[from] relay_net::certs::CertError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -118,7 +118,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker.clone(),
         shutdown.clone(),
     ));
-    let (device_tls, notify_tls) = crate::tls::server_configs(&config)?;
+    let device_certs = crate::tls::device_certs(&config)?;
+    let (device_tls, notify_tls) = crate::tls::server_configs(&config, &device_certs)?;
+    let acme = match &config.acme {
+        Some(acme_config) => {
+            let client = relay_net::acme::AcmeClient::new(
+                acme_config.clone(),
+                key_dir.join("acme-account.json"),
+                Arc::clone(device_certs.challenges()),
+            );
+            Some(relay_net::acme::Manager::new(
+                client,
+                Arc::clone(&device_certs) as Arc<dyn relay_net::acme::CertSink>,
+                "device",
+            ))
+        }
+        None => None,
+    };
     let body_limit = tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY);
     let nz = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
     let limiter: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>> = Arc::new(governor::RateLimiter::keyed(
@@ -138,7 +154,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .with_state(proxy);
     let admin = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(admin_tls_routes(
+            Arc::clone(&device_certs),
+            acme.as_ref().map(|(_, handle)| handle.clone()),
+        ));
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -150,6 +170,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         bind(config.notify_listen).await?,
         bind(config.admin_listen).await?,
     );
+    if let Some(addr) = config.acme.as_ref().and_then(|a| {
+        (a.challenge == relay_net::acme::ChallengeKind::Http01)
+            .then_some(a.http01_listen)
+            .flatten()
+    }) {
+        tracker.spawn(relay_net::acme::serve_http01(
+            bind(addr).await?,
+            Arc::clone(device_certs.challenges()),
+            shutdown.clone(),
+        ));
+    }
     let addr = |l: &TcpListener| {
         l.local_addr().map_err(|source| SetupError::Bind {
             addr: config.listen,
@@ -177,11 +208,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
         t.clone(),
     ));
+    let admin_shutdown = shutdown.clone();
     t.spawn(async move {
         let _ = axum::serve(l3, admin)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
             .await;
     });
+    if let Some((mut manager, _)) = acme {
+        // The first certificate before the proxy says it is ready; the device listener
+        // just started answers the tls-alpn-01 validation and refuses other handshakes.
+        if let Err(e) = manager.obtain_initial().await {
+            shutdown.cancel();
+            running.tracker.close();
+            running.tracker.wait().await;
+            return Err(e.into());
+        }
+        t.spawn(manager.run(shutdown.clone()));
+    }
     tracing::info!(
         listen = %running.listen,
         notify_listen = %running.notify_listen,
@@ -189,6 +232,93 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "push proxy ready"
     );
     Ok(running)
+}
+
+/// `POST /admin/tls/reload` (the device certificate's files) and, with `[acme]`,
+/// `GET /admin/acme`, `POST /admin/acme/renew`, `POST /admin/acme/revoke?reason=…`.
+fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_net::acme::AcmeHandle>) -> Router {
+    use axum::response::IntoResponse as _;
+    use relay_net::acme::{AcmeError, RevocationReason};
+    let reload = move || {
+        let certs = Arc::clone(&certs);
+        async move {
+            match certs.reload() {
+                Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "TLS reload failed; keeping the old certificate");
+                    (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
+                }
+            }
+        }
+    };
+    let router = Router::new().route("/admin/tls/reload", post(reload));
+    let Some(acme) = acme else {
+        return router;
+    };
+    let failed = |e: &AcmeError| {
+        (
+            http::StatusCode::BAD_GATEWAY,
+            axum::Json(serde_json::json!({"error": "acme_failed", "stage": e.stage.as_str(), "detail": e.message})),
+        )
+            .into_response()
+    };
+    let (status_handle, renew_handle) = (acme.clone(), acme.clone());
+    let status = move || {
+        let acme = status_handle.clone();
+        async move {
+            match acme.status().await {
+                Ok(s) => axum::Json(serde_json::json!({
+                    "serial": s.serial, "not_after": s.not_after, "renew_at": s.renew_at,
+                    "failures": s.failures, "last_error": s.last_error,
+                }))
+                .into_response(),
+                Err(e) => failed(&e),
+            }
+        }
+    };
+    let renew = move || {
+        let acme = renew_handle.clone();
+        async move {
+            match acme.renew_now().await {
+                Ok(r) => {
+                    tracing::warn!(serial = %r.serial, "device certificate renewed by an operator");
+                    axum::Json(serde_json::json!({"serial": r.serial, "not_after": r.not_after})).into_response()
+                }
+                Err(e) => failed(&e),
+            }
+        }
+    };
+    let revoke = move |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
+        let acme = acme.clone();
+        async move {
+            let reason = match q.get("reason").map_or("unspecified", String::as_str) {
+                "unspecified" => RevocationReason::Unspecified,
+                "keyCompromise" => RevocationReason::KeyCompromise,
+                "affiliationChanged" => RevocationReason::AffiliationChanged,
+                "superseded" => RevocationReason::Superseded,
+                "cessationOfOperation" => RevocationReason::CessationOfOperation,
+                _ => {
+                    return (
+                        http::StatusCode::BAD_REQUEST,
+                        axum::Json(serde_json::json!({"error": "bad_reason"})),
+                    )
+                        .into_response();
+                }
+            };
+            match acme.revoke(reason).await {
+                Ok(r) => {
+                    tracing::warn!(revoked = ?r.revoked_serial, serial = %r.serial, "device certificate revoked by an operator and reissued");
+                    axum::Json(serde_json::json!({"revoked": r.revoked_serial, "serial": r.serial, "not_after": r.not_after}))
+                        .into_response()
+                }
+                Err(e) => failed(&e),
+            }
+        }
+    };
+    router
+        .route("/admin/acme", get(status))
+        .route("/admin/acme/renew", post(renew))
+        .route("/admin/acme/revoke", post(revoke))
 }
 
 /// The client's address, set per connection.
@@ -251,6 +381,9 @@ async fn serve_tls(
                 }
                 Err(_) => return,
             };
+            if tls.get_ref().1.alpn_protocol() == Some(relay_net::acme::ACME_TLS_ALPN) {
+                return; // an ACME validator: the handshake was the answer (RFC 8737)
+            }
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use relay_net::certs::CertStore;
 use relay_net::pem::{load_certs, load_key};
 use relay_net::tls::provider;
 use rustls::ServerConfig;
@@ -21,16 +22,37 @@ pub const DEV_CA: &str = "dev-ca.pem";
 pub const GATEWAY_CLIENT_CERT: &str = "gateway-client.pem";
 pub const GATEWAY_CLIENT_KEY: &str = "gateway-client-key.pem";
 
-/// (device listener, notify listener) server configurations.
-pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), SetupError> {
+/// The device listener's certificate store (ACME, or the same files as the notify listener).
+pub fn device_certs(config: &Config) -> Result<Arc<CertStore>, SetupError> {
+    const METRIC: &str = "push_cert_expiry_seconds";
+    if config.acme.is_some() {
+        let dir = config.data_dir.join("acme").join("device");
+        std::fs::create_dir_all(&dir).map_err(SetupError::io(&dir))?;
+        return Ok(CertStore::for_acme(&dir, METRIC, "device"));
+    }
+    let (cert, key) = server_files(config)?;
+    Ok(CertStore::from_files(&cert, &key, METRIC, "device")?)
+}
+
+fn server_files(config: &Config) -> Result<(std::path::PathBuf, std::path::PathBuf), SetupError> {
     let dir = config.data_dir.join("tls");
-    let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+    Ok(match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
             ensure_dev_pki(&dir)?;
             (dir.join("dev-cert.pem"), dir.join("dev-key.pem"))
         }
-    };
+    })
+}
+
+/// (device listener, notify listener) server configurations; the device listener resolves
+/// its certificate through `device` (reloads and ACME renewals).
+pub fn server_configs(
+    config: &Config,
+    device: &Arc<CertStore>,
+) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), SetupError> {
+    let dir = config.data_dir.join("tls");
+    let (cert, key) = server_files(config)?;
     let gateway_ca = match &config.tls.gateway_ca {
         Some(ca) => ca.clone(),
         None => {
@@ -39,18 +61,21 @@ pub fn server_configs(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServerC
         }
     };
     let chain = load_certs(&cert)?;
-    relay_net::pem::export_expiry("push_cert_expiry_seconds", "device", &chain);
     let tls = |context| move |source| SetupError::Tls { context, source };
     let builder = || {
         ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls("TLS 1.3 with the ring provider"))
     };
-    let mut device = builder()?
-        .with_no_client_auth()
-        .with_single_cert(chain.clone(), load_key(&key)?)
-        .map_err(tls("server certificate"))?;
-    device.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut alpn: Vec<&[u8]> = vec![b"h2", b"http/1.1"];
+    if config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == relay_net::acme::ChallengeKind::TlsAlpn01)
+    {
+        alpn.push(relay_net::acme::ACME_TLS_ALPN);
+    }
+    let device = device.server_config(&alpn).map_err(tls("device listener"))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(&gateway_ca)? {
         roots.add(c).map_err(tls("gateway CA"))?;

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod certs;
 pub mod clock;
 pub mod https;
 pub mod pem;

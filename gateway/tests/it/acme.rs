@@ -432,3 +432,73 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
             .supported_schemes()
     }
 }
+
+/// The push proxy's device listener gets its certificate the same way: from nothing at
+/// start, renewed and revoked through its admin listener. The client is `curl` (HTTP/2),
+/// trusting only pebble's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_proxy_device_listener() {
+    // The gateway's recorder is the process's (as in every test here), so the proxy's
+    // gauges are read from it.
+    gateway::telemetry::prometheus();
+    let pebble = Pebble::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = push_proxy::config::Config {
+        data_dir: dir.path().join("proxy"),
+        listen: format!("127.0.0.1:{}", pebble::TLS_ALPN_PORT).parse().unwrap(),
+        notify_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..push_proxy::config::Config::default()
+    };
+    config.acme = Some(acme_config(&pebble, ChallengeKind::TlsAlpn01));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let proxy = push_proxy::server::start(config.validate().unwrap(), shutdown.clone())
+        .await
+        .unwrap();
+    let roots_file = dir.path().join("pebble-root.pem");
+    let root = &pebble.issuing_roots()[0];
+    std::fs::write(&roots_file, pem("CERTIFICATE", root)).unwrap();
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--http2", "--max-time", "10", "--cacert"])
+            .arg(&roots_file)
+            .arg("--resolve")
+            .arg(format!("{DOMAIN}:{}:127.0.0.1", pebble::TLS_ALPN_PORT))
+            .arg(format!("https://{DOMAIN}:{}{path}", pebble::TLS_ALPN_PORT))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(curl("/healthz"), (true, "ok".to_owned()));
+    let first = served_serial(proxy.listen).await;
+    let admin = |method: &'static str, path: &'static str| {
+        let addr = proxy.admin_listen;
+        async move { test_support::admin_request(addr, method, path).await.unwrap() }
+    };
+    let renewed = admin("POST", "/admin/acme/renew").await;
+    assert!(renewed.starts_with("HTTP/1.1 200"), "{renewed}");
+    let second = served_serial(proxy.listen).await;
+    assert_ne!(second, first);
+    let revoked = admin("POST", "/admin/acme/revoke?reason=keyCompromise").await;
+    assert!(revoked.starts_with("HTTP/1.1 200"), "{revoked}");
+    assert_eq!(pebble.cert_status(&second), "Revoked");
+    assert_ne!(served_serial(proxy.listen).await, second);
+    assert_eq!(curl("/healthz"), (true, "ok".to_owned()));
+    assert!(admin("POST", "/admin/acme/revoke?reason=whim").await.starts_with("HTTP/1.1 400"));
+    let expiry = global_metric(r#"push_cert_expiry_seconds{listener="device"}"#);
+    assert!(expiry > relay_net::clock::unix_secs() as f64, "expiry gauge set: {expiry}");
+    shutdown.cancel();
+    proxy.stopped().await;
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
