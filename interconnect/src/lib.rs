@@ -63,6 +63,8 @@ use crate::record::Sealer;
 pub struct Interconnect {
     cfg: InterconnectConfig,
     table: RwLock<Arc<Table>>,
+    /// Our client certificate, swapped on reload (see [`tls::OwnIdentity`]).
+    identity: Arc<tls::OwnIdentity>,
     /// Bumped at every reload: open connections re-verify their peer.
     generation: watch::Sender<u64>,
     store: Storage,
@@ -90,8 +92,11 @@ impl Interconnect {
         key_dir: &std::path::Path,
         limits: Limits,
     ) -> Result<Arc<Self>, SetupError> {
-        let table = Table::build(&cfg)?;
+        let (chain, key) = relay_net::pem::load_pair(&cfg.cert, &cfg.key)?;
+        let identity = Arc::new(tls::OwnIdentity::new(chain, key)?);
+        let table = Table::build(&cfg, &identity, None)?;
         Ok(Arc::new(Self {
+            identity,
             sealer: Sealer::open_or_create(key_dir)?,
             table: RwLock::new(Arc::new(table)),
             generation: watch::channel(0).0,
@@ -114,7 +119,7 @@ impl Interconnect {
     /// Re-reads the peers file and CRLs; open connections of peers that no longer verify are
     /// closed. Returns the number of peers. On error the old table stays.
     pub async fn reload(&self) -> Result<usize, SetupError> {
-        let table = Table::build(&self.cfg)?;
+        let table = Table::build(&self.cfg, &self.identity, Some(&self.table()))?;
         let n = table.peers.len();
         // Entries queued for a peer that is no longer configured wait (they are delivered if
         // it comes back); say so rather than let them age silently.

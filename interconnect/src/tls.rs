@@ -228,14 +228,69 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// A client configuration for one peer: trusts only its CA, presents our certificate.
-pub fn client_config(
-    peer_ca: &std::path::Path,
+/// Our client certificate, shared by every peer's client configuration and replaced on
+/// reload: new connections present the new certificate, established ones (and the
+/// connection pools holding them) carry on.
+#[derive(Debug)]
+pub struct OwnIdentity {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl OwnIdentity {
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self, SetupError> {
+        Ok(Self {
+            current: std::sync::RwLock::new(Arc::new(certified(chain, key)?)),
+        })
+    }
+
+    /// Presents `chain` from the next handshake on.
+    pub fn replace(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), SetupError> {
+        let fresh = Arc::new(certified(chain, key)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<rustls::ClientConfig, SetupError> {
-    relay_net::tls::client_config(&load_certs(peer_ca)?, Some((chain, key))).map_err(|source| SetupError::Tls {
+) -> Result<rustls::sign::CertifiedKey, SetupError> {
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(|source| SetupError::Tls {
         context: "interconnect client certificate",
         source,
     })
+}
+
+impl rustls::client::ResolvesClientCert for OwnIdentity {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client configuration for one peer: trusts only its CA (`peer_ca`, PEM), presents our
+/// certificate as `identity` holds it at each handshake.
+pub fn client_config(peer_ca: &[u8], identity: Arc<OwnIdentity>) -> Result<rustls::ClientConfig, SetupError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let tls = |source| SetupError::Tls {
+        context: "peer CA certificate",
+        source,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(peer_ca) {
+        roots
+            .add(c.map_err(|_| tls(Error::General("not a PEM certificate".into())))?)
+            .map_err(tls)?;
+    }
+    if roots.is_empty() {
+        return Err(tls(Error::General("no certificate in the peer CA file".into())));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(identity))
 }

@@ -308,8 +308,10 @@ fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_
             match acme.revoke(reason).await {
                 Ok(r) => {
                     tracing::warn!(revoked = ?r.revoked_serial, serial = %r.serial, "device certificate revoked by an operator and reissued");
-                    axum::Json(serde_json::json!({"revoked": r.revoked_serial, "serial": r.serial, "not_after": r.not_after}))
-                        .into_response()
+                    axum::Json(
+                        serde_json::json!({"revoked": r.revoked_serial, "serial": r.serial, "not_after": r.not_after}),
+                    )
+                    .into_response()
                 }
                 Err(e) => failed(&e),
             }

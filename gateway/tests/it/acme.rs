@@ -484,9 +484,16 @@ async fn push_proxy_device_listener() {
     assert_eq!(pebble.cert_status(&second), "Revoked");
     assert_ne!(served_serial(proxy.listen).await, second);
     assert_eq!(curl("/healthz"), (true, "ok".to_owned()));
-    assert!(admin("POST", "/admin/acme/revoke?reason=whim").await.starts_with("HTTP/1.1 400"));
+    assert!(
+        admin("POST", "/admin/acme/revoke?reason=whim")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
     let expiry = global_metric(r#"push_cert_expiry_seconds{listener="device"}"#);
-    assert!(expiry > relay_net::clock::unix_secs() as f64, "expiry gauge set: {expiry}");
+    assert!(
+        expiry > relay_net::clock::unix_secs() as f64,
+        "expiry gauge set: {expiry}"
+    );
     shutdown.cancel();
     proxy.stopped().await;
 }

@@ -13,6 +13,7 @@
 
 mod delivery;
 mod mtls;
+mod rotation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
