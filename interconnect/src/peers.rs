@@ -51,7 +51,7 @@ impl Table {
     pub(crate) fn build(
         cfg: &InterconnectConfig,
         identity: &Arc<OwnIdentity>,
-        previous: Option<&Table>,
+        previous: Option<&Self>,
     ) -> Result<Self, SetupError> {
         let file = PeersFile::load(&cfg.peers_file)?;
         let (chain, key) = load_pair(&cfg.cert, &cfg.key)?;

@@ -171,6 +171,27 @@ mod tests {
         Config::from_toml(text, Path::new("test.toml"))?.validate()
     }
 
+    /// The commented `[acme]` example of deploy/gateway.toml, uncommented, is a valid
+    /// configuration (and `[tls]` beside it is refused).
+    #[test]
+    fn the_deploy_acme_example_parses() {
+        let text = include_str!("../../../deploy/gateway.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [acme]"))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.starts_with("[acme]\n") && block.contains("domains"), "{block}");
+        let s = load(&block).unwrap();
+        let acme = s.config.acme.unwrap();
+        assert_eq!(acme.domains, ["relay.carrier-a.example"]);
+        assert_eq!(acme.challenge, relay_net::acme::ChallengeKind::TlsAlpn01);
+        let both = format!("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{block}");
+        assert!(load(&both).unwrap_err().to_string().contains("exclude each other"));
+    }
+
     #[test]
     fn empty_file_gives_defaults() {
         let s = load("").unwrap();

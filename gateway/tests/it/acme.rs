@@ -203,8 +203,10 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
         !gw.state().store().watchers().is_empty()
     })
     .await;
+    let renewing = Instant::now();
     let (code, out, err) = cli(&gw, &["renew", "--now"]);
     assert_eq!(code, 0, "renew --now: {out}{err}");
+    eprintln!("gateway acme renew --now: {:.2} s", renewing.elapsed().as_secs_f64());
     let second = served_serial(gw.addr).await;
     assert_ne!(second, first, "forced renewal serves a new certificate");
     assert_eq!(json(&out)["serial"], second.as_str());
@@ -301,6 +303,28 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
     let after_outage = client(&gw, &new_roots, Protocol::Http3);
     after_outage.healthz().await.unwrap();
     assert_eq!(json(&cli(&gw, &["status"]).1)["failures"], 0);
+
+    // Every metric the ACME alert rules name is exported by this gateway.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/acme-rules.yml"
+    ))
+    .unwrap();
+    let rendered = gateway::telemetry::prometheus().render();
+    let mut named = 0;
+    for line in rules.lines().filter_map(|l| l.trim().strip_prefix("expr:")) {
+        for name in line
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("relay_") || w.starts_with("push_"))
+        {
+            named += 1;
+            assert!(
+                rendered.contains(&format!("\n{name}{{")),
+                "acme-rules.yml names {name}, which is not exported"
+            );
+        }
+    }
+    assert!(named > 0, "the rules name metrics");
     gw.stop().await;
 }
 

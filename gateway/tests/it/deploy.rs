@@ -357,13 +357,17 @@ fn prometheus_config_and_rules_pass_promtool() {
         &["check", "config", "deploy/prometheus/prometheus.yml"],
         install,
     );
-    run("promtool", &["check", "rules", "deploy/prometheus/rules.yml"], install);
-    let tested = run(
-        "promtool",
-        &["test", "rules", "deploy/prometheus/rules_test.yml"],
-        install,
-    );
-    assert!(tested.contains("SUCCESS"), "{tested}");
+    for (rules, tests) in [
+        ("deploy/prometheus/rules.yml", "deploy/prometheus/rules_test.yml"),
+        (
+            "deploy/prometheus/acme-rules.yml",
+            "deploy/prometheus/acme-rules_test.yml",
+        ),
+    ] {
+        run("promtool", &["check", "rules", rules], install);
+        let tested = run("promtool", &["test", "rules", tests], install);
+        assert!(tested.contains("SUCCESS"), "{tested}");
+    }
 }
 
 #[test]

@@ -320,15 +320,14 @@ pub async fn serve_http01(listener: tokio::net::TcpListener, challenges: Arc<Cha
                     .strip_prefix("/.well-known/acme-challenge/")
                     .and_then(|token| challenges.http01_answer(token));
                 async move {
-                    let resp = match answer {
+                    match answer {
                         Some(a) => http::Response::builder()
                             .header(http::header::CONTENT_TYPE, "application/octet-stream")
                             .body(Full::new(Bytes::from(a))),
                         None => http::Response::builder()
                             .status(http::StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::new())),
-                    };
-                    resp
+                    }
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -675,7 +674,7 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
