@@ -32,6 +32,19 @@ fn err(status: StatusCode, code: &'static str) -> Response {
     (status, Json(serde_json::json!({ "error": code }))).into_response()
 }
 
+/// A body that is not the JSON asked for: 415 without the JSON media type, 413 past the
+/// body limit, 400 `invalid_body` otherwise.
+fn rejected(r: &axum::extract::rejection::JsonRejection) -> (StatusCode, &'static str) {
+    use axum::extract::rejection::JsonRejection;
+    match r {
+        JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        }
+        _ => (StatusCode::BAD_REQUEST, "invalid_body"),
+    }
+}
+
 impl Interconnect {
     /// The inbound router (needs a [`PeerName`] extension per connection).
     pub fn router(self: &Arc<Self>) -> Router {
@@ -39,7 +52,13 @@ impl Interconnect {
             .route("/.well-known/mimi-protocol-directory", get(directory))
             .route("/mimi/v1/notify/{envelope_id}", post(notify))
             .route("/mimi/v1/keyMaterial", post(key_material))
-            .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+            // The extractors enforce the limit: 413 `body_too_large` in JSON like every refusal.
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            // Outermost: early errors wait for the rest of the body (bounded), so a peer's
+            // HTTP/2 client reads them instead of a reset stream.
+            .layer(axum::middleware::from_fn(|req, next| {
+                relay_net::drain::drain_up_to(BODY_LIMIT + (64 << 10), req, next)
+            }))
             .with_state(Arc::clone(self))
     }
 
@@ -82,8 +101,13 @@ async fn notify(
     let Some(id) = relay_core::hex::decode(&envelope_id).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
         return invalid("invalid_envelope_id");
     };
-    let Ok(Json(body)) = body else {
-        return invalid("invalid_body");
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(r) => {
+            count("invalid");
+            let (status, code) = rejected(&r);
+            return err(status, code);
+        }
     };
     if body.recipients.is_empty() || body.recipients.len() > ic.limits.max_recipients {
         return invalid("invalid_recipients");
@@ -169,8 +193,12 @@ async fn key_material(
     if let Some(r) = ic.rate_limited(&peer) {
         return r;
     }
-    let Ok(Json(req)) = body else {
-        return err(StatusCode::BAD_REQUEST, "invalid_body");
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(r) => {
+            let (status, code) = rejected(&r);
+            return err(status, code);
+        }
     };
     let Ok(requester) = relay_core::Address::parse(&req.requester) else {
         return err(StatusCode::BAD_REQUEST, "invalid_address");

@@ -135,7 +135,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => None,
     };
-    let body_limit = tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY);
+    // The extractors enforce the limit (413 `body_too_large` in JSON, like every refusal).
+    let body_limit = axum::extract::DefaultBodyLimit::max(MAX_BODY);
     let nz = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
     let limiter: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>> = Arc::new(governor::RateLimiter::keyed(
         governor::Quota::per_second(nz(config.registration.per_ip_per_second))
@@ -146,11 +147,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .route_layer(axum::middleware::from_fn_with_state(limiter, per_ip_limit))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)
+        .layer(axum::middleware::from_fn(relay_net::drain::drain_request_body))
         .with_state(Arc::clone(&proxy));
     let notify = Router::new()
         .route("/v1/notify", post(service::notify))
         .route("/healthz", get(|| async { "ok" }))
         .layer(body_limit)
+        .layer(axum::middleware::from_fn(relay_net::drain::drain_request_body))
         .with_state(proxy);
     let admin = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))

@@ -135,6 +135,21 @@ fn bad(code: &'static str) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, code)
 }
 
+/// A body that is not the JSON asked for: 415 without the JSON media type, 413 past the
+/// body limit, 400 otherwise.
+fn rejected(r: &axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection;
+    match r {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        }
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        }
+        _ => bad("bad_request"),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
@@ -157,7 +172,7 @@ pub async fn register(
     State(proxy): State<Arc<Proxy>>,
     body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    let Json(req) = body.map_err(|_| bad("bad_request"))?;
+    let Json(req) = body.map_err(|r| rejected(&r))?;
     let (target, probe) = parse_target(&proxy.allowed_hosts, req)?;
     if probe && let PushTarget::WebPush { endpoint, .. } = &target {
         proxy
@@ -255,7 +270,7 @@ pub async fn notify(
     State(proxy): State<Arc<Proxy>>,
     body: Result<Json<NotifyRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<NotifyResponse>, ApiError> {
-    let Json(req) = body.map_err(|_| bad("bad_request"))?;
+    let Json(req) = body.map_err(|r| rejected(&r))?;
     if req.notifications.len() > proxy.max_batch {
         return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"));
     }

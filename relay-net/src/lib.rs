@@ -21,6 +21,7 @@
 pub mod acme;
 pub mod certs;
 pub mod clock;
+pub mod drain;
 pub mod https;
 pub mod pem;
 pub mod serve;

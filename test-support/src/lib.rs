@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod curl;
 pub mod faulty_proxy;
 pub mod independent;
 pub mod mls;

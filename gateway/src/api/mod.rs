@@ -141,6 +141,9 @@ pub fn api(state: AppState) -> Router {
             with_deadline(request_limit, req, next)
         }))
         .layer(middleware::from_fn(track_metrics))
+        // Outermost: an early error waits for the rest of the request body (bounded), so
+        // HTTP/2 clients read it instead of a reset stream.
+        .layer(middleware::from_fn(relay_net::drain::drain_request_body))
         .with_state(state)
 }
 

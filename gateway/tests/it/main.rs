@@ -23,6 +23,7 @@ macro_rules! both_transports {
 mod acme;
 mod bad_input;
 mod deploy;
+mod early_errors;
 mod http3;
 mod interconnect_faults;
 mod interop;

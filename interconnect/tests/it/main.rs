@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod delivery;
+mod early_errors;
 mod mtls;
 mod rotation;
 
