@@ -26,6 +26,11 @@ admin_listen = "127.0.0.1:$admin_port"
 [rate_limit]
 requests_per_second = 1000000
 burst = 1000000
+sender_recipient_burst = 1000000000
+sender_recipient_per_second = 1000000
+recipient_bytes_burst = 1000000000000
+recipient_bytes_per_second = 1000000000
+registration_burst = 1000000
 ${EXTRA_TOML:-}
 TOML
     spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log"

@@ -41,8 +41,14 @@ impl ApiError {
 
     /// `429` with `Retry-After` rounded up to whole seconds.
     pub fn rate_limited(detail: &'static str, wait: std::time::Duration) -> Self {
-        let mut e = Self::new(ErrorCode::RateLimited, detail);
-        e.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
+        Self::limited(ErrorCode::RateLimited, detail, wait)
+    }
+
+    /// A `429` of one of the named limits, with `Retry-After` rounded up to whole seconds
+    /// (at least 1).
+    pub fn limited(code: ErrorCode, detail: &'static str, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(code, detail);
+        e.retry_after_secs = Some((wait.as_secs_f64().ceil() as u64).max(1));
         e
     }
 

@@ -139,6 +139,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let source = crate::api::ClientAddr(incoming.remote_address().ip());
     let conn = match tokio::time::timeout(settings.handshake_timeout, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -174,7 +175,7 @@ async fn serve_connection(
                     tracker.spawn(async move {
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => {
-                                if let Err(e) = serve_request(req, stream, router).await {
+                                if let Err(e) = serve_request(req, stream, router, source).await {
                                     tracing::debug!(cause = %e, "HTTP/3 request stream failed");
                                 }
                             }
@@ -199,10 +200,16 @@ async fn serve_connection(
 
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-async fn serve_request(req: http::Request<()>, stream: Stream, router: Router) -> anyhow::Result<()> {
+async fn serve_request(
+    req: http::Request<()>,
+    stream: Stream,
+    router: Router,
+    source: crate::api::ClientAddr,
+) -> anyhow::Result<()> {
     let (mut send, recv) = stream.split();
     let (mut parts, ()) = req.into_parts();
     parts.version = http::Version::HTTP_3;
+    parts.extensions.insert(source);
     let req = http::Request::from_parts(parts, Body::new(RecvBody { recv }));
     let resp = router.oneshot(req).await.unwrap_or_else(|never| match never {});
     let (parts, mut body) = resp.into_parts();

@@ -151,6 +151,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         open_registration: config.registration.danger_open_registration,
         requests_per_second: NonZeroU32::new(rate.requests_per_second).context("rate_limit.requests_per_second")?,
         burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
+        abuse: rate.abuse_limits(),
         mls: config.mls.clone(),
         shutdown: shutdown.clone(),
         interconnect: interconnect.clone(),
@@ -385,8 +386,10 @@ async fn serve_connection(
     }
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&seen_request);
-    let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
+    let source = crate::api::ClientAddr(peer.ip());
+    let service = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(source);
         req
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

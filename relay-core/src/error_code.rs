@@ -50,6 +50,14 @@ pub enum ErrorCode {
     InvalidPushHandle,
     ResidencyPolicy,
     PeerUnavailable,
+    /// One sender → one recipient, messages (DESIGN §5: 60 burst at 1/s).
+    SenderRecipientLimited,
+    /// Bytes into one recipient, from everyone (DESIGN §5: 128 MiB burst at 2,000 B/s).
+    RecipientInboundLimited,
+    /// Failed authentications from this source address.
+    TooManyFailedAuth,
+    /// Registrations from this source address.
+    RegistrationRateLimited,
 }
 
 impl ErrorCode {
@@ -99,6 +107,10 @@ impl ErrorCode {
             Self::InvalidPushHandle => "invalid_push_handle",
             Self::ResidencyPolicy => "residency_policy",
             Self::PeerUnavailable => "peer_unavailable",
+            Self::SenderRecipientLimited => "sender_recipient_limited",
+            Self::RecipientInboundLimited => "recipient_inbound_limited",
+            Self::TooManyFailedAuth => "too_many_failed_auth",
+            Self::RegistrationRateLimited => "registration_rate_limited",
         }
     }
 
@@ -123,7 +135,11 @@ impl ErrorCode {
             Self::ClientMessageIdConflict | Self::ProvisioningTokenUsed => 409,
             Self::EnvelopeTooLarge | Self::BodyTooLarge | Self::TooManyRecipients => 413,
             Self::UnsupportedMediaType | Self::UnsupportedContentEncoding => 415,
-            Self::RateLimited => 429,
+            Self::RateLimited
+            | Self::SenderRecipientLimited
+            | Self::RecipientInboundLimited
+            | Self::TooManyFailedAuth
+            | Self::RegistrationRateLimited => 429,
             Self::Internal => 500,
             Self::InvalidKeyPackage => 400,
             Self::UnsupportedCiphersuite => 400,
@@ -149,7 +165,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 44] = [
+const ALL: [ErrorCode; 48] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -194,6 +210,10 @@ const ALL: [ErrorCode; 44] = [
     ErrorCode::InvalidPushHandle,
     ErrorCode::ResidencyPolicy,
     ErrorCode::PeerUnavailable,
+    ErrorCode::SenderRecipientLimited,
+    ErrorCode::RecipientInboundLimited,
+    ErrorCode::TooManyFailedAuth,
+    ErrorCode::RegistrationRateLimited,
 ];
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //!   every endpoint.
 //! - [`wire`]: the protobuf client API (`proto/relay/v1/relay.proto`).
 //! - [`error_code`]: the machine-readable error codes of the API.
+//! - [`gcra`]: token buckets in fixed memory for limits keyed by what an attacker can mint.
 //!
 //! # What it does not do
 //! It never decrypts anything: it holds no MLS group state and no key that could open
@@ -30,6 +31,7 @@ pub mod address;
 pub mod credential;
 pub mod envelope;
 pub mod error_code;
+pub mod gcra;
 pub mod hex;
 pub mod ids;
 pub mod interconnect;

@@ -68,6 +68,14 @@ impl TestGateway {
         };
         config.rate_limit.requests_per_second = 10_000;
         config.rate_limit.burst = 10_000;
+        // The abuse limits have their own tests (gateway/tests/it/abuse.rs); elsewhere one
+        // sender writes to one recipient thousands of times a second.
+        config.rate_limit.sender_recipient_burst = 1 << 40;
+        config.rate_limit.sender_recipient_per_second = 1 << 30;
+        config.rate_limit.recipient_bytes_burst = 1 << 50;
+        config.rate_limit.recipient_bytes_per_second = 1 << 40;
+        config.rate_limit.failed_auth_burst = 1 << 30;
+        config.rate_limit.registration_burst = 1 << 30;
         // Small journal segments: each gateway preallocates one ahead of time.
         config.storage.journal_segment_mb = 2;
         tweak(&mut config);

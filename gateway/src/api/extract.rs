@@ -43,6 +43,10 @@ pub(super) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(unauthorized)?;
     let cred = DeviceCredential::parse(token.trim()).map_err(|_| unauthorized())?;
+    // What credential guessing costs us; a source past its failed authentications never
+    // gets here (`guard_source`).
+    metrics::counter!("relay_credential_lookups_total").increment(1);
+    state.inner.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let auth = state
         .inner
         .store

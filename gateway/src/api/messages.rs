@@ -20,6 +20,47 @@ use super::AppState;
 use super::extract::{SMALL_BODY_LIMIT, authenticate, proto_response, read_proto};
 use crate::error::ApiError;
 
+/// DESIGN §5's limits of a send, before anything is stored: messages per (sender,
+/// recipient) and bytes into each recipient from everyone. A refusal names the limit and
+/// the longest wait; what the earlier recipients' buckets gave is not returned (a refused
+/// send costs the sender, which is the point).
+fn check_send_limits(
+    state: &AppState,
+    sender: relay_core::Rid,
+    recipients: &[Recipient],
+    bytes: usize,
+) -> Result<(), ApiError> {
+    let abuse = &state.inner.abuse;
+    let now = abuse.now_ns();
+    let mut pair_wait = Duration::ZERO;
+    let mut bytes_wait = Duration::ZERO;
+    for r in recipients {
+        if let Err(w) = abuse.sender_recipient.take(&(sender, r.rid), 1, now) {
+            pair_wait = pair_wait.max(w);
+        }
+        if let Err(w) = abuse.recipient_bytes.take(&r.rid, bytes as u64, now) {
+            bytes_wait = bytes_wait.max(w);
+        }
+    }
+    if !pair_wait.is_zero() {
+        metrics::counter!("relay_requests_limited_total", "limit" => "sender_recipient").increment(1);
+        return Err(ApiError::limited(
+            ErrorCode::SenderRecipientLimited,
+            "too many messages from this sender to a recipient",
+            pair_wait,
+        ));
+    }
+    if !bytes_wait.is_zero() {
+        metrics::counter!("relay_requests_limited_total", "limit" => "recipient_bytes").increment(1);
+        return Err(ApiError::limited(
+            ErrorCode::RecipientInboundLimited,
+            "a recipient is receiving too much",
+            bytes_wait,
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let sender = authenticate(&state, req.headers()).await?;
     let limits = &state.inner.limits;
@@ -30,6 +71,7 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         body.recipients.iter().map(|r| r.address.as_str()),
         Duplicates::Refuse,
     )?;
+    check_send_limits(&state, sender.rid, &recipients, body.message.len())?;
     // The digest only tells a retry from a reused client message id: without an id there is
     // nothing to compare it with.
     let digest = match checked.client_message_id {

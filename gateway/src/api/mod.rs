@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -30,13 +30,60 @@ use relay_core::{DeviceId, ErrorCode, Limits, Rid, RidKey};
 use storage::Storage;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MlsConfig, Timeouts};
+use crate::config::{AbuseLimits, MlsConfig, Timeouts};
 use crate::error::ApiError;
 
 /// Shared state of the API.
 #[derive(Clone, Debug)]
 pub struct AppState {
     inner: Arc<Inner>,
+}
+
+/// The source address of a request (set by each transport for the per-address limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl ClientAddr {
+    /// The key of the per-address limits: the address, or its /64 for IPv6 (one host
+    /// usually holds a whole /64).
+    fn key(self) -> [u8; 16] {
+        match self.0 {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                o
+            }
+        }
+    }
+}
+
+/// Fixed-memory bucket tables (relay-core's `gcra`): about 11 MiB whatever the traffic.
+#[derive(Debug)]
+pub(crate) struct Abuse {
+    pub(crate) sender_recipient: relay_core::gcra::BucketTable,
+    pub(crate) recipient_bytes: relay_core::gcra::BucketTable,
+    failed_auth: relay_core::gcra::BucketTable,
+    registrations: relay_core::gcra::BucketTable,
+    started: std::time::Instant,
+}
+
+impl Abuse {
+    fn new(l: AbuseLimits) -> Self {
+        use relay_core::gcra::BucketTable;
+        Self {
+            sender_recipient: BucketTable::new(1 << 20, l.sender_recipient),
+            recipient_bytes: BucketTable::new(1 << 17, l.recipient_bytes),
+            failed_auth: BucketTable::new(1 << 16, l.failed_auth),
+            registrations: BucketTable::new(1 << 16, l.registrations),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The limiters' clock: nanoseconds since start-up (monotonic).
+    pub(crate) fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 #[derive(Debug)]
@@ -49,6 +96,9 @@ struct Inner {
     open_registration: bool,
     limiter: DefaultKeyedRateLimiter<(Rid, DeviceId)>,
     claim_limiter: DefaultKeyedRateLimiter<(Rid, Rid)>,
+    abuse: Abuse,
+    /// Credential lookups in storage (also `relay_credential_lookups_total`).
+    pub(crate) lookups: std::sync::atomic::AtomicU64,
     mls: MlsConfig,
     shutdown: CancellationToken,
     interconnect: Option<Arc<interconnect::Interconnect>>,
@@ -65,6 +115,7 @@ pub struct ApiConfig {
     pub open_registration: bool,
     pub requests_per_second: NonZeroU32,
     pub burst: NonZeroU32,
+    pub abuse: AbuseLimits,
     pub mls: MlsConfig,
     pub shutdown: CancellationToken,
     /// Peer carriers, when `[interconnect]` is configured.
@@ -88,6 +139,8 @@ impl AppState {
                         .expect("the period is at least one second")
                         .allow_burst(NonZeroU32::new(c.mls.claim_burst).unwrap_or(NonZeroU32::MIN)),
                 ),
+                abuse: Abuse::new(c.abuse),
+                lookups: std::sync::atomic::AtomicU64::new(0),
                 mls: c.mls,
                 shutdown: c.shutdown,
                 interconnect: c.interconnect,
@@ -105,6 +158,12 @@ impl AppState {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// How many credential lookups this gateway has made in storage (what credential
+    /// guessing costs; a source past its failed authentications causes none).
+    pub fn credential_lookups(&self) -> u64 {
+        self.inner.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn interconnect(&self) -> Option<&Arc<interconnect::Interconnect>> {
@@ -141,6 +200,7 @@ pub fn api(state: AppState) -> Router {
             with_deadline(request_limit, req, next)
         }))
         .layer(middleware::from_fn(track_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), guard_source))
         // Outermost: an early error waits for the rest of the request body (bounded), so
         // HTTP/2 clients read it instead of a reset stream.
         .layer(middleware::from_fn(relay_net::drain::drain_request_body))
@@ -157,6 +217,47 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+}
+
+/// The per-source-address limits, before anything else runs: a source past its failed
+/// authentications gets 429 `too_many_failed_auth` without a storage read (every request,
+/// since telling a good credential from a guess takes one); a registration takes one of
+/// the source's registration tokens. Each 401 answered costs the source one token.
+async fn guard_source(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(source) = req.extensions().get::<ClientAddr>().copied() else {
+        return next.run(req).await;
+    };
+    let abuse = &state.inner.abuse;
+    let key = source.key();
+    let now = abuse.now_ns();
+    if req.uri().path() != "/healthz"
+        && let Err(wait) = abuse.failed_auth.check(&key, 1, now)
+    {
+        metrics::counter!("relay_requests_limited_total", "limit" => "failed_auth").increment(1);
+        return ApiError::limited(
+            ErrorCode::TooManyFailedAuth,
+            "too many failed authentications from this address",
+            wait,
+        )
+        .into_response();
+    }
+    if req.method() == http::Method::POST
+        && req.uri().path() == "/v1/devices"
+        && let Err(wait) = abuse.registrations.take(&key, 1, now)
+    {
+        metrics::counter!("relay_requests_limited_total", "limit" => "registration").increment(1);
+        return ApiError::limited(
+            ErrorCode::RegistrationRateLimited,
+            "too many registrations from this address",
+            wait,
+        )
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    if resp.status() == http::StatusCode::UNAUTHORIZED {
+        let _ = abuse.failed_auth.take(&key, 1, abuse.now_ns());
+    }
+    resp
 }
 
 async fn with_deadline(limit: Duration, req: Request, next: Next) -> Response {

@@ -167,6 +167,60 @@ pub struct RateLimitConfig {
     /// Burst per device credential.
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// Messages from one sender to one recipient address: burst, then per second
+    /// (429 `sender_recipient_limited`).
+    #[serde(default = "d_pair_burst")]
+    pub sender_recipient_burst: u64,
+    #[serde(default = "d_1")]
+    pub sender_recipient_per_second: u64,
+    /// Bytes into one recipient address from every sender together: burst, then per second
+    /// (429 `recipient_inbound_limited`).
+    #[serde(default = "d_inbound_burst")]
+    pub recipient_bytes_burst: u64,
+    #[serde(default = "d_inbound_rate")]
+    pub recipient_bytes_per_second: u64,
+    /// Failed authentications from one source address (an IPv6 /64): burst, then one more
+    /// every `failed_auth_refill_secs`. Beyond it, every request from there gets 429
+    /// `too_many_failed_auth` before any storage read.
+    #[serde(default = "d_auth_burst")]
+    pub failed_auth_burst: u64,
+    #[serde(default = "d_auth_refill")]
+    pub failed_auth_refill_secs: u64,
+    /// Registrations from one source address: burst, then one more every
+    /// `registration_refill_secs` (429 `registration_rate_limited`).
+    #[serde(default = "d_reg_burst")]
+    pub registration_burst: u64,
+    #[serde(default = "d_reg_refill")]
+    pub registration_refill_secs: u64,
+}
+
+/// The shapes of the limits keyed by what an attacker can mint (`[rate_limit]`).
+#[derive(Debug, Clone, Copy)]
+pub struct AbuseLimits {
+    pub sender_recipient: relay_core::gcra::Rate,
+    pub recipient_bytes: relay_core::gcra::Rate,
+    pub failed_auth: relay_core::gcra::Rate,
+    pub registrations: relay_core::gcra::Rate,
+}
+
+impl RateLimitConfig {
+    /// The shapes of the limits keyed by what an attacker can mint.
+    pub fn abuse_limits(&self) -> AbuseLimits {
+        use relay_core::gcra::Rate;
+        use std::time::Duration;
+        AbuseLimits {
+            sender_recipient: Rate::per_second(self.sender_recipient_burst, self.sender_recipient_per_second),
+            recipient_bytes: Rate::per_second(self.recipient_bytes_burst, self.recipient_bytes_per_second),
+            failed_auth: Rate::every(
+                self.failed_auth_burst,
+                Duration::from_secs(self.failed_auth_refill_secs),
+            ),
+            registrations: Rate::every(
+                self.registration_burst,
+                Duration::from_secs(self.registration_refill_secs),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +348,30 @@ fn d_rps() -> u32 {
 }
 fn d_burst() -> u32 {
     200
+}
+fn d_pair_burst() -> u64 {
+    60
+}
+fn d_1() -> u64 {
+    1
+}
+fn d_inbound_burst() -> u64 {
+    128 << 20
+}
+fn d_inbound_rate() -> u64 {
+    2000
+}
+fn d_auth_burst() -> u64 {
+    30
+}
+fn d_auth_refill() -> u64 {
+    2
+}
+fn d_reg_burst() -> u64 {
+    20
+}
+fn d_reg_refill() -> u64 {
+    30
 }
 fn d_10() -> u64 {
     10

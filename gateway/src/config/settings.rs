@@ -88,8 +88,25 @@ impl Config {
                 "mls.claim_burst, mls.claim_refill_secs and mls.max_key_packages_per_upload must be positive",
             );
         }
-        if self.rate_limit.requests_per_second == 0 || self.rate_limit.burst == 0 {
+        let r = &self.rate_limit;
+        if [
+            u64::from(r.requests_per_second),
+            u64::from(r.burst),
+            r.sender_recipient_burst,
+            r.sender_recipient_per_second,
+            r.recipient_bytes_burst,
+            r.recipient_bytes_per_second,
+            r.failed_auth_burst,
+            r.failed_auth_refill_secs,
+            r.registration_burst,
+            r.registration_refill_secs,
+        ]
+        .contains(&0)
+        {
             return invalid("rate_limit values must be positive");
+        }
+        if r.recipient_bytes_burst < self.limits.max_envelope_bytes as u64 {
+            return invalid("rate_limit.recipient_bytes_burst must hold at least one envelope");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");

@@ -20,6 +20,7 @@ macro_rules! both_transports {
     };
 }
 
+mod abuse;
 mod acme;
 mod bad_input;
 mod deploy;
