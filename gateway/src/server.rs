@@ -407,7 +407,9 @@ async fn serve_connection(
         .keep_alive_timeout(t.keepalive)
         .initial_stream_window_size(256 * 1024)
         .initial_connection_window_size(4 * 1024 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = relay_net::h2guard::Guarded::new(tls, http2, "client");
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let first_request = tokio::time::sleep(t.first_request);
     tokio::pin!(first_request);
@@ -417,7 +419,9 @@ async fn serve_connection(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(cause = %e, "connection ended with error");
+                    let reason = http2_error_reason(&*e);
+                    metrics::counter!("relay_http2_connection_errors_total", "reason" => reason).increment(1);
+                    tracing::debug!(cause = %e, reason, "connection ended with error");
                 }
                 return;
             }
@@ -434,4 +438,34 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Why a connection ended in error, as a metric label: the HTTP/2 error code the protocol
+/// library closed it with (`enhance_your_calm` for rapid reset and CONTINUATION floods,
+/// `protocol_error`, `compression_error` for an oversized header list …), `flood` for our
+/// own control-frame guard, `io` otherwise.
+fn http2_error_reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && let Some(reason) = h2.reason()
+        {
+            return match reason {
+                h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+                h2::Reason::PROTOCOL_ERROR => "protocol_error",
+                h2::Reason::COMPRESSION_ERROR => "compression_error",
+                h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
+                h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+                _ => "http2_other",
+            };
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionAborted
+            && io.to_string().contains("flood")
+        {
+            return "flood";
+        }
+        cur = err.source();
+    }
+    "io"
 }

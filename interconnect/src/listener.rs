@@ -83,8 +83,9 @@ impl Interconnect {
             .max_concurrent_streams(256)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
+        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let conn = builder.serve_connection(
-            TokioIo::new(tls),
+            TokioIo::new(relay_net::h2guard::Guarded::new(tls, http2, "interconnect")),
             hyper_util::service::TowerToHyperService::new(service),
         );
         tokio::pin!(conn);

@@ -198,6 +198,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let t = running.tracker.clone();
     t.spawn(serve_tls(
+        "device",
         l1,
         TlsAcceptor::from(device_tls),
         device,
@@ -205,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         t.clone(),
     ));
     t.spawn(serve_tls(
+        "notify",
         l2,
         TlsAcceptor::from(notify_tls),
         notify,
@@ -357,6 +359,7 @@ async fn per_ip_limit(
 }
 
 async fn serve_tls(
+    listener_name: &'static str,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
@@ -395,7 +398,9 @@ async fn serve_tls(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
             builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = relay_net::h2guard::Guarded::new(tls, http2, listener_name);
+            let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
             relay_net::serve::until_shutdown(conn, &shutdown).await;
         });
     }

@@ -20,6 +20,7 @@
 //! - [`wire`]: the protobuf client API (`proto/relay/v1/relay.proto`).
 //! - [`error_code`]: the machine-readable error codes of the API.
 //! - [`gcra`]: token buckets in fixed memory for limits keyed by what an attacker can mint.
+//! - [`h2scan`]: counts the HTTP/2 control frames a client sends (flood protection).
 //!
 //! # What it does not do
 //! It never decrypts anything: it holds no MLS group state and no key that could open
@@ -32,6 +33,7 @@ pub mod credential;
 pub mod envelope;
 pub mod error_code;
 pub mod gcra;
+pub mod h2scan;
 pub mod hex;
 pub mod ids;
 pub mod interconnect;

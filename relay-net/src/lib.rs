@@ -22,6 +22,7 @@ pub mod acme;
 pub mod certs;
 pub mod clock;
 pub mod drain;
+pub mod h2guard;
 pub mod https;
 pub mod pem;
 pub mod serve;

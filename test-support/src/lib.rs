@@ -6,6 +6,7 @@
 
 pub mod curl;
 pub mod faulty_proxy;
+pub mod h2flood;
 pub mod independent;
 pub mod mls;
 pub mod mlsrs;

@@ -100,6 +100,27 @@ pub async fn spawn_gateway(
 }
 
 impl Proc {
+    /// The process's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The client listener's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let port = self.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The development CA the client listener's certificate chains to.
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.url, Trust::CaFile(self.ca.clone())).unwrap()
     }

@@ -25,6 +25,7 @@ mod acme;
 mod bad_input;
 mod deploy;
 mod early_errors;
+mod floods;
 mod http3;
 mod interconnect_faults;
 mod interop;

@@ -64,3 +64,65 @@ async fn curl_gets_every_early_error_from_the_interconnect() {
     );
     b.gw.stop().await;
 }
+
+/// A peer (authenticated, so the mutual TLS does not stop it) flooding control frames or
+/// resetting streams is disconnected; the listener goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_disconnected() {
+    use test_support::h2flood::{self, Target};
+    let pki = tempfile::tempdir().unwrap();
+    let ca_a = RcgenCa::new(&pki.path().join("a"), "flood-a");
+    let leaf_a = ca_a.issue("a", "flood-a.test", 1, None);
+    let ca_b = RcgenCa::new(&pki.path().join("b"), "flood-b");
+    let leaf_b = ca_b.issue("b", "flood-b.test", 1, None);
+    let b = Carrier::start("flood-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
+    b.set_peers(&[Peer {
+        name: "flood-a",
+        domain: "flood-a.test",
+        port: 9,
+        ca: &ca_a.cert,
+        prefixes: &["+1555"],
+        jurisdiction: "US",
+        crls: vec![],
+    }])
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in relay_net::pem::load_certs(&ca_b.cert).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let (chain, key) = relay_net::pem::load_pair(&leaf_a.cert, &leaf_a.key).unwrap();
+    let t = Target {
+        addr: b.gw.interconnect_addr.unwrap(),
+        tls: rustls::ClientConfig::builder_with_provider(relay_net::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+        server_name: "localhost".into(),
+    };
+    for (what, o) in [
+        ("PING flood", h2flood::ping_flood(&t, 300_000).await.unwrap()),
+        ("SETTINGS flood", h2flood::settings_flood(&t, 100_000).await.unwrap()),
+        ("rapid reset", h2flood::rapid_reset(&t, 20_000).await.unwrap()),
+        (
+            "CONTINUATION flood",
+            h2flood::continuation_flood(&t, 16_000, 100_000).await.unwrap(),
+        ),
+    ] {
+        assert!(o.goaway.is_some() || o.closed, "{what}: {o:?}");
+    }
+    let (status, _) = crate::mtls(
+        b.gw.interconnect_addr.unwrap(),
+        &ca_b.cert,
+        Some(&leaf_a),
+        false,
+        "GET",
+        "/.well-known/mimi-protocol-directory",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    b.gw.stop().await;
+}
