@@ -35,6 +35,8 @@ pub const MAX_FIELD_SECTION_SIZE: u64 = 16 * 1024;
 /// Settings of the HTTP/3 listener.
 #[derive(Debug, Clone)]
 pub(crate) struct H3Settings {
+    /// Connections per source address, shared with the TCP listener.
+    pub(crate) per_address: Arc<relay_net::serve::PerAddress>,
     pub(crate) max_connections: usize,
     pub(crate) max_concurrent_streams: u32,
     pub(crate) handshake_timeout: Duration,
@@ -117,12 +119,20 @@ pub(crate) async fn serve(
             incoming.refuse();
             continue;
         };
+        // Only a validated address counts against its own cap (a spoofed one is Retried
+        // above under load; below it, refusing costs as little as the Initial did).
+        let Some(slot) = settings.per_address.try_acquire(incoming.remote_address().ip()) else {
+            metrics::counter!("relay_connections_refused_total", "reason" => "per_address", "transport" => "h3")
+                .increment(1);
+            incoming.refuse();
+            continue;
+        };
         let router = router.clone();
         let shutdown = shutdown.clone();
         let settings = settings.clone();
         let inner_tracker = tracker.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             metrics::gauge!("relay_connections_open", "transport" => "h3").increment(1.0);
             serve_connection(incoming, router, &settings, shutdown, inner_tracker).await;
             metrics::gauge!("relay_connections_open", "transport" => "h3").decrement(1.0);

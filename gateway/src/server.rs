@@ -80,8 +80,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     // The recorder first: what storage recovery and certificate loading record is kept.
     telemetry::prometheus();
     for transport in ["tcp", "h3"] {
-        metrics::counter!("relay_connections_refused_total", "reason" => "limit", "transport" => transport)
-            .increment(0);
+        for reason in ["limit", "per_address"] {
+            metrics::counter!("relay_connections_refused_total", "reason" => reason, "transport" => transport)
+                .increment(0);
+        }
     }
     let config = &settings.config;
     let data_dir = &config.data_dir;
@@ -101,7 +103,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         alpn.push(relay_net::acme::ACME_TLS_ALPN);
     }
     let tls = Arc::new(certs.server_config(&alpn)?);
+    let per_address = Arc::new(relay_net::serve::PerAddress::new(
+        config.limits.max_connections_per_address,
+    ));
     let h3_settings = crate::h3::H3Settings {
+        per_address: Arc::clone(&per_address),
         max_connections: config.limits.max_connections,
         max_concurrent_streams: config.limits.max_concurrent_streams,
         handshake_timeout: settings.timeouts.tls_handshake,
@@ -236,7 +242,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         listener,
         TlsAcceptor::from(tls),
         tcp_router,
-        Arc::new(Semaphore::new(limits.max_connections)),
+        Caps {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_address,
+        },
         conn_settings,
         shutdown.clone(),
         tracker.clone(),
@@ -323,6 +332,13 @@ async fn bind_client_listeners(
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no listener bound")))
 }
 
+/// The client listener's connection caps: in all, and per source address.
+#[derive(Debug)]
+struct Caps {
+    permits: Arc<Semaphore>,
+    per_address: Arc<relay_net::serve::PerAddress>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ConnSettings {
     timeouts: Timeouts,
@@ -333,14 +349,20 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
-    permits: Arc<Semaphore>,
+    caps: Caps,
     settings: ConnSettings,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     while let Some((tcp, peer)) = relay_net::serve::accept(&listener, &shutdown).await {
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&caps.permits).try_acquire_owned() else {
             metrics::counter!("relay_connections_refused_total", "reason" => "limit", "transport" => "tcp")
+                .increment(1);
+            drop(tcp);
+            continue;
+        };
+        let Some(slot) = caps.per_address.try_acquire(peer.ip()) else {
+            metrics::counter!("relay_connections_refused_total", "reason" => "per_address", "transport" => "tcp")
                 .increment(1);
             drop(tcp);
             continue;
@@ -350,7 +372,7 @@ async fn serve_tls(
         let router = router.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             metrics::gauge!("relay_connections_open").increment(1.0);
             serve_connection(tcp, peer, acceptor, router, settings, shutdown).await;
             metrics::gauge!("relay_connections_open").decrement(1.0);

@@ -24,16 +24,25 @@ impl Interconnect {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
         let router = self.router();
         let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
-        metrics::counter!("interconnect_connections_refused_total", "reason" => "limit").increment(0);
-        while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
+        // One address may hold a quarter of the listener (a peer runs a few gateways).
+        let per_address = relay_net::serve::PerAddress::new((self.cfg.max_connections / 4).max(1) as u32);
+        for reason in ["limit", "per_address"] {
+            metrics::counter!("interconnect_connections_refused_total", "reason" => reason).increment(0);
+        }
+        while let Some((tcp, peer)) = relay_net::serve::accept(&listener, &shutdown).await {
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 metrics::counter!("interconnect_connections_refused_total", "reason" => "limit").increment(1);
                 drop(tcp);
                 continue;
             };
+            let Some(slot) = per_address.try_acquire(peer.ip()) else {
+                metrics::counter!("interconnect_connections_refused_total", "reason" => "per_address").increment(1);
+                drop(tcp);
+                continue;
+            };
             let (this, router, shutdown) = (Arc::clone(&self), router.clone(), shutdown.clone());
             tracker.spawn(async move {
-                let _permit = permit;
+                let (_permit, _slot) = (permit, slot);
                 this.connection(tcp, router, shutdown).await;
             });
         }

@@ -26,6 +26,8 @@ use crate::service::{self, Proxy, PushQueue};
 const MAX_BODY: usize = 256 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections per source address (an IPv6 /64) on each TLS listener.
+const MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -367,6 +369,7 @@ async fn serve_tls(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = relay_net::serve::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     loop {
         let Some(tcp) = relay_net::serve::accept(&listener, &shutdown).await else {
             return;
@@ -376,10 +379,14 @@ async fn serve_tls(
             continue;
         };
         let (tcp, peer) = tcp;
+        let Some(slot) = per_address.try_acquire(peer.ip()) else {
+            metrics::counter!("push_connections_refused_total", "reason" => "per_address").increment(1);
+            continue;
+        };
         let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
         let router = router.clone().layer(axum::Extension(PeerIp(peer.ip())));
         tracker.spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

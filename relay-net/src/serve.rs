@@ -41,3 +41,103 @@ pub async fn until_shutdown<C: GracefulConnection>(conn: C, shutdown: &Cancellat
         }
     }
 }
+
+/// Open connections per source address (an IPv6 address counts as its /64), capped: one
+/// host cannot take a listener's whole connection budget. Entries exist only while their
+/// address has a connection open, so memory follows open connections.
+#[derive(Debug)]
+pub struct PerAddress {
+    cap: u32,
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 16], u32>>>,
+}
+
+/// One connection's place in a [`PerAddress`]; released on drop.
+#[derive(Debug)]
+pub struct AddressSlot {
+    key: [u8; 16],
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 16], u32>>>,
+}
+
+impl PerAddress {
+    pub fn new(cap: u32) -> Self {
+        Self {
+            cap: cap.max(1),
+            open: std::sync::Arc::default(),
+        }
+    }
+
+    /// A slot for a connection from `ip`, or `None` when that address is at the cap.
+    pub fn try_acquire(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            key,
+            open: std::sync::Arc::clone(&self.open),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An address as a limit key: IPv4 as IPv6-mapped, IPv6 as its /64.
+pub fn address_key(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            o
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_caps_and_releases() {
+        let p = PerAddress::new(2);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = p.try_acquire(a).unwrap();
+        let _s2 = p.try_acquire(a).unwrap();
+        assert!(p.try_acquire(a).is_none());
+        assert!(p.try_acquire(b).is_some());
+        drop(s1);
+        assert!(p.try_acquire(a).is_some());
+        // One IPv6 /64 is one address.
+        let v6a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: std::net::IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let _x = p.try_acquire(v6a).unwrap();
+        let _y = p.try_acquire(v6b).unwrap();
+        assert!(p.try_acquire("2001:db8::77".parse().unwrap()).is_none());
+        assert!(p.try_acquire("2001:db8:0:1::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn entries_go_when_connections_do() {
+        let p = PerAddress::new(3);
+        let slots: Vec<_> = (0..100u8)
+            .map(|i| p.try_acquire(std::net::IpAddr::from([10, 0, 0, i])).unwrap())
+            .collect();
+        assert_eq!(p.open.lock().unwrap().len(), 100);
+        drop(slots);
+        assert!(p.open.lock().unwrap().is_empty());
+    }
+}

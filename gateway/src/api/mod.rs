@@ -47,14 +47,7 @@ impl ClientAddr {
     /// The key of the per-address limits: the address, or its /64 for IPv6 (one host
     /// usually holds a whole /64).
     fn key(self) -> [u8; 16] {
-        match self.0 {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(v6) => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                o
-            }
-        }
+        relay_net::serve::address_key(self.0)
     }
 }
 

@@ -153,6 +153,10 @@ pub struct LimitsConfig {
     /// Concurrent TLS connections on the client listener.
     #[serde(default = "d_connections")]
     pub max_connections: usize,
+    /// Concurrent connections (TCP and QUIC together) from one source address (an IPv6
+    /// /64); beyond it new ones are refused (`relay_connections_refused_total{reason="per_address"}`).
+    #[serde(default = "d_connections_per_address")]
+    pub max_connections_per_address: u32,
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default = "d_streams")]
     pub max_concurrent_streams: u32,
@@ -348,6 +352,9 @@ fn d_rps() -> u32 {
 }
 fn d_burst() -> u32 {
     200
+}
+fn d_connections_per_address() -> u32 {
+    1000
 }
 fn d_pair_burst() -> u64 {
     60

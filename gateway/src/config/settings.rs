@@ -74,8 +74,10 @@ impl Config {
         if l.max_recipients == 0 || l.max_devices_per_address == 0 || l.max_page == 0 {
             return invalid("limits must be positive");
         }
-        if l.max_connections == 0 || l.max_concurrent_streams == 0 {
-            return invalid("limits.max_connections and max_concurrent_streams must be positive");
+        if l.max_connections == 0 || l.max_concurrent_streams == 0 || l.max_connections_per_address == 0 {
+            return invalid(
+                "limits.max_connections, max_connections_per_address and max_concurrent_streams must be positive",
+            );
         }
         if l.ttl_secs == 0 {
             return invalid("limits.ttl_secs must be positive");

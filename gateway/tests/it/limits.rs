@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use relay_client::Recipient;
+use relay_client::{Protocol, Recipient};
 use test_support::TestGateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -85,6 +85,39 @@ async fn stalled_body_gets_408_and_stores_nothing() {
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("\"timeout\""), "{resp}");
     assert_eq!(gw.stats().await, before);
+    gw.stop().await;
+}
+
+/// One source address may hold `max_connections_per_address` connections, TCP and QUIC
+/// together; another address is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_on_both_transports() {
+    let gw = TestGateway::start_with(only(|c| c.limits.max_connections_per_address = 2)).await;
+    let from = |ip: &str, protocol| {
+        let options = relay_client::ConnectOptions {
+            local: Some(ip.parse().unwrap()),
+            resolve: None,
+        };
+        relay_client::Client::connect_with(&gw.url(), relay_client::Trust::CaFile(gw.ca()), protocol, options).unwrap()
+    };
+    let tcp_refused = "relay_connections_refused_total{reason=\"per_address\",transport=\"tcp\"}";
+    let h3_refused = "relay_connections_refused_total{reason=\"per_address\",transport=\"h3\"}";
+    let (tcp_before, h3_before) = (metric(&gw, tcp_refused).await, metric(&gw, h3_refused).await);
+    // Two connections from 127.0.0.6: one HTTP/2, one HTTP/3.
+    let h2 = from("127.0.0.6", Protocol::Http2);
+    h2.healthz().await.unwrap();
+    let h3 = from("127.0.0.6", Protocol::Http3);
+    h3.healthz().await.unwrap();
+    // A third from the same address is refused on either transport.
+    assert!(from("127.0.0.6", Protocol::Http2).healthz().await.is_err());
+    assert!(from("127.0.0.6", Protocol::Http3).healthz().await.is_err());
+    assert!(metric(&gw, tcp_refused).await > tcp_before);
+    assert!(metric(&gw, h3_refused).await > h3_before);
+    // Another address is served; the two open connections still are.
+    from("127.0.0.7", Protocol::Http2).healthz().await.unwrap();
+    from("127.0.0.7", Protocol::Http3).healthz().await.unwrap();
+    h2.healthz().await.unwrap();
+    h3.healthz().await.unwrap();
     gw.stop().await;
 }
 
