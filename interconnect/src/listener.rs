@@ -24,8 +24,10 @@ impl Interconnect {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
         let router = self.router();
         let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
-        // One address may hold a quarter of the listener (a peer runs a few gateways).
-        let per_address = relay_net::serve::PerAddress::new((self.cfg.max_connections / 4).max(1) as u32);
+        // One address may hold a quarter of the listener (a peer runs a few gateways), or
+        // all of a small one.
+        let cap = self.cfg.max_connections;
+        let per_address = relay_net::serve::PerAddress::new((cap / 4).max(cap.min(16)).max(1) as u32);
         for reason in ["limit", "per_address"] {
             metrics::counter!("interconnect_connections_refused_total", "reason" => reason).increment(0);
         }

@@ -199,8 +199,12 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
     // long-poll completes normally with the next envelope.
     let bob_h2 = device(&gw, &client(&gw, &roots, Protocol::Http2), BOB).await;
     let waiting = tokio::spawn(async move { bob_h2.receive(after, 10, 30).await });
-    wait_for("the long-poll", Duration::from_secs(10), async || {
-        !gw.state().store().watchers().is_empty()
+    // And one over the HTTP/3 connection opened at the start: a dropped QUIC connection
+    // would fail it rather than reconnect.
+    let bob_h3_poll = bob_h3.clone();
+    let waiting_h3 = tokio::spawn(async move { bob_h3_poll.receive(after, 10, 30).await });
+    wait_for("the long-polls", Duration::from_secs(10), async || {
+        gw.state().store().watchers().len() >= 2
     })
     .await;
     let renewing = Instant::now();
@@ -221,6 +225,12 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
         .unwrap()
         .expect("the long-poll opened before the renewal completed normally");
     assert_eq!(page.envelopes.len(), 1);
+    assert_eq!(page.envelopes[0].message, during);
+    let page = tokio::time::timeout(Duration::from_secs(20), waiting_h3)
+        .await
+        .expect("the HTTP/3 long-poll ended")
+        .unwrap()
+        .expect("the HTTP/3 long-poll opened before the renewal completed normally");
     assert_eq!(page.envelopes[0].message, during);
     assert_eq!(metric(&gw, renewals).await, renewed_before + 2.0);
     // `renew` without `--now` changes nothing and says why.
