@@ -183,3 +183,66 @@ async fn admin_post(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Initials from 1,000 source ports that never finish their handshake (as spoofed ones
+/// would not): under load each gets a stateless Retry and takes no connection slot, and a
+/// real client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_initials_from_many_ports_get_retries_and_take_no_slot() {
+    let gw = TestGateway::start_with(|c| {
+        c.limits.max_connections = 8;
+        c.http3.retry_above_connections = Some(2);
+    })
+    .await;
+    // Load: two connections held open, so new unvalidated clients are asked to Retry.
+    let held = [gw.client_over(Protocol::Http3), gw.client_over(Protocol::Http3)];
+    for c in &held {
+        c.healthz().await.unwrap();
+    }
+    let retries = async || crate::limits::metric(&gw, "relay_quic_retries_total").await;
+    let before = retries().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in relay_net::pem::load_certs(&gw.ca()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(relay_net::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    const FLOOD: usize = 1_000;
+    for _ in 0..FLOOD {
+        // A fresh socket (source port) per Initial; closed before the Retry can be answered.
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint.connect_with(quic.clone(), gw.addr, "localhost").unwrap();
+        tokio::task::yield_now().await;
+        drop(connecting);
+        endpoint.close(0u32.into(), b"");
+    }
+    // Most Initials reached the server and got a Retry (a few may be dropped on loopback).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while retries().await - before < (FLOOD as f64) * 0.8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} Retries for {FLOOD} Initials",
+            retries().await - before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No slot was taken: of the 8, 6 are free for real clients, which validate and are served.
+    let real: Vec<_> = (0..6).map(|_| gw.client_over(Protocol::Http3)).collect();
+    for c in &real {
+        tokio::time::timeout(Duration::from_secs(10), c.healthz())
+            .await
+            .expect("served in time")
+            .unwrap();
+    }
+    for c in &held {
+        c.healthz().await.unwrap();
+    }
+    gw.stop().await;
+}
