@@ -31,6 +31,8 @@ sender_recipient_per_second = 1000000
 recipient_bytes_burst = 1000000000000
 recipient_bytes_per_second = 1000000000
 registration_burst = 1000000
+[limits]
+max_connections_per_address = 1000000
 ${EXTRA_TOML:-}
 TOML
     spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log"

@@ -17,6 +17,9 @@ pub(crate) enum Scenario {
     /// `--recipients` devices each hold a long-poll open for the duration (memory per
     /// idle receiver: sample the gateway's RSS meanwhile, e.g. `benches/idle.sh`).
     Idle,
+    /// Well-behaved senders at `--rate`, alone and then beside an attacker at
+    /// `--attacker-rate` on one credential: the well-behaved p99 with and without it.
+    Abuse,
 }
 
 #[derive(Debug, Parser)]
@@ -62,4 +65,7 @@ pub(crate) struct Args {
     pub(crate) source_ips: Option<u8>,
     #[arg(long, default_value = "loadtest-report")]
     pub(crate) report: PathBuf,
+    /// `abuse`: the attacker's sends per second (default: 10× the default per-credential limit).
+    #[arg(long, default_value_t = 1000.0)]
+    pub(crate) attacker_rate: f64,
 }

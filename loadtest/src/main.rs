@@ -22,6 +22,7 @@
     reason = "a load generator reports on standard output and shows progress on standard error"
 )]
 
+mod abuse;
 mod args;
 mod recorder;
 mod report;

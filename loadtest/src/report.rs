@@ -21,6 +21,9 @@ pub(crate) struct Report {
     curve: Vec<(f64, f64)>,
     /// Completed requests per second of the measured period.
     timeline: Vec<u64>,
+    /// `abuse`: both phases and the attacker's outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) abuse: Option<crate::abuse::AbuseOutcome>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,10 +73,30 @@ pub(crate) fn report(
         },
         curve,
         timeline,
+        abuse: None,
     }
 }
 
 pub(crate) fn markdown(r: &Report) -> String {
+    let mut out = table(r);
+    if let Some(a) = &r.abuse {
+        out.push_str(&format!(
+            "\n## Abuse: well-behaved p99 without and with an attacker at {:.0}/s\n\n| p99 without ms | p99 with ms | ratio (goal ≤ 2) | well-behaved errors | attacker sent | accepted | 429 | other errors |\n|---|---|---|---|---|---|---|---|\n| {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            a.attacker_rate,
+            a.baseline_p99_ms,
+            a.attacked_p99_ms,
+            a.p99_ratio,
+            a.well_behaved_errors,
+            a.attacker_sent,
+            a.attacker_accepted,
+            a.attacker_429,
+            a.attacker_other_errors
+        ));
+    }
+    out
+}
+
+fn table(r: &Report) -> String {
     format!(
         "# loadtest: {:?} over {} ({})\n\n| sent | received | errors | per second | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
         r.scenario,

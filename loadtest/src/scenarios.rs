@@ -18,6 +18,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let s = setup(args).await?;
     match args.scenario {
         Scenario::Drain => drain(args, &s).await,
+        Scenario::Abuse => crate::abuse::abuse(args, &s).await,
         Scenario::Idle => idle(args, &s).await,
         Scenario::Send | Scenario::Fanout | Scenario::Live | Scenario::Mixed => load(args, &s).await,
     }

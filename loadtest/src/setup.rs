@@ -15,6 +15,9 @@ pub(crate) struct Setup {
     pub(crate) senders: Vec<Client>,
     pub(crate) receivers: Vec<Client>,
     pub(crate) recipients: Vec<Recipient>,
+    /// `abuse`: the attacker's device and whom it floods (a recipient of its own, so only
+    /// the per-credential limit is in play).
+    pub(crate) attacker: Option<(Client, Vec<Recipient>)>,
 }
 
 pub(crate) async fn setup(args: &Args) -> anyhow::Result<Setup> {
@@ -64,10 +67,18 @@ pub(crate) async fn setup(args: &Args) -> anyhow::Result<Setup> {
         receivers.push(client);
         recipients.push(Recipient::address(address));
     }
+    let attacker = if args.scenario == Scenario::Abuse {
+        let (client, _) = register(2000).await?;
+        let (_, target) = register(2001).await?;
+        Some((client, vec![Recipient::address(target)]))
+    } else {
+        None
+    };
     Ok(Setup {
         senders,
         receivers,
         recipients,
+        attacker,
     })
 }
 

@@ -101,3 +101,23 @@ async fn every_scenario_reports_and_adds_up() {
     );
     gw.stop().await;
 }
+
+/// The `abuse` scenario against a gateway whose per-credential limit is 20/s: the attacker
+/// at 10× gets 429s, the well-behaved senders (10/s each) get none, both phases' p99 are
+/// reported. (The goal's ratio is measured by `benches/abuse.sh`, not asserted here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abuse_scenario_reports_both_phases_and_the_attackers_429s() {
+    let gw = TestGateway::start_with(|c| {
+        c.rate_limit.requests_per_second = 20;
+        c.rate_limit.burst = 20;
+    })
+    .await;
+    let r = run(&gw, &["--scenario", "abuse", "--rate", "20", "--attacker-rate", "200"]);
+    let a = &r["abuse"];
+    assert!(a["attacker_429"].as_u64().unwrap() > 100, "{a}");
+    assert!(a["attacker_accepted"].as_u64().unwrap() <= 20 + 20 + 5, "{a}");
+    assert_eq!(a["well_behaved_errors"], 0, "{a}");
+    assert!(a["baseline_p99_ms"].as_f64().unwrap() > 0.0 && a["attacked_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(a["p99_ratio"].as_f64().is_some());
+    gw.stop().await;
+}
