@@ -11,27 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use relay_client::{Client, ClientError, Recipient};
-use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::args::Args;
-use crate::report::{Report, report};
+use crate::report::{AbuseOutcome, Report, report};
 use crate::setup::{MEASURED, Setup, message};
-
-/// What the second phase did to the well-behaved clients, and what the attacker got.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct AbuseOutcome {
-    pub(crate) baseline_p99_ms: f64,
-    pub(crate) attacked_p99_ms: f64,
-    /// attacked / baseline (the goal: at most 2).
-    pub(crate) p99_ratio: f64,
-    pub(crate) well_behaved_errors: u64,
-    pub(crate) attacker_rate: f64,
-    pub(crate) attacker_sent: u64,
-    pub(crate) attacker_accepted: u64,
-    pub(crate) attacker_429: u64,
-    pub(crate) attacker_other_errors: u64,
-}
 
 struct Phase {
     hist: hdrhistogram::Histogram<u64>,

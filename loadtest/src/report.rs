@@ -23,7 +23,22 @@ pub(crate) struct Report {
     timeline: Vec<u64>,
     /// `abuse`: both phases and the attacker's outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) abuse: Option<crate::abuse::AbuseOutcome>,
+    pub(crate) abuse: Option<AbuseOutcome>,
+}
+
+/// What the second phase did to the well-behaved clients, and what the attacker got.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AbuseOutcome {
+    pub(crate) baseline_p99_ms: f64,
+    pub(crate) attacked_p99_ms: f64,
+    /// attacked / baseline (the goal: at most 2).
+    pub(crate) p99_ratio: f64,
+    pub(crate) well_behaved_errors: u64,
+    pub(crate) attacker_rate: f64,
+    pub(crate) attacker_sent: u64,
+    pub(crate) attacker_accepted: u64,
+    pub(crate) attacker_429: u64,
+    pub(crate) attacker_other_errors: u64,
 }
 
 #[derive(Debug, Serialize)]
