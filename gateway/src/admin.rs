@@ -109,7 +109,7 @@ pub(crate) async fn serve(
 /// (then a new certificate with a new key). Renewals and revocations are audited, failed
 /// ones too. Without `[acme]`, every route answers 404.
 fn acme_routes(acme: Option<relay_net::acme::AcmeHandle>, store: storage::Storage) -> Router {
-    use relay_net::acme::{AcmeError, RevocationReason};
+    use relay_net::acme::AcmeError;
     let Some(acme) = acme else {
         let none = || async { (http::StatusCode::NOT_FOUND, "no [acme] configured\n").into_response() };
         return Router::new()
@@ -173,21 +173,14 @@ fn acme_routes(acme: Option<relay_net::acme::AcmeHandle>, store: storage::Storag
         let (acme, store) = (acme.clone(), store.clone());
         async move {
             let name = q.get("reason").map_or("unspecified", String::as_str);
-            let reason = match name {
-                "unspecified" => RevocationReason::Unspecified,
-                "keyCompromise" => RevocationReason::KeyCompromise,
-                "affiliationChanged" => RevocationReason::AffiliationChanged,
-                "superseded" => RevocationReason::Superseded,
-                "cessationOfOperation" => RevocationReason::CessationOfOperation,
-                other => {
-                    return (
-                        http::StatusCode::BAD_REQUEST,
-                        axum::Json(serde_json::json!({"error": "bad_reason", "detail": format!(
-                            "unknown revocation reason {other:?}: unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation"
-                        )})),
-                    )
-                        .into_response();
-                }
+            let Some(reason) = relay_net::acme::revocation_reason(name) else {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({"error": "bad_reason", "detail": format!(
+                        "unknown revocation reason {name:?}: {}", relay_net::acme::REVOCATION_REASONS.join(", ")
+                    )})),
+                )
+                    .into_response();
             };
             match acme.revoke(reason).await {
                 Ok(r) => {

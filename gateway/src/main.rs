@@ -77,7 +77,7 @@ enum AcmeAction {
     Revoke {
         /// RFC 5280 reason: keyCompromise, superseded, affiliationChanged,
         /// cessationOfOperation, unspecified.
-        #[arg(long, value_parser = ["keyCompromise", "superseded", "affiliationChanged", "cessationOfOperation", "unspecified"])]
+        #[arg(long, value_parser = relay_net::acme::REVOCATION_REASONS)]
         reason: String,
     },
 }

@@ -245,7 +245,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 /// `GET /admin/acme`, `POST /admin/acme/renew`, `POST /admin/acme/revoke?reason=…`.
 fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_net::acme::AcmeHandle>) -> Router {
     use axum::response::IntoResponse as _;
-    use relay_net::acme::{AcmeError, RevocationReason};
+    use relay_net::acme::AcmeError;
     let reload = move || {
         let certs = Arc::clone(&certs);
         async move {
@@ -298,19 +298,13 @@ fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_
     let revoke = move |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
         let acme = acme.clone();
         async move {
-            let reason = match q.get("reason").map_or("unspecified", String::as_str) {
-                "unspecified" => RevocationReason::Unspecified,
-                "keyCompromise" => RevocationReason::KeyCompromise,
-                "affiliationChanged" => RevocationReason::AffiliationChanged,
-                "superseded" => RevocationReason::Superseded,
-                "cessationOfOperation" => RevocationReason::CessationOfOperation,
-                _ => {
-                    return (
-                        http::StatusCode::BAD_REQUEST,
-                        axum::Json(serde_json::json!({"error": "bad_reason"})),
-                    )
-                        .into_response();
-                }
+            let name = q.get("reason").map_or("unspecified", String::as_str);
+            let Some(reason) = relay_net::acme::revocation_reason(name) else {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({"error": "bad_reason"})),
+                )
+                    .into_response();
             };
             match acme.revoke(reason).await {
                 Ok(r) => {

@@ -36,6 +36,27 @@ pub use client::{AcmeClient, Issued, write_atomic, write_private_atomic};
 pub use instant_acme::RevocationReason;
 pub use manager::{AcmeHandle, CertInfo, CertSink, Manager, Renewed, Status, cert_info};
 
+/// The revocation reasons an operator may give, by their RFC 5280 / RFC 8555 names.
+pub const REVOCATION_REASONS: [&str; 5] = [
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+];
+
+/// A revocation reason from its name (one of [`REVOCATION_REASONS`]).
+pub fn revocation_reason(name: &str) -> Option<RevocationReason> {
+    Some(match name {
+        "unspecified" => RevocationReason::Unspecified,
+        "keyCompromise" => RevocationReason::KeyCompromise,
+        "affiliationChanged" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessationOfOperation" => RevocationReason::CessationOfOperation,
+        _ => return None,
+    })
+}
+
 /// The ALPN protocol of `tls-alpn-01` validation connections (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
