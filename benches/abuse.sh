@@ -27,6 +27,7 @@ sender_recipient_per_second = 1000000
 recipient_bytes_burst = 1000000000000
 recipient_bytes_per_second = 1000000000
 registration_burst = 1000000
+sender_queue_share_percent = 0
 TOML
 spawn "$bin/gateway" --config "$tmp/gateway.toml" 2>"$tmp/gateway.log"
 wait_healthy

@@ -31,6 +31,7 @@ sender_recipient_per_second = 1000000
 recipient_bytes_burst = 1000000000000
 recipient_bytes_per_second = 1000000000
 registration_burst = 1000000
+sender_queue_share_percent = 0
 [limits]
 max_connections_per_address = 1000000
 ${EXTRA_TOML:-}

@@ -157,7 +157,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         open_registration: config.registration.danger_open_registration,
         requests_per_second: NonZeroU32::new(rate.requests_per_second).context("rate_limit.requests_per_second")?,
         burst: NonZeroU32::new(rate.burst).context("rate_limit.burst")?,
-        abuse: rate.abuse_limits(),
+        abuse: rate.abuse_limits(config.limits.max_queue_bytes_per_device, config.limits.ttl_secs),
         mls: config.mls.clone(),
         shutdown: shutdown.clone(),
         interconnect: interconnect.clone(),
@@ -441,9 +441,7 @@ async fn serve_connection(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    let reason = http2_error_reason(&*e);
-                    metrics::counter!("relay_http2_connection_errors_total", "reason" => reason).increment(1);
-                    tracing::debug!(cause = %e, reason, "connection ended with error");
+                    relay_net::serve::connection_error("client", &*e);
                 }
                 return;
             }
@@ -460,34 +458,4 @@ async fn serve_connection(
             }
         }
     }
-}
-
-/// Why a connection ended in error, as a metric label: the HTTP/2 error code the protocol
-/// library closed it with (`enhance_your_calm` for rapid reset and CONTINUATION floods,
-/// `protocol_error`, `compression_error` for an oversized header list …), `flood` for our
-/// own control-frame guard, `io` otherwise.
-fn http2_error_reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(h2) = err.downcast_ref::<h2::Error>()
-            && let Some(reason) = h2.reason()
-        {
-            return match reason {
-                h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
-                h2::Reason::PROTOCOL_ERROR => "protocol_error",
-                h2::Reason::COMPRESSION_ERROR => "compression_error",
-                h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
-                h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
-                _ => "http2_other",
-            };
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionAborted
-            && io.to_string().contains("flood")
-        {
-            return "flood";
-        }
-        cur = err.source();
-    }
-    "io"
 }

@@ -105,7 +105,12 @@ impl Interconnect {
         recheck.tick().await;
         loop {
             tokio::select! {
-                _ = conn.as_mut() => return,
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        relay_net::serve::connection_error("interconnect", &*e);
+                    }
+                    return;
+                }
                 () = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;

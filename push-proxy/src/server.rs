@@ -402,7 +402,7 @@ async fn serve_tls(
             let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = relay_net::h2guard::Guarded::new(tls, http2, listener_name);
             let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
-            relay_net::serve::until_shutdown(conn, &shutdown).await;
+            relay_net::serve::until_shutdown_counted(conn, &shutdown, listener_name).await;
         });
     }
 }

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     TooManyFailedAuth,
     /// Registrations from this source address.
     RegistrationRateLimited,
+    /// One sender's share of a recipient's queue (bytes within the envelope lifetime).
+    SenderShareExceeded,
 }
 
 impl ErrorCode {
@@ -111,6 +113,7 @@ impl ErrorCode {
             Self::RecipientInboundLimited => "recipient_inbound_limited",
             Self::TooManyFailedAuth => "too_many_failed_auth",
             Self::RegistrationRateLimited => "registration_rate_limited",
+            Self::SenderShareExceeded => "sender_share_exceeded",
         }
     }
 
@@ -139,7 +142,8 @@ impl ErrorCode {
             | Self::SenderRecipientLimited
             | Self::RecipientInboundLimited
             | Self::TooManyFailedAuth
-            | Self::RegistrationRateLimited => 429,
+            | Self::RegistrationRateLimited
+            | Self::SenderShareExceeded => 429,
             Self::Internal => 500,
             Self::InvalidKeyPackage => 400,
             Self::UnsupportedCiphersuite => 400,
@@ -165,7 +169,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 48] = [
+const ALL: [ErrorCode; 49] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -214,6 +218,7 @@ const ALL: [ErrorCode; 48] = [
     ErrorCode::RecipientInboundLimited,
     ErrorCode::TooManyFailedAuth,
     ErrorCode::RegistrationRateLimited,
+    ErrorCode::SenderShareExceeded,
 ];
 
 #[cfg(test)]

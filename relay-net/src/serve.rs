@@ -42,6 +42,64 @@ pub async fn until_shutdown<C: GracefulConnection>(conn: C, shutdown: &Cancellat
     }
 }
 
+/// Why a connection ended in error, as a metric label: the HTTP/2 error code the protocol
+/// library closed it with (`enhance_your_calm` for rapid reset and CONTINUATION floods,
+/// `protocol_error`, `compression_error` for an oversized header list …), `flood` for our
+/// own control-frame guard, `io` otherwise.
+pub fn http2_error_reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && let Some(reason) = h2.reason()
+        {
+            return match reason {
+                h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+                h2::Reason::PROTOCOL_ERROR => "protocol_error",
+                h2::Reason::COMPRESSION_ERROR => "compression_error",
+                h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
+                h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+                _ => "http2_other",
+            };
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionAborted
+            && io.to_string().contains("flood")
+        {
+            return "flood";
+        }
+        cur = err.source();
+    }
+    "io"
+}
+
+/// Counts (`relay_http2_connection_errors_total{listener,reason}`) and logs at debug a
+/// connection that ended in error.
+pub fn connection_error(listener: &'static str, e: &(dyn std::error::Error + 'static)) {
+    let reason = http2_error_reason(e);
+    metrics::counter!("relay_http2_connection_errors_total", "listener" => listener, "reason" => reason).increment(1);
+    tracing::debug!(listener, reason, cause = %e, "connection ended with error");
+}
+
+/// [`until_shutdown`], counting the connection's error ([`connection_error`]).
+pub async fn until_shutdown_counted<C>(conn: C, shutdown: &CancellationToken, listener: &'static str)
+where
+    C: GracefulConnection,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+        connection_error(listener, &*e);
+    }
+}
+
 /// Open connections per source address (an IPv6 address counts as its /64), capped: one
 /// host cannot take a listener's whole connection budget. Entries exist only while their
 /// address has a connection open, so memory follows open connections.

@@ -77,6 +77,7 @@ impl TestGateway {
         config.rate_limit.recipient_bytes_per_second = 1 << 40;
         config.rate_limit.failed_auth_burst = 1 << 30;
         config.rate_limit.registration_burst = 1 << 30;
+        config.rate_limit.sender_queue_share_percent = 0;
         // Small journal segments: each gateway preallocates one ahead of time.
         config.storage.journal_segment_mb = 2;
         tweak(&mut config);

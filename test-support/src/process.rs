@@ -50,7 +50,7 @@ pub async fn spawn_gateway(
                 "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n\
                  sender_recipient_burst = 1000000000\nsender_recipient_per_second = 1000000\n\
                  recipient_bytes_burst = 1000000000000\nrecipient_bytes_per_second = 1000000000\n\
-                 failed_auth_burst = 1000000\nregistration_burst = 1000000\n{extra_toml}"
+                 failed_auth_burst = 1000000\nregistration_burst = 1000000\nsender_queue_share_percent = 0\n{extra_toml}"
             ),
         )
         .unwrap();

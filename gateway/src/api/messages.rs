@@ -21,7 +21,8 @@ use super::extract::{SMALL_BODY_LIMIT, authenticate, proto_response, read_proto}
 use crate::error::ApiError;
 
 /// DESIGN §5's limits of a send, before anything is stored: messages per (sender,
-/// recipient) and bytes into each recipient from everyone. A refusal names the limit and
+/// recipient), one sender's share of each recipient's queue, and bytes into each recipient
+/// from everyone. A refusal names the limit and
 /// the longest wait; what the earlier recipients' buckets gave is not returned (a refused
 /// send costs the sender, which is the point).
 fn check_send_limits(
@@ -34,9 +35,15 @@ fn check_send_limits(
     let now = abuse.now_ns();
     let mut pair_wait = Duration::ZERO;
     let mut bytes_wait = Duration::ZERO;
+    let mut share_wait = Duration::ZERO;
     for r in recipients {
         if let Err(w) = abuse.sender_recipient.take(&(sender, r.rid), 1, now) {
             pair_wait = pair_wait.max(w);
+        }
+        if let Some(share) = &abuse.sender_share
+            && let Err(w) = share.take(&(sender, r.rid), bytes as u64, now)
+        {
+            share_wait = share_wait.max(w);
         }
         if let Err(w) = abuse.recipient_bytes.take(&r.rid, bytes as u64, now) {
             bytes_wait = bytes_wait.max(w);
@@ -48,6 +55,14 @@ fn check_send_limits(
             ErrorCode::SenderRecipientLimited,
             "too many messages from this sender to a recipient",
             pair_wait,
+        ));
+    }
+    if !share_wait.is_zero() {
+        metrics::counter!("relay_requests_limited_total", "limit" => "sender_share").increment(1);
+        return Err(ApiError::limited(
+            ErrorCode::SenderShareExceeded,
+            "this sender holds its share of a recipient's queue",
+            share_wait,
         ));
     }
     if !bytes_wait.is_zero() {

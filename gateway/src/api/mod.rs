@@ -51,11 +51,12 @@ impl ClientAddr {
     }
 }
 
-/// Fixed-memory bucket tables (relay-core's `gcra`): about 11 MiB whatever the traffic.
+/// Fixed-memory bucket tables (relay-core's `gcra`): about 19 MiB whatever the traffic.
 #[derive(Debug)]
 pub(crate) struct Abuse {
     pub(crate) sender_recipient: relay_core::gcra::BucketTable,
     pub(crate) recipient_bytes: relay_core::gcra::BucketTable,
+    pub(crate) sender_share: Option<relay_core::gcra::BucketTable>,
     failed_auth: relay_core::gcra::BucketTable,
     registrations: relay_core::gcra::BucketTable,
     started: std::time::Instant,
@@ -67,6 +68,7 @@ impl Abuse {
         Self {
             sender_recipient: BucketTable::new(1 << 20, l.sender_recipient),
             recipient_bytes: BucketTable::new(1 << 17, l.recipient_bytes),
+            sender_share: l.sender_share.map(|rate| BucketTable::new(1 << 20, rate)),
             failed_auth: BucketTable::new(1 << 16, l.failed_auth),
             registrations: BucketTable::new(1 << 16, l.registrations),
             started: std::time::Instant::now(),

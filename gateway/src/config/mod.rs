@@ -196,12 +196,22 @@ pub struct RateLimitConfig {
     pub registration_burst: u64,
     #[serde(default = "d_reg_refill")]
     pub registration_refill_secs: u64,
+    /// The most of a recipient device's queue (`limits.max_queue_bytes_per_device`) one
+    /// sender may fill within an envelope lifetime, in percent (0: no share limit). Its bytes
+    /// to one recipient: this share of the queue at once, refilled at the same share per
+    /// `limits.ttl_secs`, so within any lifetime one sender holds at most twice the share — at
+    /// 25%, half a queue: one sender alone can never fill a queue and so never trims anyone
+    /// else's envelopes (429 `sender_share_exceeded`).
+    #[serde(default = "d_share")]
+    pub sender_queue_share_percent: u32,
 }
 
 /// The shapes of the limits keyed by what an attacker can mint (`[rate_limit]`).
 #[derive(Debug, Clone, Copy)]
 pub struct AbuseLimits {
     pub sender_recipient: relay_core::gcra::Rate,
+    /// Bytes from one sender to one recipient (the queue share); `None`: no share limit.
+    pub sender_share: Option<relay_core::gcra::Rate>,
     pub recipient_bytes: relay_core::gcra::Rate,
     pub failed_auth: relay_core::gcra::Rate,
     pub registrations: relay_core::gcra::Rate,
@@ -209,11 +219,15 @@ pub struct AbuseLimits {
 
 impl RateLimitConfig {
     /// The shapes of the limits keyed by what an attacker can mint.
-    pub fn abuse_limits(&self) -> AbuseLimits {
+    /// `queue_bytes` and `ttl_secs` are the device queue quota and the envelope lifetime.
+    pub fn abuse_limits(&self, queue_bytes: u64, ttl_secs: u64) -> AbuseLimits {
         use relay_core::gcra::Rate;
         use std::time::Duration;
+        let share = queue_bytes / 100 * u64::from(self.sender_queue_share_percent.min(100));
         AbuseLimits {
             sender_recipient: Rate::per_second(self.sender_recipient_burst, self.sender_recipient_per_second),
+            sender_share: (self.sender_queue_share_percent > 0)
+                .then(|| Rate::per_second(share, (share / ttl_secs.max(1)).max(1))),
             recipient_bytes: Rate::per_second(self.recipient_bytes_burst, self.recipient_bytes_per_second),
             failed_auth: Rate::every(
                 self.failed_auth_burst,
@@ -352,6 +366,9 @@ fn d_rps() -> u32 {
 }
 fn d_burst() -> u32 {
     200
+}
+fn d_share() -> u32 {
+    25
 }
 fn d_connections_per_address() -> u32 {
     1000

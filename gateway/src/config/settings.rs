@@ -110,6 +110,17 @@ impl Config {
         if r.recipient_bytes_burst < self.limits.max_envelope_bytes as u64 {
             return invalid("rate_limit.recipient_bytes_burst must hold at least one envelope");
         }
+        if r.sender_queue_share_percent > 100 {
+            return invalid("rate_limit.sender_queue_share_percent is a percentage (0 turns it off)");
+        }
+        if r.sender_queue_share_percent > 0
+            && self.limits.max_queue_bytes_per_device / 100 * u64::from(r.sender_queue_share_percent)
+                < self.limits.max_envelope_bytes as u64
+        {
+            return invalid(
+                "rate_limit.sender_queue_share_percent of limits.max_queue_bytes_per_device must hold at least one envelope",
+            );
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
         }

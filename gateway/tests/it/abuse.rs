@@ -208,3 +208,71 @@ async fn registrations_are_limited_per_address() {
         .unwrap();
     gw.stop().await;
 }
+
+/// The queue-flush attack: one sender writing a recipient's queue full would trim the
+/// recipient's older envelopes. With the sender's share of a queue limited (25%, within
+/// an envelope lifetime at most half a queue), one sender alone can never fill it: its
+/// sends are refused (429 `sender_share_exceeded`) and everything before stays. The control
+/// run without the share limit shows the attack working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_cannot_flush_a_recipients_queue() {
+    async fn attack(share_percent: u32) -> (Vec<bytes::Bytes>, u64, Option<String>) {
+        let gw = TestGateway::start_with(|c| {
+            c.limits.max_envelope_bytes = 4096;
+            c.limits.max_queue_bytes_per_device = 100_000;
+            c.rate_limit.sender_queue_share_percent = share_percent;
+        })
+        .await;
+        let (alice, _) = gw.device(ALICE).await;
+        let (mallory, _) = gw.device(DAVE).await;
+        let (bob, _) = gw.device(BOB).await;
+        let big = |tag: String| framed_message(format!("{tag}{}", "x".repeat(2_950)).as_bytes());
+        let mut legit = Vec::new();
+        for i in 0..3 {
+            let m = big(format!("legit {i}"));
+            alice
+                .send(&[Recipient::address(BOB)], m.clone(), None, false)
+                .await
+                .unwrap();
+            legit.push(m);
+        }
+        // Mallory sends 60 envelopes (180 KB against a 100 KB queue), as many as allowed.
+        let mut refusal = None;
+        for i in 0..60 {
+            match mallory
+                .send(&[Recipient::address(BOB)], big(format!("spam {i}")), None, false)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    refusal = Some(limited(&e).0);
+                    break;
+                }
+            }
+        }
+        let page = bob.receive(0, 1000, 0).await.unwrap();
+        let dropped = page.envelopes.iter().map(|e| e.dropped).sum();
+        let kept = page
+            .envelopes
+            .into_iter()
+            .map(|e| e.message)
+            .filter(|m| legit.contains(m))
+            .collect();
+        gw.stop().await;
+        (kept, dropped, refusal)
+    }
+
+    let (kept, dropped, refusal) = attack(25).await;
+    assert_eq!(refusal.as_deref(), Some("sender_share_exceeded"));
+    assert_eq!(kept.len(), 3, "every earlier legitimate envelope is still queued");
+    assert_eq!(dropped, 0, "nothing was trimmed");
+
+    // Control: without the share limit the same sender flushes the queue.
+    let (kept, dropped, refusal) = attack(0).await;
+    assert_eq!(refusal, None);
+    assert!(
+        dropped > 0 && kept.len() < 3,
+        "the attack works without the limit: kept {}",
+        kept.len()
+    );
+}

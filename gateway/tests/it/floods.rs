@@ -117,7 +117,7 @@ async fn http2_floods_are_stopped_and_others_are_served() {
         value(r#"relay_http2_control_floods_total{listener="client"}"#) >= 2.0,
         "{metrics}"
     );
-    assert!(value(r#"relay_http2_connection_errors_total{reason="enhance_your_calm"}"#) >= 1.0);
+    assert!(value(r#"relay_http2_connection_errors_total{listener="client",reason="enhance_your_calm"}"#) >= 1.0);
 
     let rss_after = p.rss_bytes();
     eprintln!(
@@ -186,6 +186,8 @@ async fn push_proxy_listeners_stop_floods() {
         stopped(&format!("{name} rapid reset"), &o);
         let o = h2flood::continuation_flood(t, 16_000, 100_000).await.unwrap();
         stopped(&format!("{name} CONTINUATION flood"), &o);
+        let o = h2flood::oversized_headers(t, 256 << 10).await.unwrap();
+        stopped(&format!("{name} oversized header list"), &o);
     }
     // Still serving.
     let health = std::process::Command::new("curl")
