@@ -41,5 +41,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(args.report.join("report.md"), report::markdown(&report))?;
     std::fs::write(args.report.join("latency.svg"), report::svg(&report))?;
     println!("{}", report::markdown(&report));
+    for w in report.warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }

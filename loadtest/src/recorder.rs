@@ -13,6 +13,8 @@ pub(crate) struct Recorder {
     pub(crate) timeline: std::sync::Mutex<Vec<u64>>,
     /// Requests issued in the measured period.
     pub(crate) issued: AtomicU64,
+    /// Errors by kind: `"<status> <code>"` for an answer, `"transport"` for none.
+    pub(crate) error_kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     measure_from: Instant,
 }
 
@@ -24,6 +26,7 @@ impl Recorder {
             errors: AtomicU64::new(0),
             timeline: std::sync::Mutex::new(vec![0; secs as usize]),
             issued: AtomicU64::new(0),
+            error_kinds: std::sync::Mutex::default(),
             measure_from,
         }
     }
@@ -35,13 +38,19 @@ impl Recorder {
 
     /// A request intended at `intended` finished now (latency from the intended time, so
     /// an open loop does not hide queueing).
-    pub(crate) fn record(&self, intended: Instant, ok: bool) {
+    pub(crate) fn record(&self, intended: Instant, outcome: Result<(), String>) {
         let done = Instant::now();
         if !self.measured(intended) {
             return;
         }
-        if !ok {
+        if let Err(kind) = outcome {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            *self
+                .error_kinds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(kind)
+                .or_default() += 1;
             return;
         }
         self.record_latency(done.duration_since(intended));

@@ -12,9 +12,17 @@ pub(crate) struct Report {
     rate: Option<f64>,
     concurrency: usize,
     measured_secs: f64,
+    /// Requests issued in the measured period (`attempted`; kept as `sent` for old readers).
     sent: u64,
+    attempted: u64,
+    /// Attempted requests that succeeded.
+    accepted: u64,
     received: u64,
     errors: u64,
+    /// Errors by kind: `"<status> <code>"` for an answer, `"transport"` for none.
+    errors_by_kind: std::collections::BTreeMap<String, u64>,
+    /// What a reader must know to trust the numbers (e.g. the gateway's limits refused load).
+    warnings: Vec<String>,
     per_sec: f64,
     latency_ms: Percentiles,
     /// (percentile, milliseconds) for the latency curve.
@@ -76,8 +84,12 @@ pub(crate) fn report(
         concurrency: args.concurrency,
         measured_secs: secs,
         sent,
+        attempted: sent,
+        accepted: sent.saturating_sub(errors),
         received,
         errors,
+        errors_by_kind: std::collections::BTreeMap::new(),
+        warnings: Vec::new(),
         per_sec: received as f64 / secs,
         latency_ms: Percentiles {
             p50: ms(hist.value_at_quantile(0.5)),
@@ -92,8 +104,56 @@ pub(crate) fn report(
     }
 }
 
+impl Report {
+    /// Records the errors by kind, and warns when the gateway's limits refused load (naming
+    /// the configuration keys that raise them).
+    pub(crate) fn set_errors(&mut self, kinds: std::collections::BTreeMap<String, u64>) {
+        let limited: u64 = kinds.iter().filter(|(k, _)| k.starts_with("429")).map(|(_, n)| n).sum();
+        if limited > 0 {
+            let keys: Vec<&str> = kinds
+                .keys()
+                .filter_map(|k| k.strip_prefix("429 "))
+                .map(config_key_for)
+                .collect();
+            self.warnings.push(format!(
+                "{limited} of {} requests were refused with 429 by the gateway's limits, so this measures the limits, \
+                 not the gateway: raise {} for a load test (README, \"Load testing\")",
+                self.attempted,
+                keys.join(", ")
+            ));
+        }
+        self.errors_by_kind = kinds;
+    }
+
+    pub(crate) fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// The configuration key that raises the limit behind a 429 code.
+fn config_key_for(code: &str) -> &'static str {
+    match code {
+        "rate_limited" => "[rate_limit] requests_per_second and burst",
+        "sender_recipient_limited" => "[rate_limit] sender_recipient_burst and sender_recipient_per_second",
+        "sender_share_exceeded" => "[rate_limit] sender_queue_share_percent (0 turns it off)",
+        "recipient_inbound_limited" => "[rate_limit] recipient_bytes_burst and recipient_bytes_per_second",
+        "registration_rate_limited" => "[rate_limit] registration_burst",
+        "too_many_failed_auth" => "[rate_limit] failed_auth_burst",
+        _ => "the gateway's [rate_limit] settings",
+    }
+}
+
 pub(crate) fn markdown(r: &Report) -> String {
     let mut out = table(r);
+    for w in &r.warnings {
+        out.push_str(&format!("\n**Warning:** {w}\n"));
+    }
+    if !r.errors_by_kind.is_empty() {
+        out.push_str("\n| error | count |\n|---|---|\n");
+        for (k, n) in &r.errors_by_kind {
+            out.push_str(&format!("| {k} | {n} |\n"));
+        }
+    }
     if let Some(a) = &r.abuse {
         out.push_str(&format!(
             "\n## Abuse: well-behaved p99 without and with an attacker at {:.0}/s\n\n| p99 without ms | p99 with ms | ratio (goal ≤ 2) | well-behaved errors | attacker sent | accepted | 429 | other errors |\n|---|---|---|---|---|---|---|---|\n| {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
@@ -113,11 +173,12 @@ pub(crate) fn markdown(r: &Report) -> String {
 
 fn table(r: &Report) -> String {
     format!(
-        "# loadtest: {:?} over {} ({})\n\n| sent | received | errors | per second | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        "# loadtest: {:?} over {} ({})\n\n| attempted | accepted | received | errors | per second | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
         r.scenario,
         r.protocol,
         r.mode,
-        r.sent,
+        r.attempted,
+        r.accepted,
         r.received,
         r.errors,
         r.per_sec,

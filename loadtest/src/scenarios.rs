@@ -128,13 +128,14 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         .max(0.001);
     let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let error_kinds = rec.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Only what was sent and received in the measured period counts (warm-up excluded).
     let got = if args.scenario == Scenario::Mixed {
         mixed_received.load(Ordering::Relaxed)
     } else {
         rec.ok.load(Ordering::Relaxed)
     };
-    Ok(report(
+    let mut r = report(
         args,
         rec.issued.load(Ordering::Relaxed),
         got,
@@ -142,7 +143,9 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         measured,
         &hist,
         timeline,
-    ))
+    );
+    r.set_errors(error_kinds);
+    Ok(r)
 }
 
 /// Receivers long-poll and acknowledge; for `live` they record send → receive latency from
@@ -226,9 +229,9 @@ async fn open_loop(
         }
         let tag = if measured { i | MEASURED } else { i };
         tasks.spawn(async move {
-            let ok = send(&client, &to, size, tag).await;
-            if record_sends || !ok {
-                rec.record(intended, ok);
+            let outcome = send(&client, &to, size, tag).await;
+            if record_sends || outcome.is_err() {
+                rec.record(intended, outcome);
             }
             drop(permit);
             anyhow::Ok(())
@@ -261,9 +264,9 @@ fn closed_loop(
                     rec.issued.fetch_add(1, Ordering::Relaxed);
                 }
                 let tag = if measured { seq | MEASURED } else { seq };
-                let ok = send(&client, &to, size, tag).await;
-                if record_sends || !ok {
-                    rec.record(intended, ok);
+                let outcome = send(&client, &to, size, tag).await;
+                if record_sends || outcome.is_err() {
+                    rec.record(intended, outcome);
                 }
                 seq += 1;
             }
@@ -271,6 +274,20 @@ fn closed_loop(
     }
 }
 
-async fn send(client: &Client, to: &[Recipient], size: usize, tag: u64) -> bool {
-    client.send(to, message(size, tag), None, false).await.is_ok()
+/// One send; an error as its kind (`"429 rate_limited"`, `"transport"`).
+async fn send(client: &Client, to: &[Recipient], size: usize, tag: u64) -> Result<(), String> {
+    client
+        .send(to, message(size, tag), None, false)
+        .await
+        .map(drop)
+        .map_err(|e| error_kind(&e))
+}
+
+/// How a failed request is counted in the report.
+pub(crate) fn error_kind(e: &relay_client::ClientError) -> String {
+    match (e.status(), e.code()) {
+        (Some(status), Some(code)) => format!("{status} {code}"),
+        (Some(status), None) => status.to_string(),
+        _ => "transport".to_owned(),
+    }
 }

@@ -47,7 +47,17 @@ pub(crate) async fn setup(args: &Args) -> anyhow::Result<Setup> {
                 expires_at_ms: now_ms() + 600_000,
                 nonce: rand::random(),
             };
-            let reg = base.register(&relay_core::provisioning::sign(key, &claims)).await?;
+            let reg = base
+                .register(&relay_core::provisioning::sign(key, &claims))
+                .await
+                .map_err(|e| {
+                    let hint = if e.status() == Some(429) {
+                        " (the gateway's registration limit: raise [rate_limit] registration_burst for a load test)"
+                    } else {
+                        ""
+                    };
+                    anyhow::anyhow!("registering device {n}: {e}{hint}")
+                })?;
             anyhow::Ok((base.with_credential(reg.credential), address))
         }
     };

@@ -121,3 +121,28 @@ async fn the_abuse_scenario_reports_both_phases_and_the_attackers_429s() {
     assert!(a["p99_ratio"].as_f64().is_some());
     gw.stop().await;
 }
+
+/// A run the gateway's limits refuse says so: errors by status and code, accepted apart from
+/// attempted, and a warning naming the configuration keys to raise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_refused_by_the_limits_says_why() {
+    let gw = TestGateway::start_with(|c| {
+        c.rate_limit.requests_per_second = 5;
+        c.rate_limit.burst = 5;
+    })
+    .await;
+    let r = run(&gw, &["--scenario", "send", "--concurrency", "4", "--count", "200"]);
+    let limited = r["errors_by_kind"]["429 rate_limited"].as_u64().unwrap();
+    assert!(limited > 0, "{r}");
+    assert_eq!(r["errors"].as_u64().unwrap(), limited, "every error is counted by kind");
+    assert_eq!(
+        r["attempted"].as_u64().unwrap(),
+        r["accepted"].as_u64().unwrap() + limited
+    );
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("429") && warning.contains("requests_per_second"),
+        "{warning}"
+    );
+    gw.stop().await;
+}
