@@ -95,6 +95,41 @@ pub struct Sender {
     in_flight: [Arc<Semaphore>; 3],
 }
 
+/// A push for a provider this proxy has no configuration for: says so in the log, at most
+/// once a minute per provider (the counter `push_sent_total{result="rejected"}` has them all).
+fn unconfigured(provider: &'static str, section: &'static str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let slot = &LAST[usize::from(provider == "FCM")];
+    let now = relay_net::clock::unix_secs();
+    let last = slot.load(Ordering::Relaxed);
+    if now >= last + 60
+        && slot
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            provider,
+            "a push for {provider} was rejected: {provider} is not configured (add {section} to the push proxy's configuration)"
+        );
+    }
+}
+
+impl Sender {
+    /// The providers this proxy can deliver to.
+    pub fn providers(&self) -> Vec<&'static str> {
+        let mut p = Vec::new();
+        if self.cfg.apns.is_some() {
+            p.push("apns");
+        }
+        if self.cfg.fcm.is_some() {
+            p.push("fcm");
+        }
+        p.push("webpush");
+        p
+    }
+}
+
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender").field("cfg", &self.cfg).finish_non_exhaustive()
@@ -175,12 +210,18 @@ impl Sender {
 
     async fn attempt(&self, target: &PushTarget, pointer: &Pointer, urgent: bool) -> Outcome {
         let apns_jwt = match (target, &self.cfg.apns) {
-            (PushTarget::Apns { .. }, None) => return Outcome::Rejected("APNs is not configured".into()),
+            (PushTarget::Apns { .. }, None) => {
+                unconfigured("APNs", "[apns]");
+                return Outcome::Rejected("APNs is not configured".into());
+            }
             (PushTarget::Apns { .. }, Some(a)) => self.apns_token(a),
             _ => String::new(),
         };
         let fcm_token = match (target, &self.cfg.fcm) {
-            (PushTarget::Fcm { .. }, None) => return Outcome::Rejected("FCM is not configured".into()),
+            (PushTarget::Fcm { .. }, None) => {
+                unconfigured("FCM", "[fcm]");
+                return Outcome::Rejected("FCM is not configured".into());
+            }
             (PushTarget::Fcm { .. }, Some(f)) => match self.fcm_access_token(f).await {
                 Ok(t) => t,
                 Err(e) => {

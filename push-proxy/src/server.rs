@@ -108,6 +108,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         request_timeout: config.request_timeout(),
     })?;
     let tracker = TaskTracker::new();
+    let proxy_providers = sender.providers();
     let proxy = Arc::new(Proxy::new(
         keys,
         sender,
@@ -232,10 +233,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         t.spawn(manager.run(shutdown.clone()));
     }
+    let providers = proxy_providers.join(",");
+    for (name, section) in [("apns", "[apns]"), ("fcm", "[fcm]")] {
+        if !proxy_providers.contains(&name) {
+            tracing::warn!(
+                provider = name,
+                "{name} is not configured: pushes to {name} devices will be rejected (add {section} to the configuration)"
+            );
+        }
+    }
     tracing::info!(
         listen = %running.listen,
         notify_listen = %running.notify_listen,
         admin_listen = %running.admin_listen,
+        providers,
+        acme = config.acme.is_some(),
         "push proxy ready"
     );
     Ok(running)

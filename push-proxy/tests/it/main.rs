@@ -341,3 +341,48 @@ async fn fcm_refuses_an_assertion_signed_by_another_key() {
     assert!(!sink.refused().is_empty());
     assert!(!sink.assertions().is_empty(), "the grant was attempted");
 }
+
+/// Started with no APNs or FCM configuration, the binary says so before it says it is
+/// ready, and lists the providers it can deliver to.
+#[test]
+fn start_up_says_which_providers_are_missing() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("push.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nnotify_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_push-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let ready = line.contains("push proxy ready");
+        lines.push(line);
+        if ready || lines.len() > 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = lines.join("\n");
+    assert!(
+        log.contains("push proxy ready") && log.contains("providers=\"webpush\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("apns is not configured") && log.contains("[apns]"),
+        "{log}"
+    );
+    assert!(log.contains("fcm is not configured") && log.contains("[fcm]"), "{log}");
+}

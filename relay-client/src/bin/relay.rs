@@ -99,6 +99,27 @@ enum Command {
     /// The KeyPackage directory (RFC 9420 section 10; files hold TLS-encoded KeyPackages).
     #[command(subcommand)]
     Keypackages(KeyPackageCommand),
+    /// This device's push handle (from the push proxy's `POST /v1/push/register` answer).
+    #[command(subcommand)]
+    Push(PushCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Store the handle with the gateway, so it wakes this device through the push proxy.
+    Set {
+        /// The handle (`ph1.…`).
+        #[arg(long, conflicts_with = "handle_file", required_unless_present = "handle_file")]
+        handle: Option<String>,
+        /// A file holding the handle, or the push proxy's JSON answer `{"handle": "ph1.…"}`;
+        /// `-` reads standard input.
+        #[arg(long)]
+        handle_file: Option<PathBuf>,
+    },
+    /// Remove the handle: no more pushes to this device.
+    Clear,
+    /// The handle this profile last stored (the gateway does not give handles back).
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +150,9 @@ struct Profile {
     insecure: bool,
     device_id: Option<u32>,
     credential: Option<String>,
+    /// The push handle last stored with `relay push set`.
+    #[serde(default)]
+    push_handle: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -303,8 +327,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             authed()?.delete_device().await?;
             println!("device deleted");
         }
+        Command::Push(PushCommand::Set { handle, handle_file }) => {
+            let handle = match (handle, handle_file) {
+                (Some(h), _) => h,
+                (None, Some(file)) => handle_from(&read_message(&file)?)?,
+                (None, None) => bail!("pass --handle or --handle-file"),
+            };
+            authed()?.set_push_handle(&handle).await?;
+            profile.push_handle = Some(handle);
+            save_profile(&cli.profile, &profile)?;
+            println!("push handle stored; the gateway wakes this device through the push proxy");
+        }
+        Command::Push(PushCommand::Clear) => {
+            authed()?.clear_push_handle().await?;
+            profile.push_handle = None;
+            save_profile(&cli.profile, &profile)?;
+            println!("push handle removed; no more pushes to this device");
+        }
+        Command::Push(PushCommand::Show) => match &profile.push_handle {
+            Some(h) => println!("{h}"),
+            None => println!("no push handle stored from this profile"),
+        },
     }
     Ok(())
+}
+
+/// A handle from a file: the handle itself, or the push proxy's register answer (JSON).
+fn handle_from(bytes: &[u8]) -> anyhow::Result<String> {
+    let text = std::str::from_utf8(bytes)
+        .context("the handle file is not text")?
+        .trim();
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text).context("the handle file is not valid JSON")?;
+        return v["handle"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the JSON has no \"handle\" field (expected the push proxy's register answer)");
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_recipient(s: &str) -> anyhow::Result<Recipient> {

@@ -151,3 +151,83 @@ fn sample_is_a_real_mls_message() {
     let env = relay_core::Envelope::parse(bytes.into(), &relay_core::Limits::default()).unwrap();
     assert_eq!(env.kind(), MessageKind::PrivateMessage);
 }
+
+/// `relay push set` takes the push proxy's register answer as it comes (curl's output
+/// file), the gateway stores the handle; `show` and `clear` do what they say; a malformed
+/// handle is refused with the API's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_handle_from_the_push_proxy_answer() {
+    use storage::prelude::*;
+    let gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = push_proxy::config::Config {
+        data_dir: d.join("push-data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        notify_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..push_proxy::config::Config::default()
+    };
+    let ca = config.data_dir.join("tls").join(push_proxy::tls::DEV_CA);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let proxy = push_proxy::server::start(config.validate().unwrap(), shutdown.clone())
+        .await
+        .unwrap();
+    let answer = d.join("answer.json");
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"platform":"apns","token":"a1b2c3d4e5f60718293a4b5c6d7e8f90"}"#,
+        ])
+        .arg("-o")
+        .arg(&answer)
+        .arg(format!("https://localhost:{}/v1/push/register", proxy.listen.port()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let handle = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&answer).unwrap()).unwrap()["handle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["register", "--token", &gw.provision("tel:+15550100001")],
+    );
+    let out = relay(d, &gw, "alice.toml", &["push", "set", "--handle-file", "answer.json"]);
+    assert!(out.contains("push handle stored"), "{out}");
+    let rid = gw.rid("tel:+15550100001");
+    let stored = gw
+        .state()
+        .store()
+        .push_handle(rid, relay_core::DeviceId(1))
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(handle.as_str()));
+    assert_eq!(relay(d, &gw, "alice.toml", &["push", "show"]).trim(), handle);
+    relay(d, &gw, "alice.toml", &["push", "clear"]);
+    assert_eq!(
+        gw.state()
+            .store()
+            .push_handle(rid, relay_core::DeviceId(1))
+            .await
+            .unwrap(),
+        None
+    );
+    let bad = Command::new(RELAY)
+        .current_dir(d)
+        .args(["--profile", "alice.toml", "push", "set", "--handle", "not-a-handle"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_push_handle"));
+    shutdown.cancel();
+    proxy.stopped().await;
+    gw.stop().await;
+}
