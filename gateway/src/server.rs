@@ -286,6 +286,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tracker.spawn(manager.run(shutdown.clone()));
     }
 
+    let certificates = match (&config.acme, &config.tls.cert) {
+        (Some(_), _) => "acme",
+        (None, Some(_)) => "files",
+        (None, None) => "development CA",
+    };
+    if config.push.proxy_url.is_none() {
+        tracing::warn!("no push proxy configured ([push] proxy_url): devices without a live receiver are not woken");
+    }
+    if certificates == "development CA" {
+        tracing::warn!(
+            ca = %data_dir.join("tls/dev-ca.pem").display(),
+            "serving a development certificate: clients must trust this CA; configure [tls] or [acme] for production"
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         git_sha = option_env!("RELAY_GIT_SHA").unwrap_or("unknown"),
@@ -294,6 +308,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin = %admin_addr,
         data_dir = %data_dir.display(),
         storage = store.backend_name(),
+        certificates,
+        push_proxy = config.push.proxy_url.as_deref().unwrap_or("none"),
+        interconnect = %interconnect_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        peers = state.interconnect().map_or(0, |ic| ic.table().peers.len()),
+        open_registration = config.registration.danger_open_registration,
         "gateway listening"
     );
     Ok(Running {

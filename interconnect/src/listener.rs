@@ -23,6 +23,9 @@ impl Interconnect {
     /// each connection is a task owned by `tracker`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
         let router = self.router();
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, peers = self.table().peers.len(), domain = %self.cfg.domain, "interconnect listening");
+        }
         let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
         // One address may hold a quarter of the listener (a peer runs a few gateways), or
         // all of a small one.
@@ -61,6 +64,7 @@ impl Interconnect {
                     .map_or("handshake", tls::failure_reason);
                 metrics::counter!("interconnect_handshake_failures_total", "reason" => reason).increment(1);
                 tracing::debug!(reason, cause = %e, "interconnect handshake refused");
+                warn_refused(reason);
                 return;
             }
             Err(_) => {
@@ -131,5 +135,31 @@ impl Interconnect {
                 return;
             }
         }
+    }
+}
+
+/// A refused peer handshake, in the log at most once a minute per reason (the counter
+/// `interconnect_handshake_failures_total{reason}` has them all).
+fn warn_refused(reason: &'static str) {
+    static LAST: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+    let now = relay_net::clock::unix_secs();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let due = match last.iter_mut().find(|(r, _)| *r == reason) {
+        Some((_, at)) if now < *at + 60 => false,
+        Some((_, at)) => {
+            *at = now;
+            true
+        }
+        None => {
+            last.push((reason, now));
+            true
+        }
+    };
+    drop(last);
+    if due {
+        tracing::warn!(
+            reason,
+            "a peer's TLS handshake was refused (more of the same counted, not logged, for a minute)"
+        );
     }
 }

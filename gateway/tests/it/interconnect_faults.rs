@@ -93,6 +93,14 @@ async fn acknowledged_sends_arrive_exactly_once_across_kills_and_cuts() {
 
     let a = start_a().await;
     let b = start_b().await;
+    // Each says it peers, with whom, and where (the start-up summary and the listener).
+    for log in [&log_a, &log_b] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("interconnect listening") && text.contains("peers=1"),
+            "{text}"
+        );
+    }
     let alice = a
         .client()
         .register(&test_support::provision_token(&data_a, "tel:+15550100001", 600_000))

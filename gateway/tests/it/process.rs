@@ -410,3 +410,30 @@ fn log_format_json_writes_the_documented_fields() {
     let bad = Command::new(GATEWAY).args(["--log-format", "xml"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "an unknown format is a usage error");
 }
+
+/// The start-up summary says what an operator needs to know: where it listens, which
+/// certificate source, push proxy and interconnect it uses, and warnings for the defaults
+/// that are fine on a laptop and wrong in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_summary_says_what_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let p = spawn_gateway(&dir.path().join("data"), &log, &[("RUST_LOG", "info")]).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("gateway listening"))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    for field in [
+        "certificates=\"development CA\"",
+        "push_proxy=\"none\"",
+        "interconnect=off",
+        "peers=0",
+        "storage=",
+    ] {
+        assert!(summary.contains(field), "{field} missing from {summary}");
+    }
+    assert!(text.contains("no push proxy configured"), "{text}");
+    assert!(text.contains("serving a development certificate"), "{text}");
+    p.terminate();
+}
