@@ -116,6 +116,15 @@ fn unconfigured(provider: &'static str, section: &'static str) {
 }
 
 impl Sender {
+    /// Whether this proxy can deliver to `target`'s provider.
+    pub fn configured(&self, target: &PushTarget) -> bool {
+        match target {
+            PushTarget::Apns { .. } => self.cfg.apns.is_some(),
+            PushTarget::Fcm { .. } => self.cfg.fcm.is_some(),
+            PushTarget::WebPush { .. } => true,
+        }
+    }
+
     /// The providers this proxy can deliver to.
     pub fn providers(&self) -> Vec<&'static str> {
         let mut p = Vec::new();

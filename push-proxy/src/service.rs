@@ -174,6 +174,11 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let Json(req) = body.map_err(|r| rejected(&r))?;
     let (target, probe) = parse_target(&proxy.allowed_hosts, req)?;
+    // A token this proxy could never deliver to is refused now, not silently at every push.
+    if !proxy.sender.configured(&target) {
+        metrics::counter!("push_registrations_refused_total", "reason" => "provider_not_configured").increment(1);
+        return Err(ApiError(StatusCode::NOT_IMPLEMENTED, "provider_not_configured"));
+    }
     if probe && let PushTarget::WebPush { endpoint, .. } = &target {
         proxy
             .sender

@@ -152,6 +152,11 @@ fn sample_is_a_real_mls_message() {
     assert_eq!(env.kind(), MessageKind::PrivateMessage);
 }
 
+/// A Web Push subscription (the P-256 generator as the user agent's key; registration does
+/// not contact the endpoint). This proxy has no APNs or FCM configuration, so it refuses
+/// those tokens (501 `provider_not_configured`).
+const WEB_PUSH_REGISTRATION: &str = r#"{"platform":"webpush","endpoint":"https://updates.push.services.mozilla.com/wpush/v2/abc","p256dh":"BGsX0fLhLEJH-Lzm5WOkQPJ3A32BLeszoPShOUXYmMKWT-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU","auth":"AAECAwQFBgcICQoLDA0ODw"}"#;
+
 /// `relay push set` takes the push proxy's register answer as it comes (curl's output
 /// file), the gateway stores the handle; `show` and `clear` do what they say; a malformed
 /// handle is refused with the API's code.
@@ -177,21 +182,31 @@ async fn push_handle_from_the_push_proxy_answer() {
     let out = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(&ca)
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"platform":"apns","token":"a1b2c3d4e5f60718293a4b5c6d7e8f90"}"#,
-        ])
+        .args(["-H", "content-type: application/json", "-d", WEB_PUSH_REGISTRATION])
         .arg("-o")
         .arg(&answer)
         .arg(format!("https://localhost:{}/v1/push/register", proxy.listen.port()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let handle = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&answer).unwrap()).unwrap()["handle"]
+    // An APNs token on a proxy without APNs is refused at registration.
+    let apns = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"platform":"apns","token":"a1b2c3d4e5f60718293a4b5c6d7e8f90"}"#,
+        ])
+        .arg(format!("https://localhost:{}/v1/push/register", proxy.listen.port()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&apns.stdout), "501");
+    let answer_text = std::fs::read_to_string(&answer).unwrap();
+    let handle = serde_json::from_str::<serde_json::Value>(&answer_text).unwrap()["handle"]
         .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("the proxy's answer: {answer_text}"))
         .to_owned();
 
     relay(
