@@ -137,7 +137,7 @@ async fn run(
     let resets = Arc::new(AtomicU32::new(0));
     let responses = Arc::new(AtomicU32::new(0));
     let closed = Arc::new(AtomicBool::new(false));
-    let reader = {
+    let mut reader = {
         let (goaway, resets, responses, closed) = (
             Arc::clone(&goaway),
             Arc::clone(&resets),
@@ -183,23 +183,17 @@ async fn run(
             if wr.write_all(&f).await.is_err() {
                 // The server closed (or reset) the connection under us.
                 write_failed = true;
-                tokio::time::sleep(Duration::from_millis(100)).await; // let the reader see a GOAWAY
                 return;
             }
             out.frames_sent += 1;
             out.bytes_sent += f.len() as u64;
         }
         let _ = wr.flush().await;
-        // Give the server a moment to answer what it got (bounded; not a correctness wait:
-        // the caller checks the outcome, which only grows).
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while !closed.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
     };
     let _ = tokio::time::timeout(limit, writing).await;
+    // The reader ends when the server closes the connection (after any GOAWAY); a server
+    // that keeps it open is given 2 s to answer what it got, then the outcome is read.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut reader).await;
     reader.abort();
     let code = goaway.load(Ordering::SeqCst);
     out.goaway = (code != u32::MAX).then_some(code);

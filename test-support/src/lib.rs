@@ -193,6 +193,20 @@ impl TestGateway {
     }
 }
 
+/// Waits until `condition` holds (checked again after each short pause) for at most
+/// `limit`; panics naming `what` otherwise. The one place tests poll a condition they cannot
+/// be notified of (a metric, a child process, another carrier).
+pub async fn eventually(what: &str, limit: std::time::Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// One plain HTTP/1.1 request to a gateway's admin listener: the raw response, or `None` if
 /// the gateway is not answering.
 pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Option<String> {

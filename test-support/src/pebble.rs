@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
@@ -92,11 +92,13 @@ impl Pebble {
             .spawn()
             .expect("pebble (Debian package pebble; .ci/run installs it)");
         self.pebble = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.get(DIRECTORY).is_none() {
-            assert!(Instant::now() < deadline, "pebble did not answer: {}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = self.dir.path().join("pebble.log");
+        crate::eventually(
+            &format!("pebble's directory (see {})", log.display()),
+            Duration::from_secs(30),
+            async || self.get(DIRECTORY).is_some(),
+        )
+        .await;
     }
 
     /// Stops pebble (the CA) but not its DNS; its state (accounts, roots) is lost.

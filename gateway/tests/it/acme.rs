@@ -105,14 +105,6 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn audit_kinds(gw: &TestGateway) -> Vec<(String, String)> {
     let log = gw.state().store().audit_log().await.unwrap();
     log.into_iter()
@@ -203,7 +195,7 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
     // would fail it rather than reconnect.
     let bob_h3_poll = bob_h3.clone();
     let waiting_h3 = tokio::spawn(async move { bob_h3_poll.receive(after, 10, 30).await });
-    wait_for("the long-polls", Duration::from_secs(10), async || {
+    test_support::eventually("the long-polls", Duration::from_secs(10), async || {
         gw.state().store().watchers().len() >= 2
     })
     .await;
@@ -282,7 +274,7 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
     assert_eq!(json(&out)["error"], "acme_failed", "{out}");
     assert!(metric(&gw, failures).await > failures_before);
     let counted = metric(&gw, failures).await;
-    wait_for("a background retry", Duration::from_secs(20), async || {
+    test_support::eventually("a background retry", Duration::from_secs(20), async || {
         metric(&gw, failures).await > counted
     })
     .await;
@@ -302,7 +294,7 @@ async fn tls_alpn_issuance_renewal_revocation_and_outage() {
     // Pebble back (a new CA: new roots, no memory of our account): the background retry
     // renews without anyone asking.
     pebble.restart().await;
-    wait_for(
+    test_support::eventually(
         "the renewal after pebble returned",
         Duration::from_secs(30),
         async || served_serial(gw.addr).await != third,
