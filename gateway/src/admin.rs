@@ -105,107 +105,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// `GET /admin/acme` (status), `POST /admin/acme/renew`, `POST /admin/acme/revoke?reason=…`
-/// (then a new certificate with a new key). Renewals and revocations are audited, failed
-/// ones too. Without `[acme]`, every route answers 404.
+/// The ACME routes (relay-net's), each renewal and revocation written to the audit log.
 fn acme_routes(acme: Option<relay_net::acme::AcmeHandle>, store: storage::Storage) -> Router {
-    use relay_net::acme::AcmeError;
-    let Some(acme) = acme else {
-        let none = || async { (http::StatusCode::NOT_FOUND, "no [acme] configured\n").into_response() };
-        return Router::new()
-            .route("/admin/acme", get(none))
-            .route("/admin/acme/renew", axum::routing::post(none))
-            .route("/admin/acme/revoke", axum::routing::post(none));
-    };
-    let failed = |e: &AcmeError| {
-        (
-            http::StatusCode::BAD_GATEWAY,
-            axum::Json(serde_json::json!({"error": "acme_failed", "stage": e.stage.as_str(), "detail": e.message})),
-        )
-            .into_response()
-    };
-    let audit = move |store: storage::Storage, kind: &'static str, detail: String| async move {
-        if let Err(e) = store.audit_append(kind, detail, relay_net::clock::now_ms()).await {
-            tracing::error!(cause = %e, kind, "could not audit an ACME operation");
-        }
-    };
-    let status_handle = acme.clone();
-    let status = move || {
-        let acme = status_handle.clone();
-        async move {
-            match acme.status().await {
-                Ok(s) => axum::Json(serde_json::json!({
-                    "serial": s.serial, "not_after": s.not_after, "renew_at": s.renew_at,
-                    "failures": s.failures, "last_error": s.last_error,
-                }))
-                .into_response(),
-                Err(e) => failed(&e),
+    let record: relay_net::acme::admin::Record = Arc::new(move |kind, detail| {
+        let store = store.clone();
+        Box::pin(async move {
+            if let Err(e) = store.audit_append(kind, detail, relay_net::clock::now_ms()).await {
+                tracing::error!(cause = %e, kind, "could not audit an ACME operation");
             }
-        }
-    };
-    let renew_handle = acme.clone();
-    let renew_store = store.clone();
-    let renew = move || {
-        let (acme, store) = (renew_handle.clone(), renew_store.clone());
-        async move {
-            match acme.renew_now().await {
-                Ok(r) => {
-                    let detail = format!(
-                        "listener=client result=ok serial={} not_after={}",
-                        r.serial, r.not_after
-                    );
-                    audit(store, "acme.renew", detail).await;
-                    axum::Json(serde_json::json!({"serial": r.serial, "not_after": r.not_after})).into_response()
-                }
-                Err(e) => {
-                    audit(
-                        store,
-                        "acme.renew",
-                        format!("listener=client result=failed stage={}", e.stage),
-                    )
-                    .await;
-                    failed(&e)
-                }
-            }
-        }
-    };
-    let revoke = move |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
-        let (acme, store) = (acme.clone(), store.clone());
-        async move {
-            let name = q.get("reason").map_or("unspecified", String::as_str);
-            let Some(reason) = relay_net::acme::revocation_reason(name) else {
-                return (
-                    http::StatusCode::BAD_REQUEST,
-                    axum::Json(serde_json::json!({"error": "bad_reason", "detail": format!(
-                        "unknown revocation reason {name:?}: {}", relay_net::acme::REVOCATION_REASONS.join(", ")
-                    )})),
-                )
-                    .into_response();
-            };
-            match acme.revoke(reason).await {
-                Ok(r) => {
-                    let detail = format!(
-                        "listener=client result=ok reason={name} revoked={} serial={} not_after={}",
-                        r.revoked_serial.as_deref().unwrap_or("-"),
-                        r.serial,
-                        r.not_after
-                    );
-                    audit(store, "acme.revoke", detail).await;
-                    axum::Json(serde_json::json!({
-                        "revoked": r.revoked_serial, "serial": r.serial, "not_after": r.not_after
-                    }))
-                    .into_response()
-                }
-                Err(e) => {
-                    let detail = format!("listener=client result=failed reason={name} stage={}", e.stage);
-                    audit(store, "acme.revoke", detail).await;
-                    failed(&e)
-                }
-            }
-        }
-    };
-    Router::new()
-        .route("/admin/acme", get(status))
-        .route("/admin/acme/renew", axum::routing::post(renew))
-        .route("/admin/acme/revoke", axum::routing::post(revoke))
+        })
+    });
+    relay_net::acme::admin::routes(acme, "client", record)
 }

@@ -94,14 +94,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     )
     .context("loading provider keys")?;
     let certs = crate::tls::open_cert_store(&config.tls, config.acme.as_ref(), data_dir).context("setting up TLS")?;
-    let mut alpn: Vec<&[u8]> = vec![b"h2", b"http/1.1"];
-    if config
-        .acme
-        .as_ref()
-        .is_some_and(|a| a.challenge == relay_net::acme::ChallengeKind::TlsAlpn01)
-    {
-        alpn.push(relay_net::acme::ACME_TLS_ALPN);
-    }
+    let alpn = relay_net::acme::alpn(config.acme.as_ref(), &[b"h2", b"http/1.1"]);
     let tls = Arc::new(certs.server_config(&alpn)?);
     let per_address = Arc::new(relay_net::serve::PerAddress::new(
         config.limits.max_connections_per_address,

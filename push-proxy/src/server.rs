@@ -257,7 +257,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 /// `GET /admin/acme`, `POST /admin/acme/renew`, `POST /admin/acme/revoke?reason=…`.
 fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_net::acme::AcmeHandle>) -> Router {
     use axum::response::IntoResponse as _;
-    use relay_net::acme::AcmeError;
     let reload = move || {
         let certs = Arc::clone(&certs);
         async move {
@@ -270,70 +269,13 @@ fn admin_tls_routes(certs: Arc<relay_net::certs::CertStore>, acme: Option<relay_
             }
         }
     };
-    let router = Router::new().route("/admin/tls/reload", post(reload));
-    let Some(acme) = acme else {
-        return router;
-    };
-    let failed = |e: &AcmeError| {
-        (
-            http::StatusCode::BAD_GATEWAY,
-            axum::Json(serde_json::json!({"error": "acme_failed", "stage": e.stage.as_str(), "detail": e.message})),
-        )
-            .into_response()
-    };
-    let (status_handle, renew_handle) = (acme.clone(), acme.clone());
-    let status = move || {
-        let acme = status_handle.clone();
-        async move {
-            match acme.status().await {
-                Ok(s) => axum::Json(serde_json::json!({
-                    "serial": s.serial, "not_after": s.not_after, "renew_at": s.renew_at,
-                    "failures": s.failures, "last_error": s.last_error,
-                }))
-                .into_response(),
-                Err(e) => failed(&e),
-            }
-        }
-    };
-    let renew = move || {
-        let acme = renew_handle.clone();
-        async move {
-            match acme.renew_now().await {
-                Ok(r) => {
-                    tracing::warn!(serial = %r.serial, "device certificate renewed by an operator");
-                    axum::Json(serde_json::json!({"serial": r.serial, "not_after": r.not_after})).into_response()
-                }
-                Err(e) => failed(&e),
-            }
-        }
-    };
-    let revoke = move |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
-        let acme = acme.clone();
-        async move {
-            let name = q.get("reason").map_or("unspecified", String::as_str);
-            let Some(reason) = relay_net::acme::revocation_reason(name) else {
-                return (
-                    http::StatusCode::BAD_REQUEST,
-                    axum::Json(serde_json::json!({"error": "bad_reason"})),
-                )
-                    .into_response();
-            };
-            match acme.revoke(reason).await {
-                Ok(r) => {
-                    tracing::warn!(revoked = ?r.revoked_serial, serial = %r.serial, "device certificate revoked by an operator and reissued");
-                    axum::Json(
-                        serde_json::json!({"revoked": r.revoked_serial, "serial": r.serial, "not_after": r.not_after}),
-                    )
-                    .into_response()
-                }
-                Err(e) => failed(&e),
-            }
-        }
-    };
-    router
-        .route("/admin/acme", get(status))
-        .route("/admin/acme/renew", post(renew))
-        .route("/admin/acme/revoke", post(revoke))
+    // Operator ACME commands are logged (the proxy keeps no audit log).
+    let record: relay_net::acme::admin::Record = Arc::new(|kind, detail| {
+        Box::pin(async move { tracing::warn!(kind, detail = %detail, "device certificate changed by an operator") })
+    });
+    Router::new()
+        .route("/admin/tls/reload", post(reload))
+        .merge(relay_net::acme::admin::routes(acme, "device", record))
 }
 
 /// The client's address, set per connection.

@@ -67,14 +67,7 @@ pub fn server_configs(
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls("TLS 1.3 with the ring provider"))
     };
-    let mut alpn: Vec<&[u8]> = vec![b"h2", b"http/1.1"];
-    if config
-        .acme
-        .as_ref()
-        .is_some_and(|a| a.challenge == relay_net::acme::ChallengeKind::TlsAlpn01)
-    {
-        alpn.push(relay_net::acme::ACME_TLS_ALPN);
-    }
+    let alpn = relay_net::acme::alpn(config.acme.as_ref(), &[b"h2", b"http/1.1"]);
     let device = device.server_config(&alpn).map_err(tls("device listener"))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(&gateway_ca)? {

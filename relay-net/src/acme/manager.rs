@@ -128,7 +128,8 @@ impl Manager {
             Duration::from_secs(client.config().retry_max_secs),
         );
         let (tx, rx) = mpsc::channel(8);
-        let jitter = f64::from(rand_u16()) / f64::from(u16::MAX);
+        // Where in a renewal window this gateway asks, so that many do not ask at once.
+        let jitter = rand::random::<f64>();
         (
             Self {
                 client,
@@ -333,15 +334,6 @@ impl Manager {
 
 fn unix(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-fn rand_u16() -> u16 {
-    // Jitter only needs to differ between gateways: the low bits of the clock and the pid.
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    (nanos ^ std::process::id().rotate_left(16)) as u16
 }
 
 /// What the manager needs from a certificate.

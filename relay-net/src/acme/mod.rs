@@ -20,6 +20,7 @@
 //! reason}` (`reason` is the [`Stage`] that failed), and the service's own
 //! `*_cert_expiry_seconds{listener}` gauge, which moves when a certificate is installed.
 
+pub mod admin;
 pub mod schedule;
 
 mod challenge;
@@ -59,6 +60,16 @@ pub fn revocation_reason(name: &str) -> Option<RevocationReason> {
 
 /// The ALPN protocol of `tls-alpn-01` validation connections (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A TLS listener's ALPN list: `base`, plus `acme-tls/1` when `acme` validates with
+/// `tls-alpn-01` on that listener.
+pub fn alpn(acme: Option<&AcmeConfig>, base: &[&'static [u8]]) -> Vec<&'static [u8]> {
+    let mut alpn = base.to_vec();
+    if acme.is_some_and(|a| a.challenge == ChallengeKind::TlsAlpn01) {
+        alpn.push(ACME_TLS_ALPN);
+    }
+    alpn
+}
 
 /// The `[acme]` configuration table.
 #[derive(Debug, Clone, Deserialize)]
