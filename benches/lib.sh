@@ -5,6 +5,7 @@
 #   $tmp/data     gateway data dir (its dev certificate is reused by the baselines)
 # `spawn CMD...` runs a background process that is stopped on exit; `port` prints a free port;
 # `restart_gateway TOML` appends TOML to the gateway's config and restarts it ($gpid).
+# Every limit is raised for load; RATE_LIMIT_TOML replaces the per-credential lines.
 
 cargo build --release --locked -p gateway -p relay-client -p benches >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -24,8 +25,8 @@ data_dir = "$tmp/data"
 listen = "127.0.0.1:$gw_port"
 admin_listen = "127.0.0.1:$admin_port"
 [rate_limit]
-requests_per_second = 1000000
-burst = 1000000
+${RATE_LIMIT_TOML:-requests_per_second = 1000000
+burst = 1000000}
 sender_recipient_burst = 1000000000
 sender_recipient_per_second = 1000000
 recipient_bytes_burst = 1000000000000

@@ -8,17 +8,25 @@ use test_support::pki::RcgenCa;
 
 use crate::{Carrier, Peer};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_gets_every_early_error_from_the_interconnect() {
-    let pki = tempfile::tempdir().unwrap();
-    let ca_a = RcgenCa::new(&pki.path().join("a"), "early-a");
-    let leaf_a = ca_a.issue("a", "early-a.test", 1, None);
-    let ca_b = RcgenCa::new(&pki.path().join("b"), "early-b");
-    let leaf_b = ca_b.issue("b", "early-b.test", 1, None);
-    let b = Carrier::start("early-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
+/// Carrier A's leaf and B's CA, on disk while this lives.
+struct Pki {
+    dir: tempfile::TempDir,
+    leaf_a: test_support::pki::Leaf,
+    ca_b: RcgenCa,
+}
+
+/// Carrier B running, with carrier A (named `{prefix}-a`, which does not listen) as its
+/// peer: A's leaf is what the attacking client presents.
+async fn carrier_b_with_peer_a(prefix: &str) -> (Pki, Carrier) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_a = RcgenCa::new(&dir.path().join("a"), &format!("{prefix}-a"));
+    let leaf_a = ca_a.issue("a", &format!("{prefix}-a.test"), 1, None);
+    let ca_b = RcgenCa::new(&dir.path().join("b"), &format!("{prefix}-b"));
+    let leaf_b = ca_b.issue("b", &format!("{prefix}-b.test"), 1, None);
+    let b = Carrier::start(&format!("{prefix}-b.test"), "GB", &leaf_b, &["+4477"], &[]).await;
     b.set_peers(&[Peer {
-        name: "early-a",
-        domain: "early-a.test",
+        name: &format!("{prefix}-a"),
+        domain: &format!("{prefix}-a.test"),
         port: 9,
         ca: &ca_a.cert,
         prefixes: &["+1555"],
@@ -26,6 +34,13 @@ async fn curl_gets_every_early_error_from_the_interconnect() {
         crls: vec![],
     }])
     .await;
+    (Pki { dir, leaf_a, ca_b }, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_every_early_error_from_the_interconnect() {
+    let (pki, b) = carrier_b_with_peer_a("early").await;
+    let (leaf_a, ca_b) = (&pki.leaf_a, &pki.ca_b);
     let tls: Vec<OsString> = vec![
         "--cacert".into(),
         ca_b.cert.clone().into(),
@@ -54,7 +69,7 @@ async fn curl_gets_every_early_error_from_the_interconnect() {
             code,
             field: "error",
         };
-        wrong.extend(test_support::curl::post_many(url, &tls, &expect, 100, pki.path()));
+        wrong.extend(test_support::curl::post_many(url, &tls, &expect, 100, pki.dir.path()));
     }
     assert!(
         wrong.is_empty(),
@@ -70,22 +85,8 @@ async fn curl_gets_every_early_error_from_the_interconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_peer_is_disconnected() {
     use test_support::h2flood::{self, Target};
-    let pki = tempfile::tempdir().unwrap();
-    let ca_a = RcgenCa::new(&pki.path().join("a"), "flood-a");
-    let leaf_a = ca_a.issue("a", "flood-a.test", 1, None);
-    let ca_b = RcgenCa::new(&pki.path().join("b"), "flood-b");
-    let leaf_b = ca_b.issue("b", "flood-b.test", 1, None);
-    let b = Carrier::start("flood-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
-    b.set_peers(&[Peer {
-        name: "flood-a",
-        domain: "flood-a.test",
-        port: 9,
-        ca: &ca_a.cert,
-        prefixes: &["+1555"],
-        jurisdiction: "US",
-        crls: vec![],
-    }])
-    .await;
+    let (pki, b) = carrier_b_with_peer_a("flood").await;
+    let (leaf_a, ca_b) = (&pki.leaf_a, &pki.ca_b);
     let mut roots = rustls::RootCertStore::empty();
     for c in relay_net::pem::load_certs(&ca_b.cert).unwrap() {
         roots.add(c).unwrap();
@@ -115,7 +116,7 @@ async fn a_flooding_peer_is_disconnected() {
     let (status, _) = crate::mtls(
         b.gw.interconnect_addr.unwrap(),
         &ca_b.cert,
-        Some(&leaf_a),
+        Some(leaf_a),
         false,
         "GET",
         "/.well-known/mimi-protocol-directory",
