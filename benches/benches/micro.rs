@@ -114,6 +114,7 @@ fn send_request(rids: &[Rid], message: &Ciphertext) -> SendRequest {
         client_message_id: None,
         request_digest: [0; 32],
         urgent: false,
+        report: false,
         now_ms: 1,
         ttl_ms: 86_400_000,
         max_queue_bytes: 1 << 40,

@@ -208,7 +208,15 @@ impl Notifier {
                 continue;
             };
             match self.store.drop_push_handle_if(rid, dev, &dead).await {
-                Ok(true) => metrics::counter!("relay_push_dead_handles_total").increment(1),
+                Ok(true) => {
+                    metrics::counter!("relay_push_dead_handles_total").increment(1);
+                    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+                    if LOGGED.due("dead") {
+                        tracing::info!(
+                            "dropped a push handle the push proxy reported dead: that device is woken again once it stores a new handle (more counted in relay_push_dead_handles_total, not logged, for a minute)"
+                        );
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(cause = %e, "dropping a dead push handle"),
             }

@@ -153,6 +153,7 @@ async fn notify(
         client_message_id: Some(ClientMessageId(id)),
         request_digest: *digest.finalize().as_bytes(),
         urgent: body.urgent,
+        report: false,
         now_ms: relay_net::clock::now_ms(),
         ttl_ms: ic.limits.ttl_ms,
         max_queue_bytes: ic.limits.max_queue_bytes_per_device,

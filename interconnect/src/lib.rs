@@ -39,6 +39,7 @@ pub mod listener;
 pub mod outbound;
 pub mod peers;
 pub mod record;
+pub mod report;
 pub mod routing;
 pub mod tls;
 pub mod wire;

@@ -141,22 +141,8 @@ impl Interconnect {
 /// A refused peer handshake, in the log at most once a minute per reason (the counter
 /// `interconnect_handshake_failures_total{reason}` has them all).
 fn warn_refused(reason: &'static str) {
-    static LAST: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
-    let now = relay_net::clock::unix_secs();
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let due = match last.iter_mut().find(|(r, _)| *r == reason) {
-        Some((_, at)) if now < *at + 60 => false,
-        Some((_, at)) => {
-            *at = now;
-            true
-        }
-        None => {
-            last.push((reason, now));
-            true
-        }
-    };
-    drop(last);
-    if due {
+    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+    if LOGGED.due(reason) {
         tracing::warn!(
             reason,
             "a peer's TLS handshake was refused (more of the same counted, not logged, for a minute)"

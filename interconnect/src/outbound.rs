@@ -118,7 +118,7 @@ impl Interconnect {
             return;
         };
         let body = serde_json::to_vec(&NotifyBody {
-            recipients: part.recipients,
+            recipients: part.recipients.clone(),
             message: B64.encode(&part.message),
             urgent: part.urgent,
         })
@@ -129,6 +129,7 @@ impl Interconnect {
             relay_core::hex::encode(&entry.envelope_id.0)
         );
         let started = Instant::now();
+        let mut peer_code = None;
         let attempt = match self.post(peer, &url, body).await {
             Ok(Reply { status: 200..=299, .. }) => Attempt::Delivered,
             Ok(Reply {
@@ -141,7 +142,10 @@ impl Interconnect {
                     retry_after: retry_after.as_deref().and_then(parse_retry_after),
                 }
             }
-            Ok(Reply { status, .. }) => Attempt::Permanent { status },
+            Ok(Reply { status, body, .. }) => {
+                peer_code = crate::report::peer_code(&body);
+                Attempt::Permanent { status }
+            }
             Err(e) => {
                 tracing::debug!(peer = name, cause = %e, "interconnect delivery failed");
                 Attempt::Transient { retry_after: None }
@@ -169,15 +173,30 @@ impl Interconnect {
             }
             Next::DeadLetter(reason) => {
                 metrics::counter!("interconnect_dead_letters_total", "peer" => name.to_owned()).increment(1);
-                tracing::warn!(
-                    peer = name,
-                    reason = reason.as_str(),
-                    "interconnect envelope dead-lettered"
-                );
-                let detail = format!(
+                static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+                if LOGGED.due(name) {
+                    tracing::warn!(
+                        peer = name,
+                        reason = reason.as_str(),
+                        "an envelope for a peer carrier was dead-lettered; its sender gets a delivery report (more for this peer counted in interconnect_dead_letters_total, not logged, for a minute)"
+                    );
+                }
+                let why = crate::report::reason(&attempt, peer_code.as_deref());
+                let mut detail = format!(
                     "peer={name} envelope={} {reason}",
                     relay_core::hex::encode(&entry.envelope_id.0)
                 );
+                // The sender hears of it first: a crash before the dead letter below
+                // retries both, and the report's fixed id makes the second one a duplicate.
+                if let Some(origin) = &part.origin {
+                    match self.report(&peer.cfg.domain, &entry, origin, why).await {
+                        Ok(()) => detail.push_str(&format!(" reported={}", why.code)),
+                        Err(e) => {
+                            tracing::warn!(peer = name, cause = %e, "queueing a delivery report to the sender");
+                            detail.push_str(" report_failed");
+                        }
+                    }
+                }
                 self.store.outbox_dead_letter(name, entry.seq, detail, now_ms()).await
             }
         };
@@ -190,8 +209,8 @@ impl Interconnect {
     /// (synchronous, over mutual TLS).
     pub async fn claim_remote(&self, plan: &Plan, requester: &Address) -> Result<Vec<RemoteKeyPackage>, ClaimError> {
         let mut out = Vec::new();
-        for (peer, targets) in &plan.remote {
-            out.extend(self.claim_at(peer, requester, targets).await?);
+        for part in &plan.remote {
+            out.extend(self.claim_at(&part.peer, requester, &part.addresses).await?);
         }
         Ok(out)
     }

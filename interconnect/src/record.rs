@@ -5,16 +5,33 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
+use storage::{DeviceId, Rid};
+
 use crate::error::SetupError;
 
-/// What a peer receives for one envelope.
+/// What a peer receives for one envelope, and who to tell if it cannot be delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePart {
     /// `tel:` addresses, normalised.
     pub recipients: Vec<String>,
     pub message: bytes::Bytes,
     pub urgent: bool,
+    /// The sending device (records written before delivery reports have none).
+    pub origin: Option<Origin>,
 }
+
+/// The device a send came from, and where this part's recipients were in its list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub rid: Rid,
+    pub device: DeviceId,
+    /// Positions of [`RemotePart::recipients`] in the send's recipient list.
+    pub indexes: Vec<u16>,
+}
+
+/// First plaintext byte: bit 0 urgent, bit 1 an [`Origin`] follows.
+const URGENT: u8 = 1;
+const HAS_ORIGIN: u8 = 2;
 
 const AAD: &[u8] = b"rcs-relay outbox v1";
 
@@ -70,13 +87,26 @@ impl Sealer {
     }
 
     pub fn seal(&self, part: &RemotePart) -> Vec<u8> {
-        let mut plain = Vec::with_capacity(3 + part.message.len() + part.recipients.len() * 20);
-        plain.push(u8::from(part.urgent));
+        let mut plain = Vec::with_capacity(3 + part.message.len() + part.recipients.len() * 20 + 40);
+        plain.push((u8::from(part.urgent) * URGENT) | (u8::from(part.origin.is_some()) * HAS_ORIGIN));
         plain.extend_from_slice(&(part.recipients.len() as u16).to_be_bytes());
         for r in &part.recipients {
             let r = &r.as_bytes()[..r.len().min(255)];
             plain.push(r.len() as u8);
             plain.extend_from_slice(r);
+        }
+        if let Some(o) = &part.origin {
+            plain.extend_from_slice(&o.rid.0);
+            plain.extend_from_slice(&o.device.0.to_be_bytes());
+            // One index per recipient, in the same order.
+            for i in part
+                .recipients
+                .iter()
+                .enumerate()
+                .map(|(n, _)| o.indexes.get(n).copied().unwrap_or(0))
+            {
+                plain.extend_from_slice(&i.to_be_bytes());
+            }
         }
         plain.extend_from_slice(&part.message);
         let mut nonce = [0u8; NONCE_LEN];
@@ -98,7 +128,7 @@ impl Sealer {
         let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
         let mut buf = sealed[NONCE_LEN..].to_vec();
         let plain = self.key.open_in_place(nonce, Aad::from(AAD), &mut buf).ok()?;
-        let urgent = *plain.first()? == 1;
+        let head = *plain.first()?;
         let n = usize::from(u16::from_be_bytes(plain.get(1..3)?.try_into().ok()?));
         let mut at = 3;
         let mut recipients = Vec::with_capacity(n);
@@ -107,10 +137,25 @@ impl Sealer {
             recipients.push(String::from_utf8(plain.get(at + 1..at + 1 + len)?.to_vec()).ok()?);
             at += 1 + len;
         }
+        let origin = if head & HAS_ORIGIN == 0 {
+            None
+        } else {
+            let rid = Rid(plain.get(at..at + 32)?.try_into().ok()?);
+            let device = DeviceId(u32::from_be_bytes(plain.get(at + 32..at + 36)?.try_into().ok()?));
+            at += 36;
+            let indexes = plain
+                .get(at..at + 2 * n)?
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            at += 2 * n;
+            Some(Origin { rid, device, indexes })
+        };
         Some(RemotePart {
             recipients,
             message: bytes::Bytes::copy_from_slice(plain.get(at..)?),
-            urgent,
+            urgent: head & URGENT != 0,
+            origin,
         })
     }
 }
@@ -126,13 +171,25 @@ mod tests {
             recipients: vec!["tel:+447700900001".into(), "tel:+447700900002".into()],
             message: bytes::Bytes::from_static(b"mls"),
             urgent: true,
+            origin: Some(Origin {
+                rid: Rid([7; 32]),
+                device: DeviceId(3),
+                indexes: vec![4, 0],
+            }),
         };
         let sealed = s.seal(&part);
         assert!(!sealed.windows(5).any(|w| w == b"44770"), "no number in the clear");
-        assert_eq!(s.open(&sealed), Some(part));
+        assert_eq!(s.open(&sealed), Some(part.clone()));
         let mut bad = sealed.clone();
         bad[20] ^= 1;
         assert_eq!(s.open(&bad), None);
         assert_eq!(Sealer::new(&[4; 32]).open(&sealed), None);
+        // Without an origin the layout is the one records had before delivery reports.
+        let bare = RemotePart {
+            origin: None,
+            urgent: false,
+            ..part
+        };
+        assert_eq!(s.open(&s.seal(&bare)), Some(bare));
     }
 }

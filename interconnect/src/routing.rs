@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use relay_core::Address;
 use relay_core::interconnect::Route;
-use storage::OutboxItem;
 use storage::prelude::*;
+use storage::{DeviceId, OutboxItem, Rid};
 
 use crate::Interconnect;
-use crate::record::RemotePart;
+use crate::record::{Origin, RemotePart};
 
 /// A send refused by policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,8 +28,17 @@ pub struct ResidencyRefusal {
 pub struct Plan {
     /// Indices of local recipients.
     pub local: Vec<usize>,
-    /// Peer name → addresses it serves, in the order they were listed.
-    pub remote: Vec<(String, Vec<String>)>,
+    /// The recipients each peer serves, in the order they were listed.
+    pub remote: Vec<PeerPart>,
+}
+
+/// The recipients of one send served by one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPart {
+    pub peer: String,
+    pub addresses: Vec<String>,
+    /// Each address's position in the send's recipient list.
+    pub indexes: Vec<u16>,
 }
 
 impl Plan {
@@ -63,7 +72,7 @@ impl Interconnect {
     fn plan(&self, addresses: &[Address]) -> Result<Plan, ResidencyRefusal> {
         let table = self.table();
         let mut plan = Plan::default();
-        let mut by_peer: HashMap<usize, Vec<String>> = HashMap::new();
+        let mut by_peer: HashMap<usize, Vec<(u16, String)>> = HashMap::new();
         for (index, a) in addresses.iter().enumerate() {
             match table.routing.route(a) {
                 Route::Local => plan.local.push(index),
@@ -73,7 +82,9 @@ impl Interconnect {
                         peer: v.peer,
                         jurisdiction: v.jurisdiction,
                     })?;
-                    by_peer.entry(p).or_default().push(a.as_str().to_owned());
+                    // `limits.max_recipients` is far below 65536.
+                    let index = u16::try_from(index).unwrap_or(u16::MAX);
+                    by_peer.entry(p).or_default().push((index, a.as_str().to_owned()));
                 }
             }
         }
@@ -81,21 +92,35 @@ impl Interconnect {
         remote.sort_by_key(|(p, _)| *p);
         plan.remote = remote
             .into_iter()
-            .map(|(p, addrs)| (table.routing.peers[p].name.clone(), addrs))
+            .map(|(p, listed)| {
+                let (indexes, addresses) = listed.into_iter().unzip();
+                PeerPart {
+                    peer: table.routing.peers[p].name.clone(),
+                    addresses,
+                    indexes,
+                }
+            })
             .collect();
         Ok(plan)
     }
 
-    /// Sealed outbox items for a send's remote parts (no address is at rest in the clear).
-    pub fn hand_over(&self, plan: &Plan, message: &Bytes, urgent: bool) -> Vec<OutboxItem> {
+    /// Sealed outbox items for a send's remote parts (no address is at rest in the clear),
+    /// each naming the sending device, which gets a delivery report if the part is
+    /// dead-lettered.
+    pub fn hand_over(&self, plan: &Plan, message: &Bytes, urgent: bool, sender: (Rid, DeviceId)) -> Vec<OutboxItem> {
         plan.remote
             .iter()
-            .map(|(peer, recipients)| OutboxItem {
-                peer: peer.clone(),
+            .map(|part| OutboxItem {
+                peer: part.peer.clone(),
                 record: Bytes::from(self.sealer.seal(&RemotePart {
-                    recipients: recipients.clone(),
+                    recipients: part.addresses.clone(),
                     message: message.clone(),
                     urgent,
+                    origin: Some(Origin {
+                        rid: sender.0,
+                        device: sender.1,
+                        indexes: part.indexes.clone(),
+                    }),
                 })),
             })
             .collect()

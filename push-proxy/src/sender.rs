@@ -98,16 +98,8 @@ pub struct Sender {
 /// A push for a provider this proxy has no configuration for: says so in the log, at most
 /// once a minute per provider (the counter `push_sent_total{result="rejected"}` has them all).
 fn unconfigured(provider: &'static str, section: &'static str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-    let slot = &LAST[usize::from(provider == "FCM")];
-    let now = relay_net::clock::unix_secs();
-    let last = slot.load(Ordering::Relaxed);
-    if now >= last + 60
-        && slot
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+    if LOGGED.due(provider) {
         tracing::warn!(
             provider,
             "a push for {provider} was rejected: {provider} is not configured (add {section} to the push proxy's configuration)"

@@ -296,6 +296,7 @@ pub async fn notify(
             Ok(t) => t,
             Err(e) => {
                 metrics::counter!("push_dead_handles_total", "reason" => e.to_string()).increment(1);
+                dead_handle_logged(&e.to_string());
                 resp.dead.push(handle);
                 continue;
             }
@@ -316,6 +317,7 @@ pub async fn notify(
             if let Outcome::Dead(_) = &outcome {
                 p.remember_dead(&handle);
                 metrics::counter!("push_dead_handles_total", "reason" => "provider").increment(1);
+                dead_handle_logged("provider");
             }
             let _ = tx.send((handle, outcome));
         });
@@ -331,6 +333,18 @@ pub async fn notify(
         }
     }
     Ok(Json(resp))
+}
+
+/// A handle reported dead to the gateway, in the log at most once a minute per reason (the
+/// counter `push_dead_handles_total{reason}` has them all; the handle itself is never logged).
+fn dead_handle_logged(reason: &str) {
+    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+    if LOGGED.due(reason) {
+        tracing::info!(
+            reason,
+            "a push handle is dead (the provider says the device is gone, or it does not open); the gateway is told to drop it (more counted, not logged, for a minute)"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`https`]: an HTTPS client (hyper + rustls) whose every exchange is bounded in time and
 //!   response size.
 //! - [`serve`]: an accept step that stops on shutdown, and a connection drained gracefully.
+//! - [`throttle`]: at most one log line a minute per kind for refusals that come in floods.
 //!
 //! # What it does not do
 //! No policy: it does not decide which certificates to trust, what to retry or what a
@@ -26,4 +27,5 @@ pub mod h2guard;
 pub mod https;
 pub mod pem;
 pub mod serve;
+pub mod throttle;
 pub mod tls;

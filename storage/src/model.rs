@@ -102,6 +102,8 @@ pub struct SendRequest {
     /// Digest of the request, so a reused client message id with other content is caught.
     pub request_digest: [u8; 32],
     pub urgent: bool,
+    /// The message is a delivery report for the recipient (see [`flags::REPORT`]).
+    pub report: bool,
     pub now_ms: u64,
     pub ttl_ms: u64,
     pub max_queue_bytes: u64,
@@ -157,6 +159,9 @@ pub struct SendOutcome {
 pub mod flags {
     pub const URGENT: u32 = 1;
     pub const GAP: u32 = 2;
+    /// A delivery report for the sending device (the payload is an encoded
+    /// `DeliveryReport`, not an MLS message).
+    pub const REPORT: u32 = 4;
 }
 
 /// One envelope as a recipient device sees it.

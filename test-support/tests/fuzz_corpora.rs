@@ -139,8 +139,18 @@ fn generated() -> Vec<(&'static str, String, Vec<u8>)> {
         recipients: vec!["tel:+447700900001".into()],
         message: bytes::Bytes::from_static(b"mls"),
         urgent: true,
+        origin: None,
     };
     add("interconnect", "outbox-record", sealer.seal(&part));
+    let with_origin = interconnect::record::RemotePart {
+        origin: Some(interconnect::record::Origin {
+            rid: relay_core::Rid([5; 32]),
+            device: relay_core::DeviceId(2),
+            indexes: vec![1],
+        }),
+        ..part
+    };
+    add("interconnect", "outbox-record-origin", sealer.seal(&with_origin));
     add(
         "interconnect",
         "entry-state",

@@ -8,6 +8,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use prost::Message as _;
 use relay_core::envelope::{MessageContentType, MessageKind};
 use relay_core::recipients::{Duplicates, Recipient, resolve};
 use relay_core::wire::v1;
@@ -102,7 +103,8 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         })
         .collect();
     // Recipients served by peer carriers go to the durable outbox, in the same batch.
-    let outbox = route_remote(&state, &body, &recipients, &checked.envelope, &mut specs).await?;
+    let (outbox, peer_recipients) =
+        route_remote(&state, &body, &recipients, &checked.envelope, &mut specs, sender.key()).await?;
     let is_welcome = checked.envelope.kind() == MessageKind::Welcome;
     if is_welcome {
         add_welcome_recipients(&state, &checked.envelope, &mut specs).await?;
@@ -115,6 +117,7 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         client_message_id: checked.client_message_id,
         request_digest: digest,
         urgent: body.urgent,
+        report: false,
         now_ms: now_ms(),
         ttl_ms: limits.ttl_ms,
         max_queue_bytes: limits.max_queue_bytes_per_device,
@@ -136,6 +139,7 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         recipient_devices: outcome.delivered_to.len() as u32,
         duplicate: outcome.duplicate,
         accepted_epoch: outcome.accepted_epoch,
+        peer_recipients: if outcome.duplicate { 0 } else { peer_recipients },
     };
     let status = if outcome.duplicate {
         StatusCode::OK
@@ -213,24 +217,25 @@ fn request_digest(envelope: &Envelope, recipients: &[Recipient], body: &v1::Send
 }
 
 /// Asks the interconnect where the recipients go; keeps the local ones in `specs` and
-/// returns the sealed outbox items for the others.
+/// returns the sealed outbox items for the others, and how many recipients they hold.
 async fn route_remote(
     state: &AppState,
     body: &v1::SendRequest,
     recipients: &[Recipient],
     envelope: &Envelope,
     specs: &mut Vec<RecipientSpec>,
-) -> Result<Vec<OutboxItem>, ApiError> {
+    sender: (storage::Rid, DeviceId),
+) -> Result<(Vec<OutboxItem>, u32), ApiError> {
     let Some(ic) = state.interconnect() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     };
     if recipients.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let addresses: Vec<Address> = recipients.iter().map(|r| r.address.clone()).collect();
     let plan = ic.route(&addresses).await?;
     if plan.is_local_only() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     for (index, r) in body.recipients.iter().enumerate() {
         if !plan.local.contains(&index) && !r.device_ids.is_empty() {
@@ -241,7 +246,11 @@ async fn route_remote(
         }
     }
     *specs = plan.local.iter().map(|&i| specs[i].clone()).collect();
-    Ok(ic.hand_over(&plan, envelope.ciphertext().as_bytes(), body.urgent))
+    let remote = (recipients.len() - plan.local.len()) as u32;
+    Ok((
+        ic.hand_over(&plan, envelope.ciphertext().as_bytes(), body.urgent, sender),
+        remote,
+    ))
 }
 
 /// A Welcome's recipients are the devices that uploaded the KeyPackages it names.
@@ -330,6 +339,27 @@ fn parse_receive_query(raw: Option<&str>, limits: &Limits) -> Result<ReceiveQuer
     })
 }
 
+/// A stored envelope as the client sees it: a delivery report's payload is the encoded
+/// report, moved from `message` to `report`.
+fn wire_envelope(e: storage::StoredEnvelope) -> v1::Envelope {
+    let mut message = e.message.into_bytes();
+    let report = if e.flags & storage::flags::REPORT == 0 {
+        None
+    } else {
+        Some(v1::DeliveryReport::decode(std::mem::take(&mut message)).unwrap_or_default())
+    };
+    v1::Envelope {
+        server_id: Bytes::copy_from_slice(&e.server_id.0),
+        seq: e.seq,
+        received_at_ms: e.received_at_ms,
+        expires_at_ms: e.expires_at_ms,
+        flags: e.flags,
+        message,
+        dropped: e.dropped,
+        report,
+    }
+}
+
 pub(super) async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -347,19 +377,7 @@ pub(super) async fn receive(
         long_poll(&state, device.key(), &q).await?
     };
     let resp = v1::ReceiveResponse {
-        envelopes: page
-            .envelopes
-            .into_iter()
-            .map(|e| v1::Envelope {
-                server_id: Bytes::copy_from_slice(&e.server_id.0),
-                seq: e.seq,
-                received_at_ms: e.received_at_ms,
-                expires_at_ms: e.expires_at_ms,
-                flags: e.flags,
-                message: e.message.into_bytes(),
-                dropped: e.dropped,
-            })
-            .collect(),
+        envelopes: page.envelopes.into_iter().map(wire_envelope).collect(),
         next_cursor: page.next_cursor,
         queue_empty: page.queue_empty,
     };

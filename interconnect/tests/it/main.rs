@@ -5,6 +5,7 @@
 //! - `delivery`: single and mixed recipient lists both ways, remote KeyPackage claims,
 //!   residency refusals, idempotent notify, no transit, no number at rest.
 //! - `mtls`: every refusal the listener promises, and revocation closing open connections.
+//! - `reports`: delivery reports to the sender for refused and undeliverable remote parts.
 //!
 //! The fault test with gateway processes (`kill -9`, a cut and a slowed link) is in
 //! `gateway/tests/it/interconnect_faults.rs`, next to the gateway binary it runs.
@@ -14,6 +15,7 @@
 mod delivery;
 mod early_errors;
 mod mtls;
+mod reports;
 mod rotation;
 
 use std::net::SocketAddr;

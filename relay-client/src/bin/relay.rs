@@ -47,8 +47,13 @@ struct Cli {
 enum Command {
     /// Register this device with a provisioning token; saves the profile.
     Register {
+        /// The operator's provisioning token (`gateway provision ADDRESS`).
+        #[arg(long, required_unless_present = "open_address", conflicts_with = "open_address")]
+        token: Option<String>,
+        /// Register as this address without a token (only on a loopback gateway started with
+        /// `registration.danger_open_registration`).
         #[arg(long)]
-        token: String,
+        open_address: Option<String>,
     },
     /// Send one MLS message (a file holding exactly one MLSMessage).
     Send {
@@ -102,6 +107,31 @@ enum Command {
     /// This device's push handle (from the push proxy's `POST /v1/push/register` answer).
     #[command(subcommand)]
     Push(PushCommand),
+    /// A group's latest GroupInfo, for external joins (RFC 9420 section 12.4.3.2).
+    #[command(subcommand)]
+    GroupInfo(GroupInfoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupInfoCommand {
+    /// Publish a GroupInfo MLSMessage for a group.
+    Publish {
+        /// The MLS group id, in hex.
+        #[arg(long)]
+        group: String,
+        /// The GroupInfo MLSMessage; `-` reads standard input.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Fetch the latest GroupInfo published for a group.
+    Get {
+        /// The MLS group id, in hex.
+        #[arg(long)]
+        group: String,
+        /// Write it here (default: only print its size).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,8 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.healthz().await?;
             println!("ok");
         }
-        Command::Register { token } => {
-            let reg = client.register(&token).await?;
+        Command::Register { token, open_address } => {
+            let reg = match (token, open_address) {
+                (Some(token), _) => client.register(&token).await?,
+                (None, Some(address)) => client.register_open(&address).await?,
+                (None, None) => bail!("pass --token or --open-address"),
+            };
             profile.server = Some(server);
             profile.ca = ca.map(|p| std::path::absolute(&p).unwrap_or(p));
             profile.insecure = insecure;
@@ -221,8 +255,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let cmid = client_message_id.as_deref().map(parse_hex16).transpose()?;
             let resp = authed()?.send(&recipients, message, cmid, urgent).await?;
+            // Recipients at peer carriers are queued for them: devices counts only ours.
+            let peers = match resp.peer_recipients {
+                0 => String::new(),
+                n => format!(" peer_recipients={n}"),
+            };
             println!(
-                "{} devices={}{}",
+                "{} devices={}{peers}{}",
                 relay_core::hex::encode(&resp.server_id),
                 resp.recipient_devices,
                 if resp.duplicate { " duplicate" } else { "" }
@@ -246,6 +285,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for e in &page.envelopes {
                     let gap = if e.flags & 2 != 0 {
                         format!(" gap dropped={}", e.dropped)
+                    } else if let Some(r) = &e.report {
+                        report_line(r)
                     } else {
                         String::new()
                     };
@@ -348,8 +389,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(h) => println!("{h}"),
             None => println!("no push handle stored from this profile"),
         },
+        Command::GroupInfo(GroupInfoCommand::Publish { group, file }) => {
+            let group = parse_hex(&group)?;
+            authed()?.put_group_info(&group, read_message(&file)?).await?;
+            println!("group info published");
+        }
+        Command::GroupInfo(GroupInfoCommand::Get { group, out }) => {
+            let info = authed()?.group_info(&parse_hex(&group)?).await?;
+            if let Some(path) = &out {
+                std::fs::write(path, &info).with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("group info bytes={}", info.len());
+        }
     }
     Ok(())
+}
+
+/// What a delivery report says, on the envelope's line: which send, which recipients (by
+/// position in that send), why, and which peer.
+fn report_line(r: &relay_core::wire::v1::DeliveryReport) -> String {
+    let positions: Vec<String> = r.recipient_indexes.iter().map(u32::to_string).collect();
+    format!(
+        " report send={} reason={} recipients={} peer={} peer_status={}",
+        relay_core::hex::encode(&r.server_id),
+        r.reason,
+        positions.join(","),
+        r.peer_domain,
+        r.peer_status
+    )
 }
 
 /// A handle from a file: the handle itself, or the push proxy's register answer (JSON).
@@ -389,6 +456,12 @@ fn read_message(file: &Path) -> anyhow::Result<Bytes> {
     Ok(std::fs::read(file)
         .with_context(|| format!("reading {}", file.display()))?
         .into())
+}
+
+fn parse_hex(s: &str) -> anyhow::Result<Vec<u8>> {
+    relay_core::hex::decode(s)
+        .filter(|b| !b.is_empty())
+        .with_context(|| format!("expected an even number of hex digits, got {s:?}"))
 }
 
 fn parse_hex16(s: &str) -> anyhow::Result<[u8; 16]> {

@@ -94,7 +94,7 @@ impl Inner {
         self.effects_into(&effects, &mut ws)?;
         if !targets.is_empty() {
             let blob = BlobRecord {
-                flags: if req.urgent { flags::URGENT } else { 0 },
+                flags: (if req.urgent { flags::URGENT } else { 0 }) | (if req.report { flags::REPORT } else { 0 }),
                 received_at_ms: req.now_ms,
                 expires_at_ms: expires_at,
                 recipients: targets.clone(),

@@ -50,6 +50,7 @@ fn send_req(to: &[Rid], m: Ciphertext) -> SendRequest {
         client_message_id: None,
         request_digest: [0; 32],
         urgent: false,
+        report: false,
         now_ms: NOW,
         ttl_ms: TTL,
         max_queue_bytes: QUOTA,

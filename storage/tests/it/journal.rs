@@ -65,6 +65,7 @@ async fn send(s: &SledStore, to: Rid, tag: u32) -> ServerId {
         client_message_id: None,
         request_digest: [0; 32],
         urgent: false,
+        report: false,
         now_ms: NOW,
         ttl_ms: 3_600_000,
         max_queue_bytes: 1 << 30,

@@ -138,6 +138,7 @@ async fn a_layout_1_mailbox_is_converted_in_place() {
             client_message_id: None,
             request_digest: [0; 32],
             urgent: false,
+            report: false,
             now_ms: NOW,
             ttl_ms: 3_600_000,
             max_queue_bytes: 1 << 20,
