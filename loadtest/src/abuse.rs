@@ -14,13 +14,17 @@ use relay_client::{Client, ClientError, Recipient};
 use tokio::task::JoinSet;
 
 use crate::args::Args;
+use crate::recorder::Recorder;
 use crate::report::{AbuseOutcome, Report, report};
+use crate::scenarios::error_kind;
 use crate::setup::{MEASURED, Setup, message};
 
 struct Phase {
     hist: hdrhistogram::Histogram<u64>,
     ok: u64,
     errors: u64,
+    timeline: Vec<u64>,
+    error_timeline: Vec<u64>,
 }
 
 /// One phase: the well-behaved open loop, and the attacker if given.
@@ -32,8 +36,7 @@ async fn phase(
 ) -> anyhow::Result<Phase> {
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration);
-    let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3)?));
-    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let rec = Arc::new(Recorder::new(start, args.duration));
     let mut tasks = JoinSet::new();
     if let Some((client, target, attack_rate, tally)) = attacker {
         let (client, to) = (client.clone(), target.to_vec());
@@ -67,18 +70,10 @@ async fn phase(
         tokio::time::sleep_until(intended.into()).await;
         let client = s.senders[i as usize % s.senders.len()].clone();
         let to: Vec<Recipient> = s.recipients.clone();
-        let (hist, ok, errors, size) = (Arc::clone(&hist), Arc::clone(&ok), Arc::clone(&errors), args.size);
+        let (rec, size) = (Arc::clone(&rec), args.size);
         tasks.spawn(async move {
-            match client.send(&to, message(size, i | MEASURED), None, false).await {
-                Ok(_) => {
-                    let us = intended.elapsed().as_micros() as u64;
-                    hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1))?;
-                    ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let outcome = client.send(&to, message(size, i | MEASURED), None, false).await;
+            rec.record(intended, outcome.map(drop).map_err(|e| error_kind(&e)));
             anyhow::Ok(())
         });
         i += 1;
@@ -86,11 +81,15 @@ async fn phase(
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let hist = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let error_timeline = rec.error_timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Phase {
         hist,
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
+        ok: rec.ok.load(Ordering::Relaxed),
+        errors: rec.errors.load(Ordering::Relaxed),
+        timeline,
+        error_timeline,
     })
 }
 
@@ -148,7 +147,11 @@ pub(crate) async fn abuse(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         baseline.errors + attacked.errors,
         (2 * args.duration) as f64,
         &attacked.hist,
-        vec![],
+        // The chart's time axis: the attacked phase after the baseline, second by second.
+        (
+            [baseline.timeline, attacked.timeline].concat(),
+            [baseline.error_timeline, attacked.error_timeline].concat(),
+        ),
     );
     r.abuse = Some(outcome);
     Ok(r)

@@ -24,6 +24,7 @@
 
 mod abuse;
 mod args;
+mod chart;
 mod recorder;
 mod report;
 mod scenarios;
@@ -39,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.report).with_context(|| format!("creating {}", args.report.display()))?;
     std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     std::fs::write(args.report.join("report.md"), report::markdown(&report))?;
-    std::fs::write(args.report.join("latency.svg"), report::svg(&report))?;
+    std::fs::write(args.report.join("latency.svg"), chart::svg(&report))?;
     println!("{}", report::markdown(&report));
     for w in report.warnings() {
         eprintln!("warning: {w}");

@@ -11,6 +11,8 @@ pub(crate) struct Recorder {
     pub(crate) ok: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) timeline: std::sync::Mutex<Vec<u64>>,
+    /// Failed requests per second of the measured period.
+    pub(crate) error_timeline: std::sync::Mutex<Vec<u64>>,
     /// Requests issued in the measured period.
     pub(crate) issued: AtomicU64,
     /// Errors by kind: `"<status> <code>"` for an answer, `"transport"` for none.
@@ -25,6 +27,7 @@ impl Recorder {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             timeline: std::sync::Mutex::new(vec![0; secs as usize]),
+            error_timeline: std::sync::Mutex::new(vec![0; secs as usize]),
             issued: AtomicU64::new(0),
             error_kinds: std::sync::Mutex::default(),
             measure_from,
@@ -51,6 +54,7 @@ impl Recorder {
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(kind)
                 .or_default() += 1;
+            self.count_in(&self.error_timeline, done);
             return;
         }
         self.record_latency(done.duration_since(intended));
@@ -62,8 +66,13 @@ impl Recorder {
         self.ok.fetch_add(1, Ordering::Relaxed);
         let us = latency.as_micros() as u64;
         let _ = self.hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1));
-        let second = done.duration_since(self.measure_from).as_secs() as usize;
-        if let Some(slot) = self.timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
+        self.count_in(&self.timeline, done);
+    }
+
+    /// One more in the second of the measured period that `at` falls in.
+    fn count_in(&self, timeline: &std::sync::Mutex<Vec<u64>>, at: Instant) {
+        let second = at.duration_since(self.measure_from).as_secs() as usize;
+        if let Some(slot) = timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
             *slot += 1;
         }
     }

@@ -1,4 +1,4 @@
-//! The report: `report.json`, `report.md` and `latency.svg`.
+//! The report: `report.json` and `report.md` (`latency.svg` is drawn by `chart`).
 
 use serde::Serialize;
 
@@ -14,11 +14,11 @@ pub(crate) struct Report {
     measured_secs: f64,
     /// Requests issued in the measured period (`attempted`; kept as `sent` for old readers).
     sent: u64,
-    attempted: u64,
+    pub(crate) attempted: u64,
     /// Attempted requests that succeeded.
-    accepted: u64,
+    pub(crate) accepted: u64,
     received: u64,
-    errors: u64,
+    pub(crate) errors: u64,
     /// Errors by kind: `"<status> <code>"` for an answer, `"transport"` for none.
     errors_by_kind: std::collections::BTreeMap<String, u64>,
     /// What a reader must know to trust the numbers (e.g. the gateway's limits refused load).
@@ -26,9 +26,11 @@ pub(crate) struct Report {
     per_sec: f64,
     latency_ms: Percentiles,
     /// (percentile, milliseconds) for the latency curve.
-    curve: Vec<(f64, f64)>,
+    pub(crate) curve: Vec<(f64, f64)>,
     /// Completed requests per second of the measured period.
-    timeline: Vec<u64>,
+    pub(crate) timeline: Vec<u64>,
+    /// Failed requests per second of the measured period.
+    pub(crate) error_timeline: Vec<u64>,
     /// `abuse`: both phases and the attacker's outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) abuse: Option<AbuseOutcome>,
@@ -65,7 +67,7 @@ pub(crate) fn report(
     errors: u64,
     secs: f64,
     hist: &hdrhistogram::Histogram<u64>,
-    timeline: Vec<u64>,
+    (timeline, error_timeline): (Vec<u64>, Vec<u64>),
 ) -> Report {
     let ms = |v: u64| v as f64 / 1000.0;
     let curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
@@ -100,6 +102,7 @@ pub(crate) fn report(
         },
         curve,
         timeline,
+        error_timeline,
         abuse: None,
     }
 }
@@ -127,6 +130,15 @@ impl Report {
 
     pub(crate) fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// `send over h2 (closed-loop)`.
+    pub(crate) fn title(&self) -> String {
+        format!("{:?} over {} ({})", self.scenario, self.protocol, self.mode)
+    }
+
+    pub(crate) fn p99_ms(&self) -> f64 {
+        self.latency_ms.p99
     }
 }
 
@@ -187,52 +199,5 @@ fn table(r: &Report) -> String {
         r.latency_ms.p99,
         r.latency_ms.p999,
         r.latency_ms.max
-    )
-}
-
-/// A dependency-free SVG: the latency percentile curve (top) and completed requests per
-/// second over the measured period (bottom).
-pub(crate) fn svg(r: &Report) -> String {
-    let w = 640.0;
-    let panel = |values: &[f64], top: f64, height: f64| -> String {
-        let max = values.iter().copied().fold(0.001, f64::max);
-        let n = values.len().max(2) - 1;
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    40.0 + (w - 60.0) * i as f64 / n as f64,
-                    top + height - height * v / max
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let latency: Vec<f64> = r.curve.iter().map(|c| c.1).collect();
-    let throughput: Vec<f64> = r.timeline.iter().map(|v| *v as f64).collect();
-    let max_latency = latency.iter().copied().fold(0.0, f64::max);
-    let max_rate = throughput.iter().copied().fold(0.0, f64::max);
-    let labels: String = r
-        .curve
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| {
-            let x = 40.0 + (w - 60.0) * i as f64 / (r.curve.len().max(2) - 1) as f64;
-            format!("<text x=\"{x:.1}\" y=\"190\" font-size=\"10\" text-anchor=\"middle\">p{p}</text>")
-        })
-        .collect();
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"400\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"40\" y=\"20\" font-size=\"13\">{:?} {} {}: latency by percentile (max {max_latency:.2} ms)</text>\
-         <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>{labels}\
-         <text x=\"40\" y=\"220\" font-size=\"13\">completed per second (max {max_rate:.0})</text>\
-         <polyline fill=\"none\" stroke=\"darkorange\" stroke-width=\"2\" points=\"{}\"/></svg>\n",
-        r.scenario,
-        r.protocol,
-        r.mode,
-        panel(&latency, 30.0, 140.0),
-        panel(&throughput, 235.0, 140.0)
     )
 }

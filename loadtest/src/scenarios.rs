@@ -36,6 +36,8 @@ async fn drain(args: &Args, s: &Setup) -> anyhow::Result<Report> {
     let receiver = &s.receivers[0];
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     let mut got = 0u64;
+    // Envelopes drained per second, for the chart.
+    let mut timeline: Vec<u64> = Vec::new();
     loop {
         let t = Instant::now();
         let page = receiver.receive(0, 100, 0).await?;
@@ -43,11 +45,15 @@ async fn drain(args: &Args, s: &Setup) -> anyhow::Result<Report> {
             break;
         }
         got += page.envelopes.len() as u64;
+        let second = t0.elapsed().as_secs() as usize;
+        timeline.resize(timeline.len().max(second + 1), 0);
+        timeline[second] += page.envelopes.len() as u64;
         receiver.ack(&[], Some(page.next_cursor)).await?;
         hist.record(t.elapsed().as_micros() as u64)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok(report(args, total, got, 0, secs, &hist, vec![]))
+    let errors = vec![0; timeline.len()];
+    Ok(report(args, total, got, 0, secs, &hist, (timeline, errors)))
 }
 
 /// Every receiver long-polls (60 s) until the end; nothing is sent.
@@ -79,7 +85,7 @@ async fn idle(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         errors,
         args.duration as f64,
         &hist,
-        vec![],
+        (vec![], vec![]),
     ))
 }
 
@@ -128,6 +134,7 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         .max(0.001);
     let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let error_timeline = rec.error_timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let error_kinds = rec.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Only what was sent and received in the measured period counts (warm-up excluded).
     let got = if args.scenario == Scenario::Mixed {
@@ -142,7 +149,7 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         rec.errors.load(Ordering::Relaxed),
         measured,
         &hist,
-        timeline,
+        (timeline, error_timeline),
     );
     r.set_errors(error_kinds);
     Ok(r)

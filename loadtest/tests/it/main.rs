@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod chart;
+
 use std::process::Command;
 
 use test_support::TestGateway;
@@ -30,12 +32,15 @@ fn run(gw: &TestGateway, args: &[&str]) -> serde_json::Value {
     for f in ["report.json", "report.md", "latency.svg"] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
-    assert!(
-        std::fs::read_to_string(dir.path().join("latency.svg"))
-            .unwrap()
-            .starts_with("<svg")
-    );
-    serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap()
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    // Every scenario's chart shows what the report says (idle completes no requests).
+    let expect = chart::Expect {
+        completed: !args.contains(&"idle"),
+        errors: report["errors"].as_u64().unwrap() > 0,
+    };
+    chart::check(&dir.path().join("latency.svg"), &expect);
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
