@@ -1,5 +1,5 @@
 //! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`, and the
-//! operator's calls — TLS reload, interconnect reload, group epoch reset.
+//! operator's calls — TLS reload, interconnect reload, group epoch reset, the audit log.
 
 use std::sync::Arc;
 
@@ -28,6 +28,32 @@ pub(crate) async fn serve(
 ) {
     let store = state.store().clone();
     let acme_routes = acme_routes(acme, store.clone());
+    let audit_store = store.clone();
+    // The audit log, oldest first, one JSON object per line (`gateway audit show`).
+    let audit = move || {
+        let store = audit_store.clone();
+        async move {
+            match store.audit_log().await {
+                Ok(records) => {
+                    let lines: String = records
+                        .iter()
+                        .map(|r| {
+                            let line = serde_json::json!({
+                                "seq": r.seq,
+                                "at_ms": r.at_ms,
+                                "kind": r.kind,
+                                "detail": r.detail,
+                                "hash": relay_core::hex::encode(&r.hash),
+                            });
+                            format!("{line}\n")
+                        })
+                        .collect();
+                    ([(http::header::CONTENT_TYPE, "application/jsonl")], lines).into_response()
+                }
+                Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            }
+        }
+    };
     let ready_certs = Arc::clone(&certs);
     let healthz = move || {
         let certs = Arc::clone(&ready_certs);
@@ -93,6 +119,7 @@ pub(crate) async fn serve(
         .route("/admin/tls/reload", axum::routing::post(reload))
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
+        .route("/admin/audit", get(audit))
         .merge(acme_routes);
     while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
         let router = router.clone();

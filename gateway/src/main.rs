@@ -1,4 +1,5 @@
-//! `gateway`: run the relay, or mint a provisioning token.
+//! `gateway`: run the relay, mint a provisioning token, or ask the running gateway about its
+//! certificate and audit log.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -61,6 +62,18 @@ enum Command {
         #[command(subcommand)]
         action: AcmeAction,
     },
+    /// The audit log, through the running gateway's admin listener.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Every record, oldest first, one JSON object per line (seq, at_ms, kind, detail, hash),
+    /// after the gateway has checked the hash chain.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +132,9 @@ fn main() -> ExitCode {
             };
             admin_call(settings.config.admin_listen, path.0, &path.1)
         }
+        Command::Audit {
+            action: AuditAction::Show,
+        } => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

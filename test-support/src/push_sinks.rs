@@ -81,7 +81,8 @@ pub struct PushSink {
     addr: SocketAddr,
     ca: PathBuf,
     inner: Arc<Mutex<Inner>>,
-    _dir: tempfile::TempDir,
+    /// The certificate's directory, when the sink made its own.
+    _dir: Option<tempfile::TempDir>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -116,12 +117,23 @@ impl PushSink {
 
     pub async fn start(kind: SinkKind) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        gateway::tls::ensure_dev_certificate(dir.path(), &[]).expect("dev certificate");
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.path().join("dev-cert.pem"))
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut sink = Self::start_at(kind, listen, dir.path())
+            .await
+            .expect("a sink on a free port");
+        sink._dir = Some(dir);
+        sink
+    }
+
+    /// A sink listening on `listen`, its development CA and certificate (for `localhost`)
+    /// in `dir` (`dev-ca.pem`, kept across restarts).
+    pub async fn start_at(kind: SinkKind, listen: SocketAddr, dir: &std::path::Path) -> std::io::Result<Self> {
+        gateway::tls::ensure_dev_certificate(dir, &[]).map_err(std::io::Error::other)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("dev-cert.pem"))
             .expect("cert")
             .collect::<Result<_, _>>()
             .expect("cert");
-        let key = PrivateKeyDer::from_pem_file(dir.path().join("dev-key.pem")).expect("key");
+        let key = PrivateKeyDer::from_pem_file(dir.join("dev-key.pem")).expect("key");
         let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3")
@@ -130,8 +142,8 @@ impl PushSink {
             .expect("server config");
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = axum::Router::new()
             .fallback(handle)
@@ -150,13 +162,13 @@ impl PushSink {
                 });
             }
         });
-        Self {
+        Ok(Self {
             addr,
-            ca: dir.path().join("dev-ca.pem"),
+            ca: dir.join("dev-ca.pem"),
             inner,
-            _dir: dir,
+            _dir: None,
             task,
-        }
+        })
     }
 
     /// `https://localhost:port`.

@@ -33,6 +33,7 @@ mod limits;
 mod mls;
 mod power_loss;
 mod process;
+mod readme;
 mod roundtrip;
 mod tidy;
 
