@@ -126,6 +126,33 @@ async fn cli_walkthrough() {
         &["--http3", "keypackages", "claim", "--address", "tel:+15550100002"],
     );
     assert!(out.contains("last_resort"), "{out}");
+    // GroupInfo for external joins: published from a file, fetched byte for byte.
+    let mut carol = test_support::mls::Member::new("tel:+15550100001");
+    carol.create_group();
+    let group = relay_core::hex::encode(&carol.group_id());
+    std::fs::write(d.join("gi.mls"), carol.group_info()).unwrap();
+    let before = Command::new(RELAY)
+        .current_dir(d)
+        .args(["--profile", "bob.toml", "group-info", "get", "--group", &group])
+        .output()
+        .unwrap();
+    assert!(!before.status.success());
+    assert!(String::from_utf8_lossy(&before.stderr).contains("unknown_group"));
+    let out = relay(
+        d,
+        &gw,
+        "alice.toml",
+        &["group-info", "publish", "--group", &group, "--file", "gi.mls"],
+    );
+    assert!(out.contains("published"), "{out}");
+    let out = relay(
+        d,
+        &gw,
+        "bob.toml",
+        &["group-info", "get", "--group", &group, "--out", "fetched.mls"],
+    );
+    assert!(out.contains("bytes="), "{out}");
+    assert_eq!(std::fs::read(d.join("fetched.mls")).unwrap(), std::fs::read(d.join("gi.mls")).unwrap());
     let out = Command::new(RELAY)
         .current_dir(d)
         .args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE])
@@ -134,6 +161,32 @@ async fn cli_walkthrough() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_address"));
     gw.stop().await;
+}
+
+/// `relay register --open-address` on a loopback gateway with open registration; refused
+/// (with the API's code) on one without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_registration_from_the_cli() {
+    let open = TestGateway::start_with(|c| c.registration.danger_open_registration = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = relay(d, &open, "dev.toml", &["register", "--open-address", "tel:+15550100009"]);
+    assert!(out.contains("registered device 1"), "{out}");
+    let out = relay(d, &open, "dev.toml", &["send", "--to", "tel:+15550100009", "--file", SAMPLE]);
+    assert!(out.contains("devices=1"), "{out}");
+    open.stop().await;
+    let closed = TestGateway::start().await;
+    let out = Command::new(RELAY)
+        .current_dir(d)
+        .args(["--server", &closed.url(), "--ca"])
+        .arg(closed.ca())
+        .args(["--profile", "other.toml", "register", "--open-address", "tel:+15550100009"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401") || stderr.contains("invalid_provisioning_token"), "{stderr}");
+    closed.stop().await;
 }
 
 /// The committed sample is a real openmls PrivateMessage (regenerate with
