@@ -47,6 +47,13 @@ impl ApiError {
     /// A `429` of one of the named limits, with `Retry-After` rounded up to whole seconds
     /// (at least 1).
     pub fn limited(code: ErrorCode, detail: &'static str, wait: std::time::Duration) -> Self {
+        static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+        if LOGGED.due(code.as_str()) {
+            tracing::info!(
+                code = code.as_str(),
+                "a request was refused with 429 ({detail}); more of the same are counted in relay_http_requests_total with status 429, not logged, for a minute (README \"Limits\")"
+            );
+        }
         let mut e = Self::new(code, detail);
         e.retry_after_secs = Some((wait.as_secs_f64().ceil() as u64).max(1));
         e

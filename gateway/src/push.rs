@@ -203,6 +203,15 @@ impl Notifier {
         };
         metrics::counter!("relay_push_notifies_total", "result" => "ok").increment(1);
         metrics::counter!("relay_push_shed_total").increment(resp.shed.len() as u64);
+        if !resp.shed.is_empty() {
+            static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+            if LOGGED.due("shed") {
+                tracing::warn!(
+                    shed = resp.shed.len(),
+                    "the push proxy's queue is full: it shed pushes, those devices are woken at their next push (more counted in relay_push_shed_total, not logged, for a minute)"
+                );
+            }
+        }
         for dead in resp.dead {
             let Some(&(rid, dev)) = handles.get(dead.as_str()) else {
                 continue;

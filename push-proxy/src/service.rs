@@ -303,6 +303,12 @@ pub async fn notify(
         };
         let Ok(permit) = Arc::clone(&proxy.queue).try_acquire_owned() else {
             metrics::counter!("push_shed_total").increment(1);
+            static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+            if LOGGED.due("shed") {
+                tracing::warn!(
+                    "the delivery queue is full (delivery.queue): a push was shed (more counted in push_shed_total, not logged, for a minute)"
+                );
+            }
             resp.shed.push(handle);
             continue;
         };

@@ -437,3 +437,54 @@ async fn start_up_summary_says_what_is_configured() {
     assert!(text.contains("serving a development certificate"), "{text}");
     p.terminate();
 }
+
+/// Refusals that only moved a counter are in the log too — once a minute per kind, however
+/// many there are, and never with an address or credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_once_a_minute_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("gateway.log"));
+    let p = spawn_gateway_with(
+        &data,
+        &log,
+        &[],
+        "[mls]\nclaim_burst = 1\n[limits]\nmax_connections_per_address = 4\n",
+    )
+    .await;
+    let client = p.client();
+    let token = test_support::provision_token(&data, "tel:+15550113001", 3_600_000);
+    let alice = client.with_credential(client.register(&token).await.unwrap().credential);
+    let mut limited = 0;
+    for _ in 0..4 {
+        if let Err(relay_client::ClientError::Api { status: 429, .. }) =
+            alice.claim_key_packages(&["tel:+15550113001"]).await
+        {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 3, "one claim in the burst, then 429s");
+    // More connections from one address than it may hold: the extra ones are closed.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", p.addr().port())).unwrap())
+        .collect();
+    let said = |what: &str| std::fs::read_to_string(&log).unwrap().matches(what).count();
+    test_support::eventually(
+        "the connection refusal in the log",
+        Duration::from_secs(10),
+        async || said("a connection was refused") > 0,
+    )
+    .await;
+    drop(held);
+    assert_eq!(said("refused with 429"), 1, "three 429s, one line");
+    assert_eq!(
+        said("a connection was refused"),
+        1,
+        "several refused connections, one line"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("code=\"rate_limited\"") || text.contains("code=rate_limited"),
+        "{text}"
+    );
+    assert!(!text.contains("15550113001"), "no address in the log");
+}

@@ -152,7 +152,10 @@ async fn cli_walkthrough() {
         &["group-info", "get", "--group", &group, "--out", "fetched.mls"],
     );
     assert!(out.contains("bytes="), "{out}");
-    assert_eq!(std::fs::read(d.join("fetched.mls")).unwrap(), std::fs::read(d.join("gi.mls")).unwrap());
+    assert_eq!(
+        std::fs::read(d.join("fetched.mls")).unwrap(),
+        std::fs::read(d.join("gi.mls")).unwrap()
+    );
     let out = Command::new(RELAY)
         .current_dir(d)
         .args(["--profile", "bob.toml", "send", "--to", "tel:+1", "--file", SAMPLE])
@@ -170,9 +173,19 @@ async fn open_registration_from_the_cli() {
     let open = TestGateway::start_with(|c| c.registration.danger_open_registration = true).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = relay(d, &open, "dev.toml", &["register", "--open-address", "tel:+15550100009"]);
+    let out = relay(
+        d,
+        &open,
+        "dev.toml",
+        &["register", "--open-address", "tel:+15550100009"],
+    );
     assert!(out.contains("registered device 1"), "{out}");
-    let out = relay(d, &open, "dev.toml", &["send", "--to", "tel:+15550100009", "--file", SAMPLE]);
+    let out = relay(
+        d,
+        &open,
+        "dev.toml",
+        &["send", "--to", "tel:+15550100009", "--file", SAMPLE],
+    );
     assert!(out.contains("devices=1"), "{out}");
     open.stop().await;
     let closed = TestGateway::start().await;
@@ -180,12 +193,21 @@ async fn open_registration_from_the_cli() {
         .current_dir(d)
         .args(["--server", &closed.url(), "--ca"])
         .arg(closed.ca())
-        .args(["--profile", "other.toml", "register", "--open-address", "tel:+15550100009"])
+        .args([
+            "--profile",
+            "other.toml",
+            "register",
+            "--open-address",
+            "tel:+15550100009",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("401") || stderr.contains("invalid_provisioning_token"), "{stderr}");
+    assert!(
+        stderr.contains("401") || stderr.contains("invalid_provisioning_token"),
+        "{stderr}"
+    );
     closed.stop().await;
 }
 

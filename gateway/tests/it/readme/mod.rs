@@ -114,7 +114,7 @@ pub(crate) fn blocks() -> Vec<Block> {
             if l.trim_start() == "```" {
                 break;
             }
-            script.push_str(l.get(indent..).unwrap_or(l.trim_start()));
+            script.push_str(l.get(indent..).unwrap_or_else(|| l.trim_start()));
             script.push('\n');
         }
         if let Some(walkthrough) = walkthrough {

@@ -161,7 +161,44 @@ fn run(name: &str, blocks: &[Block]) {
     let logs = servers.logs();
     drop(servers);
     assert!(!logs.contains("panicked"), "a server panicked in {name}:\n{logs}");
+    // Every component says what it is doing: its start-up summary, what is not configured,
+    // and the refusals that would otherwise only move a counter.
+    for (walkthrough, lines) in SAYS {
+        if *walkthrough == name {
+            for line in *lines {
+                assert!(logs.contains(line), "the {name} servers never logged {line:?}:\n{logs}");
+            }
+        }
+    }
 }
+
+/// What each walkthrough's servers must have said in their logs.
+const SAYS: &[(&str, &[&str])] = &[
+    (
+        "quickstart",
+        &[
+            "gateway listening",
+            "serving a development certificate",
+            "no push proxy configured",
+        ],
+    ),
+    (
+        "push",
+        &[
+            "apns is not configured",
+            "fcm is not configured",
+            "push proxy ready",
+            "push_proxy=\"https://localhost:8451\"",
+        ],
+    ),
+    (
+        "peering",
+        &[
+            "interconnect listening",
+            "an envelope for a peer carrier was dead-lettered; its sender gets a delivery report",
+        ],
+    ),
+];
 
 #[test]
 fn every_readme_walkthrough_runs_as_written() {
