@@ -115,14 +115,14 @@ pub(crate) async fn serve(
             continue;
         }
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            crate::server::connection_refused("limit", "h3");
+            crate::telemetry::connection_refused("limit", "h3");
             incoming.refuse();
             continue;
         };
         // Only a validated address counts against its own cap (a spoofed one is Retried
         // above under load; below it, refusing costs as little as the Initial did).
         let Some(slot) = settings.per_address.try_acquire(incoming.remote_address().ip()) else {
-            crate::server::connection_refused("per_address", "h3");
+            crate::telemetry::connection_refused("per_address", "h3");
             incoming.refuse();
             continue;
         };

@@ -301,6 +301,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin = %admin_addr,
         data_dir = %data_dir.display(),
         storage = store.backend_name(),
+        keys = %format!("files in {}", key_dir(data_dir).display()),
         certificates,
         push_proxy = config.push.proxy_url.as_deref().unwrap_or("none"),
         interconnect = %interconnect_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
@@ -368,12 +369,12 @@ async fn serve_tls(
 ) {
     while let Some((tcp, peer)) = relay_net::serve::accept(&listener, &shutdown).await {
         let Ok(permit) = Arc::clone(&caps.permits).try_acquire_owned() else {
-            connection_refused("limit", "tcp");
+            telemetry::connection_refused("limit", "tcp");
             drop(tcp);
             continue;
         };
         let Some(slot) = caps.per_address.try_acquire(peer.ip()) else {
-            connection_refused("per_address", "tcp");
+            telemetry::connection_refused("per_address", "tcp");
             drop(tcp);
             continue;
         };
@@ -467,23 +468,5 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-/// A connection refused at accept: counted, and said in the log at most once a minute per
-/// reason and transport (never the address).
-pub(crate) fn connection_refused(reason: &'static str, transport: &'static str) {
-    metrics::counter!("relay_connections_refused_total", "reason" => reason, "transport" => transport).increment(1);
-    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
-    if LOGGED.due(&format!("{reason}/{transport}")) {
-        let what = match reason {
-            "limit" => "limits.max_connections connections are open",
-            _ => "one address holds limits.max_connections_per_address connections",
-        };
-        tracing::warn!(
-            reason,
-            transport,
-            "a connection was refused: {what} (more counted in relay_connections_refused_total, not logged, for a minute)"
-        );
     }
 }

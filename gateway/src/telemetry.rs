@@ -51,3 +51,21 @@ pub fn init_logging(json: bool) {
         builder.init();
     }
 }
+
+/// A connection refused at accept: counted, and said in the log at most once a minute per
+/// reason and transport (never the address).
+pub(crate) fn connection_refused(reason: &'static str, transport: &'static str) {
+    metrics::counter!("relay_connections_refused_total", "reason" => reason, "transport" => transport).increment(1);
+    static LOGGED: relay_net::throttle::Throttle = relay_net::throttle::Throttle::per_minute();
+    if LOGGED.due(&format!("{reason}/{transport}")) {
+        let what = match reason {
+            "limit" => "limits.max_connections connections are open",
+            _ => "one address holds limits.max_connections_per_address connections",
+        };
+        tracing::warn!(
+            reason,
+            transport,
+            "a connection was refused: {what} (more counted in relay_connections_refused_total, not logged, for a minute)"
+        );
+    }
+}

@@ -23,8 +23,7 @@ struct Phase {
     hist: hdrhistogram::Histogram<u64>,
     ok: u64,
     errors: u64,
-    timeline: Vec<u64>,
-    error_timeline: Vec<u64>,
+    timelines: crate::recorder::Timelines,
 }
 
 /// One phase: the well-behaved open loop, and the attacker if given.
@@ -82,14 +81,11 @@ async fn phase(
         r??;
     }
     let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let error_timeline = rec.error_timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Phase {
         hist,
         ok: rec.ok.load(Ordering::Relaxed),
         errors: rec.errors.load(Ordering::Relaxed),
-        timeline,
-        error_timeline,
+        timelines: rec.timelines(),
     })
 }
 
@@ -148,11 +144,23 @@ pub(crate) async fn abuse(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         (2 * args.duration) as f64,
         &attacked.hist,
         // The chart's time axis: the attacked phase after the baseline, second by second.
-        (
-            [baseline.timeline, attacked.timeline].concat(),
-            [baseline.error_timeline, attacked.error_timeline].concat(),
-        ),
+        one_after_the_other(baseline.timelines, attacked.timelines, args.duration as usize),
     );
     r.abuse = Some(outcome);
     Ok(r)
+}
+
+/// The two phases' timelines as one run: the attacked phase's seconds after the baseline's.
+fn one_after_the_other(
+    (ok_a, errors_a): crate::recorder::Timelines,
+    (ok_b, errors_b): crate::recorder::Timelines,
+    secs: usize,
+) -> crate::recorder::Timelines {
+    let mut errors = std::collections::BTreeMap::new();
+    for kind in errors_a.keys().chain(errors_b.keys()) {
+        let phase =
+            |m: &std::collections::BTreeMap<String, Vec<u64>>| m.get(kind).cloned().unwrap_or_else(|| vec![0; secs]);
+        errors.insert(kind.clone(), [phase(&errors_a), phase(&errors_b)].concat());
+    }
+    ([ok_a, ok_b].concat(), errors)
 }

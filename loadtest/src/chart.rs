@@ -1,5 +1,6 @@
 //! `latency.svg`: two panels that fill the image — latency by percentile (top) and requests
-//! per second over the measured period, completed and failed stacked (bottom) — each with a y-axis
+//! per second over the measured period, completed and each kind of error stacked (bottom,
+//! errors by status and code) — each with a y-axis
 //! scale, labelled axes with units and a legend. Dependency-free SVG; the integration test
 //! renders it to PNG with `rsvg-convert` and looks at the pixels.
 
@@ -15,6 +16,9 @@ const RIGHT: f64 = WIDTH - 20.0;
 pub(crate) const LATENCY: &str = "#1f5fbf";
 pub(crate) const COMPLETED: &str = "#1f9f4f";
 pub(crate) const ERRORS: &str = "#d0202a";
+/// Error kinds after the first, by count; past these, "other errors".
+const MORE_ERRORS: [&str; 2] = ["#e08a00", "#7b3fb5"];
+const OTHER_ERRORS: &str = "#666666";
 
 /// A plot area: its top and bottom in pixels, its y scale and its data.
 struct Panel<'a> {
@@ -27,15 +31,18 @@ struct Panel<'a> {
     x_ticks: Vec<(f64, String)>,
     content: Content,
     /// (name, colour)
-    legend: Vec<(&'a str, &'static str)>,
+    legend: Vec<(String, &'static str)>,
 }
 
 /// What a panel plots.
 enum Content {
     /// A line through evenly spaced points.
     Line { colour: &'static str, values: Vec<f64> },
-    /// One bar per second: completed at the bottom, errors stacked on top.
-    Bars { completed: Vec<f64>, failed: Vec<f64> },
+    /// One bar per second: completed at the bottom, each kind of error stacked on top.
+    Bars {
+        completed: Vec<f64>,
+        failed: Vec<(&'static str, Vec<f64>)>,
+    },
 }
 
 /// The smallest 1, 2 or 5 × 10ⁿ at or above `v` (a y-axis maximum a reader can read).
@@ -126,34 +133,65 @@ impl Panel<'_> {
             }
             Content::Bars { completed, failed } => {
                 let slot = (RIGHT - LEFT) / completed.len().max(1) as f64;
-                for (i, (ok, bad)) in completed.iter().zip(failed).enumerate() {
+                for (i, ok) in completed.iter().enumerate() {
                     let x = LEFT + slot * i as f64 + slot * 0.1;
-                    let (ok_top, bad_top) = (y(*ok), y(ok + bad));
-                    let _ = write!(
-                        out,
-                        "<rect x=\"{x:.1}\" y=\"{ok_top:.1}\" width=\"{w:.1}\" height=\"{0:.1}\" fill=\"{COMPLETED}\"/>\
-                         <rect x=\"{x:.1}\" y=\"{bad_top:.1}\" width=\"{w:.1}\" height=\"{1:.1}\" fill=\"{ERRORS}\"/>",
-                        bottom - ok_top,
-                        ok_top - bad_top,
-                        w = slot * 0.8,
+                    let w = slot * 0.8;
+                    let mut below = 0.0;
+                    let layers = std::iter::once((COMPLETED, *ok)).chain(
+                        failed
+                            .iter()
+                            .map(|(colour, per_sec)| (*colour, per_sec.get(i).copied().unwrap_or(0.0))),
                     );
+                    for (colour, v) in layers {
+                        let (low, high) = (y(below), y(below + v));
+                        below += v;
+                        let _ = write!(
+                            out,
+                            "<rect x=\"{x:.1}\" y=\"{high:.1}\" width=\"{w:.1}\" height=\"{0:.1}\" fill=\"{colour}\"/>",
+                            low - high
+                        );
+                    }
                 }
             }
         }
         // The legend sits above the plot area, right-aligned, clear of the data.
-        for (n, (name, colour)) in self.legend.iter().enumerate() {
-            let legend_x = RIGHT - 110.0 * (self.legend.len() - n) as f64;
+        let mut right = RIGHT;
+        for (name, colour) in self.legend.iter().rev() {
+            let x = right - 26.0 - 6.5 * name.len() as f64;
+            right = x - 12.0;
             let legend_y = top - 8.0;
             let _ = write!(
                 out,
-                "<rect x=\"{legend_x:.1}\" y=\"{swatch_y:.1}\" width=\"14\" height=\"8\" fill=\"{colour}\"/>\
+                "<rect x=\"{x:.1}\" y=\"{swatch_y:.1}\" width=\"14\" height=\"8\" fill=\"{colour}\"/>\
                  <text x=\"{text_x:.1}\" y=\"{text_y:.1}\" font-size=\"11\">{name}</text>",
                 swatch_y = legend_y - 8.0,
-                text_x = legend_x + 20.0,
+                text_x = x + 20.0,
                 text_y = legend_y + 1.0,
             );
         }
     }
+}
+
+/// The error kinds of a run as stacked series, most frequent first (the first in red): three
+/// kinds by name, the rest together.
+fn error_series(r: &Report) -> Vec<(String, &'static str, Vec<f64>)> {
+    let mut kinds: Vec<(&String, &Vec<u64>)> = r.errors_per_second.iter().collect();
+    kinds.sort_by_key(|(_, per_sec)| std::cmp::Reverse(per_sec.iter().sum::<u64>()));
+    let secs = r.timeline.len();
+    let mut series: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
+    for (n, (kind, per_sec)) in kinds.into_iter().enumerate() {
+        let values = (0..secs).map(|i| per_sec.get(i).copied().unwrap_or(0) as f64);
+        match [ERRORS, MORE_ERRORS[0], MORE_ERRORS[1]].get(n) {
+            Some(colour) => series.push((kind.clone(), colour, values.collect())),
+            None if n == 3 => series.push(("other errors".into(), OTHER_ERRORS, values.collect())),
+            None => {
+                for (sum, v) in series[3].2.iter_mut().zip(values) {
+                    *sum += v;
+                }
+            }
+        }
+    }
+    series
 }
 
 /// The whole chart for a report.
@@ -172,16 +210,18 @@ pub(crate) fn svg(r: &Report) -> String {
             .enumerate()
             .map(|(i, (p, _))| (i as f64 / last as f64, format!("p{p}")))
             .collect(),
-        legend: vec![("latency", LATENCY)],
+        legend: vec![("latency".into(), LATENCY)],
         content: Content::Line {
             colour: LATENCY,
             values: latency,
         },
     };
     let completed: Vec<f64> = r.timeline.iter().map(|v| *v as f64).collect();
-    let failed: Vec<f64> = r.error_timeline.iter().map(|v| *v as f64).collect();
+    let errors = error_series(r);
     let secs = r.timeline.len().max(1);
-    let peak = completed.iter().zip(&failed).map(|(a, b)| a + b).fold(0.0, f64::max);
+    let peak = (0..completed.len())
+        .map(|i| completed[i] + errors.iter().map(|(_, _, v)| v[i]).sum::<f64>())
+        .fold(0.0, f64::max);
     // Bar i covers second i: ticks at the seconds' boundaries.
     let ticks = (0..=4)
         .map(|q| {
@@ -189,6 +229,11 @@ pub(crate) fn svg(r: &Report) -> String {
             (at, number(secs as f64 * at))
         })
         .collect();
+    let mut legend = vec![("completed".to_owned(), COMPLETED)];
+    if errors.is_empty() {
+        legend.push(("no errors".to_owned(), ERRORS));
+    }
+    legend.extend(errors.iter().map(|(name, colour, _)| (name.clone(), *colour)));
     let bottom = Panel {
         top: 268.0,
         bottom: HEIGHT - 48.0,
@@ -196,11 +241,11 @@ pub(crate) fn svg(r: &Report) -> String {
         y_label: "requests per second",
         x_label: "time since the measured period began (s)",
         x_ticks: ticks,
-        legend: vec![
-            ("completed", COMPLETED),
-            (if r.errors > 0 { "errors" } else { "errors (none)" }, ERRORS),
-        ],
-        content: Content::Bars { completed, failed },
+        legend,
+        content: Content::Bars {
+            completed,
+            failed: errors.into_iter().map(|(_, colour, v)| (colour, v)).collect(),
+        },
     };
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" font-family=\"sans-serif\">\

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Requests completed per second, and failed per second by error kind (`"<status> <code>"`).
+pub(crate) type Timelines = (Vec<u64>, std::collections::BTreeMap<String, Vec<u64>>);
+
 /// Shared by every worker of a run.
 pub(crate) struct Recorder {
     pub(crate) hist: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
     pub(crate) ok: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) timeline: std::sync::Mutex<Vec<u64>>,
-    /// Failed requests per second of the measured period.
-    pub(crate) error_timeline: std::sync::Mutex<Vec<u64>>,
+    /// Failed requests per second of the measured period, by kind.
+    pub(crate) error_timelines: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u64>>>,
+    secs: usize,
     /// Requests issued in the measured period.
     pub(crate) issued: AtomicU64,
     /// Errors by kind: `"<status> <code>"` for an answer, `"transport"` for none.
@@ -27,7 +31,8 @@ impl Recorder {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             timeline: std::sync::Mutex::new(vec![0; secs as usize]),
-            error_timeline: std::sync::Mutex::new(vec![0; secs as usize]),
+            error_timelines: std::sync::Mutex::default(),
+            secs: secs as usize,
             issued: AtomicU64::new(0),
             error_kinds: std::sync::Mutex::default(),
             measure_from,
@@ -48,13 +53,19 @@ impl Recorder {
         }
         if let Err(kind) = outcome {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            let second = self.second(done);
+            let mut timelines = self.error_timelines.lock().unwrap_or_else(|e| e.into_inner());
+            let timeline = timelines.entry(kind.clone()).or_insert_with(|| vec![0; self.secs]);
+            if let Some(slot) = timeline.get_mut(second) {
+                *slot += 1;
+            }
+            drop(timelines);
             *self
                 .error_kinds
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(kind)
                 .or_default() += 1;
-            self.count_in(&self.error_timeline, done);
             return;
         }
         self.record_latency(done.duration_since(intended));
@@ -66,15 +77,23 @@ impl Recorder {
         self.ok.fetch_add(1, Ordering::Relaxed);
         let us = latency.as_micros() as u64;
         let _ = self.hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1));
-        self.count_in(&self.timeline, done);
-    }
-
-    /// One more in the second of the measured period that `at` falls in.
-    fn count_in(&self, timeline: &std::sync::Mutex<Vec<u64>>, at: Instant) {
-        let second = at.duration_since(self.measure_from).as_secs() as usize;
-        if let Some(slot) = timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
+        let second = self.second(done);
+        if let Some(slot) = self.timeline.lock().unwrap_or_else(|e| e.into_inner()).get_mut(second) {
             *slot += 1;
         }
+    }
+
+    /// The second of the measured period that `at` falls in.
+    fn second(&self, at: Instant) -> usize {
+        at.duration_since(self.measure_from).as_secs() as usize
+    }
+
+    /// Completed per second, and failed per second by kind.
+    pub(crate) fn timelines(&self) -> Timelines {
+        (
+            self.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            self.error_timelines.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        )
     }
 }
 

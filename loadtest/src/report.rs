@@ -29,8 +29,8 @@ pub(crate) struct Report {
     pub(crate) curve: Vec<(f64, f64)>,
     /// Completed requests per second of the measured period.
     pub(crate) timeline: Vec<u64>,
-    /// Failed requests per second of the measured period.
-    pub(crate) error_timeline: Vec<u64>,
+    /// Failed requests per second of the measured period, by kind.
+    pub(crate) errors_per_second: std::collections::BTreeMap<String, Vec<u64>>,
     /// `abuse`: both phases and the attacker's outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) abuse: Option<AbuseOutcome>,
@@ -67,7 +67,7 @@ pub(crate) fn report(
     errors: u64,
     secs: f64,
     hist: &hdrhistogram::Histogram<u64>,
-    (timeline, error_timeline): (Vec<u64>, Vec<u64>),
+    (timeline, errors_per_second): crate::recorder::Timelines,
 ) -> Report {
     let ms = |v: u64| v as f64 / 1000.0;
     let curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
@@ -102,7 +102,7 @@ pub(crate) fn report(
         },
         curve,
         timeline,
-        error_timeline,
+        errors_per_second,
         abuse: None,
     }
 }

@@ -52,8 +52,7 @@ async fn drain(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         hist.record(t.elapsed().as_micros() as u64)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let errors = vec![0; timeline.len()];
-    Ok(report(args, total, got, 0, secs, &hist, (timeline, errors)))
+    Ok(report(args, total, got, 0, secs, &hist, (timeline, Default::default())))
 }
 
 /// Every receiver long-polls (60 s) until the end; nothing is sent.
@@ -85,7 +84,7 @@ async fn idle(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         errors,
         args.duration as f64,
         &hist,
-        (vec![], vec![]),
+        Default::default(),
     ))
 }
 
@@ -133,8 +132,6 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         .as_secs_f64()
         .max(0.001);
     let hist = rec.hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let timeline = rec.timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let error_timeline = rec.error_timeline.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let error_kinds = rec.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Only what was sent and received in the measured period counts (warm-up excluded).
     let got = if args.scenario == Scenario::Mixed {
@@ -149,7 +146,7 @@ async fn load(args: &Args, s: &Setup) -> anyhow::Result<Report> {
         rec.errors.load(Ordering::Relaxed),
         measured,
         &hist,
-        (timeline, error_timeline),
+        rec.timelines(),
     );
     r.set_errors(error_kinds);
     Ok(r)

@@ -18,6 +18,8 @@ const ERRORS: [u8; 3] = [0xd0, 0x20, 0x2a];
 pub(crate) struct Expect {
     pub completed: bool,
     pub errors: bool,
+    /// The report's error kinds (`"429 rate_limited"`): each must be named in the legend.
+    pub error_kinds: Vec<String>,
 }
 
 struct Image {
@@ -88,6 +90,12 @@ pub(crate) fn check(svg: &Path, expect: &Expect) {
         "errors",
     ] {
         assert!(text.contains(label), "no {label:?} on the chart");
+    }
+    for kind in &expect.error_kinds {
+        assert!(
+            text.contains(&format!(">{kind}</text>")),
+            "the legend does not name {kind:?}"
+        );
     }
     let img = render(svg);
     // `KEEP_CHARTS=DIR` keeps each rendered chart for a human to look at.

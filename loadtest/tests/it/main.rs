@@ -38,6 +38,7 @@ fn run(gw: &TestGateway, args: &[&str]) -> serde_json::Value {
     let expect = chart::Expect {
         completed: !args.contains(&"idle"),
         errors: report["errors"].as_u64().unwrap() > 0,
+        error_kinds: report["errors_by_kind"].as_object().unwrap().keys().cloned().collect(),
     };
     chart::check(&dir.path().join("latency.svg"), &expect);
     report
