@@ -14,9 +14,8 @@ use relay_client::{Client, ClientError, Recipient};
 use tokio::task::JoinSet;
 
 use crate::args::Args;
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, error_kind};
 use crate::report::{AbuseOutcome, Report, report};
-use crate::scenarios::error_kind;
 use crate::setup::{MEASURED, Setup, message};
 
 struct Phase {

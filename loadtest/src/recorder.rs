@@ -132,3 +132,12 @@ fn progress_bar(total_secs: u64) -> indicatif::ProgressBar {
     }
     bar
 }
+
+/// How a failed request is counted in the report.
+pub(crate) fn error_kind(e: &relay_client::ClientError) -> String {
+    match (e.status(), e.code()) {
+        (Some(status), Some(code)) => format!("{status} {code}"),
+        (Some(status), None) => status.to_string(),
+        _ => "transport".to_owned(),
+    }
+}

@@ -284,14 +284,5 @@ async fn send(client: &Client, to: &[Recipient], size: usize, tag: u64) -> Resul
         .send(to, message(size, tag), None, false)
         .await
         .map(drop)
-        .map_err(|e| error_kind(&e))
-}
-
-/// How a failed request is counted in the report.
-pub(crate) fn error_kind(e: &relay_client::ClientError) -> String {
-    match (e.status(), e.code()) {
-        (Some(status), Some(code)) => format!("{status} {code}"),
-        (Some(status), None) => status.to_string(),
-        _ => "transport".to_owned(),
-    }
+        .map_err(|e| crate::recorder::error_kind(&e))
 }
