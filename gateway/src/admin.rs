@@ -23,37 +23,13 @@ pub(crate) async fn serve(
     certs: Arc<crate::tls::CertStore>,
     acme: Option<relay_net::acme::AcmeHandle>,
     state: AppState,
+    checkpointer: Arc<crate::audit::Checkpointer>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let store = state.store().clone();
-    let acme_routes = acme_routes(acme, store.clone());
-    let audit_store = store.clone();
-    // The audit log, oldest first, one JSON object per line (`gateway audit show`).
-    let audit = move || {
-        let store = audit_store.clone();
-        async move {
-            match store.audit_log().await {
-                Ok(records) => {
-                    let lines: String = records
-                        .iter()
-                        .map(|r| {
-                            let line = serde_json::json!({
-                                "seq": r.seq,
-                                "at_ms": r.at_ms,
-                                "kind": r.kind,
-                                "detail": r.detail,
-                                "hash": relay_core::hex::encode(&r.hash),
-                            });
-                            format!("{line}\n")
-                        })
-                        .collect();
-                    ([(http::header::CONTENT_TYPE, "application/jsonl")], lines).into_response()
-                }
-                Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-            }
-        }
-    };
+    let reload_store = store.clone();
+    let acme_routes = acme_routes(acme, store.clone(), Arc::clone(&checkpointer));
     let ready_certs = Arc::clone(&certs);
     let healthz = move || {
         let certs = Arc::clone(&ready_certs);
@@ -92,9 +68,13 @@ pub(crate) async fn serve(
             let Ok(epoch) = body.trim().parse::<u64>() else {
                 return (http::StatusCode::BAD_REQUEST, "body must be the epoch\n".to_owned()).into_response();
             };
-            match store.set_group_epoch(crate::mls::group_key(&group_id), epoch).await {
+            let key = crate::mls::group_key(&group_id);
+            match store.set_group_epoch(key, epoch).await {
                 Ok(()) => {
                     tracing::warn!(epoch, "group epoch reset by an operator");
+                    // The group by the hash it is stored under, never its id.
+                    let detail = format!("group={} epoch={epoch}", relay_core::hex::encode(&key[..8]));
+                    audit(&store, "admin.group_epoch", detail).await;
                     http::StatusCode::NO_CONTENT.into_response()
                 }
                 Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -102,12 +82,16 @@ pub(crate) async fn serve(
         }
     };
     let reload = move || {
-        let certs = Arc::clone(&certs);
+        let (certs, store) = (Arc::clone(&certs), reload_store.clone());
         async move {
             match certs.reload() {
-                Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+                Ok(()) => {
+                    audit(&store, "admin.tls_reload", "reloaded".into()).await;
+                    http::StatusCode::NO_CONTENT.into_response()
+                }
                 Err(e) => {
                     tracing::warn!(cause = %format!("{e:#}"), "TLS reload failed; keeping the old certificate");
+                    audit(&store, "admin.tls_reload", "failed; the old certificate is kept".into()).await;
                     (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")).into_response()
                 }
             }
@@ -119,7 +103,7 @@ pub(crate) async fn serve(
         .route("/admin/tls/reload", axum::routing::post(reload))
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
-        .route("/admin/audit", get(audit))
+        .merge(crate::audit::routes(checkpointer))
         .merge(acme_routes);
     while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
         let router = router.clone();
@@ -132,13 +116,26 @@ pub(crate) async fn serve(
     }
 }
 
-/// The ACME routes (relay-net's), each renewal and revocation written to the audit log.
-fn acme_routes(acme: Option<relay_net::acme::AcmeHandle>, store: storage::Storage) -> Router {
+/// Appends an audit record of an operator's call (an error is logged: the call is done).
+async fn audit(store: &storage::Storage, kind: &str, detail: String) {
+    if let Err(e) = store.audit_append(kind, detail, relay_net::clock::now_ms()).await {
+        tracing::error!(cause = %e, kind, "could not audit an admin call");
+    }
+}
+
+/// The ACME routes (relay-net's), each renewal and revocation written to the audit log and
+/// followed by a signed checkpoint (a key operation).
+fn acme_routes(
+    acme: Option<relay_net::acme::AcmeHandle>,
+    store: storage::Storage,
+    checkpointer: Arc<crate::audit::Checkpointer>,
+) -> Router {
     let record: relay_net::acme::admin::Record = Arc::new(move |kind, detail| {
-        let store = store.clone();
+        let (store, checkpointer) = (store.clone(), Arc::clone(&checkpointer));
         Box::pin(async move {
-            if let Err(e) = store.audit_append(kind, detail, relay_net::clock::now_ms()).await {
-                tracing::error!(cause = %e, kind, "could not audit an ACME operation");
+            audit(&store, kind, detail).await;
+            if let Err(e) = checkpointer.checkpoint_now().await {
+                tracing::error!(cause = %format!("{e:#}"), "could not checkpoint the audit log");
             }
         })
     });

@@ -91,6 +91,26 @@ pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
         .map_err(|e| anyhow::anyhow!("{}: invalid PKCS#8 Ed25519 key: {e}", path.display()))
 }
 
+/// The audit signing key in `dir` (`audit.key`, a signed-note Ed25519 signer key, 0600),
+/// generated with its verifier key (`audit.vkey`, public) if missing. The key's name is the
+/// log's origin: `rcs-relay/audit/` and 8 random hex digits, one per installation.
+pub fn audit_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
+    create_private_dir(dir)?;
+    let path = dir.join("audit.key");
+    let skey = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let origin = format!("rcs-relay/audit/{:08x}", rand::rng().next_u32());
+            let (skey, vkey) = relay_core::auditlog::generate_key(&origin);
+            write_private(&path, skey.as_bytes())?;
+            std::fs::write(dir.join("audit.vkey"), format!("{vkey}\n")).context("writing audit.vkey")?;
+            skey
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    relay_core::auditlog::AuditSigner::new(&skey).with_context(|| format!("loading {}", path.display()))
+}
+
 /// Directory of the provider keys under a data directory.
 pub fn key_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")

@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod background;
 pub mod config;
 pub mod error;

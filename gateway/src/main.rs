@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +74,24 @@ enum AuditAction {
     /// Every record, oldest first, one JSON object per line (seq, at_ms, kind, detail, hash),
     /// after the gateway has checked the hash chain.
     Show,
+    /// Records and signed checkpoints, one JSON object per line (for a SIEM, or `verify`).
+    Export,
+    /// Sign a checkpoint of the log as it is now and print it (an auditor keeps it, to check
+    /// later that the log still holds exactly these records).
+    Checkpoint,
+    /// Check every record, the Merkle tree and every checkpoint's signature; exits 1 naming
+    /// the first record that cannot be proven.
+    Verify {
+        /// An export (`gateway audit export > FILE`); default: the running gateway's.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// An earlier checkpoint (`gateway audit checkpoint > FILE`) the log must still match.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// The audit verifier key; default: `data_dir/keys/audit.vkey`.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,9 +150,14 @@ fn main() -> ExitCode {
             };
             admin_call(settings.config.admin_listen, path.0, &path.1)
         }
-        Command::Audit {
-            action: AuditAction::Show,
-        } => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
+        Command::Audit { action } => match action {
+            AuditAction::Show => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
+            AuditAction::Export => admin_call(settings.config.admin_listen, "GET", "/admin/audit/export"),
+            AuditAction::Checkpoint => admin_call(settings.config.admin_listen, "POST", "/admin/audit/checkpoint"),
+            AuditAction::Verify { file, against, key } => {
+                audit_verify(&settings, file.as_deref(), against.as_deref(), key)
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,8 +181,58 @@ fn serve(settings: gateway::Settings) -> anyhow::Result<()> {
     })
 }
 
+/// `gateway audit verify`: the export (a file or the running gateway's) against the
+/// verifier key and, optionally, an auditor's earlier checkpoint.
+fn audit_verify(
+    settings: &gateway::Settings,
+    file: Option<&Path>,
+    against: Option<&Path>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let export = match file {
+        Some(f) => read(f)?,
+        None => {
+            let (status, body) = admin_request(settings.config.admin_listen, "GET", "/admin/audit/export")?;
+            anyhow::ensure!(
+                status.is_success(),
+                "the gateway answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            String::from_utf8(body.to_vec()).context("the export is not UTF-8")?
+        }
+    };
+    let key = key.unwrap_or_else(|| gateway::keys::key_dir(&settings.config.data_dir).join("audit.vkey"));
+    let vkey = read(&key)?;
+    let against = against.map(read).transpose()?;
+    let (records, checkpoints) = gateway::audit::parse_export(&export)?;
+    let v = relay_core::auditlog::verify(&records, &checkpoints, &vkey, against.as_deref())
+        .map_err(|bad| anyhow::anyhow!("the audit log does not verify: {bad}"))?;
+    writeln!(
+        std::io::stdout(),
+        "ok: {} records, {} checkpoints{}; {} records after the last checkpoint",
+        v.records,
+        v.checkpoints,
+        if against.is_some() { " and the given one" } else { "" },
+        v.uncovered
+    )?;
+    Ok(())
+}
+
 /// One request to the running gateway's admin listener; prints the answer.
 fn admin_call(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<()> {
+    let (status, body) = admin_request(admin, method, path)?;
+    std::io::stdout().write_all(&body)?;
+    if !body.ends_with(b"\n") {
+        writeln!(std::io::stdout())?;
+    }
+    anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+    Ok(())
+}
+
+/// One request to the running gateway's admin listener.
+fn admin_request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
     use anyhow::Context as _;
     use http_body_util::BodyExt as _;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -179,12 +252,7 @@ fn admin_call(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<()>
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, body))
     })?;
-    std::io::stdout().write_all(&body)?;
-    if !body.ends_with(b"\n") {
-        writeln!(std::io::stdout())?;
-    }
-    anyhow::ensure!(status.is_success(), "the gateway answered {status}");
-    Ok(())
+    Ok((status, body))
 }
 
 fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {

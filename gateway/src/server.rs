@@ -243,11 +243,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
         tracker.clone(),
     ));
+    let checkpointer = crate::audit::Checkpointer::new(
+        store.clone(),
+        crate::keys::audit_signer(&key_dir(data_dir)).context("loading the audit key")?,
+        config.audit.checkpoint_every,
+    )
+    .await
+    .context("reading the audit log's checkpoints")?;
+    tracker.spawn(Arc::clone(&checkpointer).run(shutdown.clone()));
     tracker.spawn(crate::admin::serve(
         admin,
         Arc::clone(&certs),
         acme.as_ref().map(|(_, handle)| handle.clone()),
         state.clone(),
+        checkpointer,
         shutdown.clone(),
         tracker.clone(),
     ));

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod auditlog;
 pub mod credential;
 pub mod envelope;
 pub mod error_code;

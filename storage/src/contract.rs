@@ -14,7 +14,7 @@ use bytes::Bytes;
 use relay_core::interconnect::EntryState;
 
 use crate::{
-    Ack, AuditRecord, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
+    Ack, AuditHead, AuditRecord, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
     NewKeyPackage, OutboxEntry, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, Stats, StoreError,
     SweepStats,
 };
@@ -183,9 +183,18 @@ pub trait Audit: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
 
-    /// Every record, oldest first, after checking the hash chain (a broken chain is
-    /// `StoreError::Corrupt`).
+    /// Every record, oldest first, after checking the hash chain and that it ends where the
+    /// head says (a broken chain or a cut tail is `StoreError::Corrupt`).
     fn audit_log(&self) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+
+    /// The log's Merkle tree head: how many records, and the RFC 6962 root over them.
+    fn audit_head(&self) -> impl Future<Output = Result<AuditHead, StoreError>> + Send;
+
+    /// Keeps a signed checkpoint (a C2SP signed note) of the tree at `size` records.
+    fn audit_add_checkpoint(&self, size: u64, note: String) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every checkpoint kept, by size.
+    fn audit_checkpoints(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 /// Expiry, statistics and lifecycle.

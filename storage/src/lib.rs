@@ -268,6 +268,18 @@ impl Audit for Storage {
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         on_backend!(self, b => b.audit_log().await)
     }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        on_backend!(self, b => b.audit_head().await)
+    }
+
+    async fn audit_add_checkpoint(&self, size: u64, note: String) -> Result<(), StoreError> {
+        on_backend!(self, b => b.audit_add_checkpoint(size, note).await)
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, b => b.audit_checkpoints().await)
+    }
 }
 
 impl Maintenance for Storage {

@@ -143,6 +143,13 @@ pub struct AuditRecord {
     pub hash: [u8; 32],
 }
 
+/// The audit log's Merkle tree head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    pub size: u64,
+    pub root: [u8; 32],
+}
+
 /// Result of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendOutcome {

@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub http3: Http3Config,
     #[serde(default)]
     pub mls: MlsConfig,
@@ -323,6 +325,28 @@ pub struct LogConfig {
     /// JSON lines instead of human-readable logs.
     #[serde(default)]
     pub json: bool,
+}
+
+/// The audit log's signed checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign a checkpoint once this many records have been added since the last one (also
+    /// after every key operation, on request, and at shutdown).
+    #[serde(default = "d_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: d_checkpoint_every(),
+        }
+    }
+}
+
+const fn d_checkpoint_every() -> u64 {
+    100
 }
 
 fn default_data_dir() -> PathBuf {

@@ -22,6 +22,7 @@ macro_rules! both_transports {
 
 mod abuse;
 mod acme;
+mod audit;
 mod bad_input;
 mod deploy;
 mod early_errors;

@@ -80,6 +80,11 @@ impl Inner {
         lookup_val.extend_from_slice(&device.0.to_be_bytes());
         ws.put(&lookup_key, &lookup_val);
         ws.put(&nonce_key, &req.provisioning_expires_at_ms.to_be_bytes());
+        // Every registration is in the audit log, by rid (never the address), so what a
+        // stolen provisioning key registered can be found.
+        let _audit = lock(&self.audit);
+        let detail = format!("rid={} device={}", relay_core::hex::encode(&req.rid.0), device.0);
+        self.audit_into(&mut ws, "device.register", &detail, req.now_ms)?;
         let lsn = self.commit(&ws)?;
         cache.remove(&req.rid);
         Ok((device, lsn))

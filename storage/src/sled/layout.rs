@@ -17,7 +17,8 @@
 //! h/{rid:32}{dev:4}            -> push handle (sealed by the push proxy, opaque here)
 //! o/{blake3(peer):16}{seq:8}   -> {EntryState:20}{envelope_id:16}{record}  interconnect outbox
 //! a/{seq:8}                    -> {at:8}{kind_len:1}{kind}{detail}{hash:32}  audit log
-//! A/                           -> {seq:8}{hash:32}            audit chain head
+//! A/                           -> {seq:8}{hash:32}{frontier}  audit chain head and Merkle frontier
+//! C/{size:8}                   -> signed checkpoint (C2SP signed note, text)
 //! I/                           -> reserved id (u64)           ids below it may have been used
 //! V/                           -> layout version (u8)         2 since the journal
 //! ```
@@ -49,6 +50,7 @@ pub(super) const PUSH_HANDLE: &[u8; 2] = b"h/";
 pub(super) const OUTBOX: &[u8; 2] = b"o/";
 pub(super) const AUDIT: &[u8; 2] = b"a/";
 pub(super) const AUDIT_HEAD: &[u8; 2] = b"A/";
+pub(super) const AUDIT_CHECKPOINT: &[u8; 2] = b"C/";
 
 /// Offset of the device id in a `{prefix:2}{rid:32}{dev:4}` key, and of what follows it.
 pub(super) const DEV_AT: std::ops::Range<usize> = 34..38;

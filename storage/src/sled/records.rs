@@ -242,14 +242,7 @@ pub(super) fn decode_outbox(k: &[u8], v: &[u8]) -> Result<OutboxEntry, StoreErro
 
 /// blake3(previous hash ‖ seq ‖ at_ms ‖ kind ‖ 0 ‖ detail).
 pub(super) fn audit_hash(prev: &[u8; 32], seq: u64, at_ms: u64, kind: &str, detail: &str) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(prev);
-    h.update(&seq.to_be_bytes());
-    h.update(&at_ms.to_be_bytes());
-    h.update(kind.as_bytes());
-    h.update(&[0]);
-    h.update(detail.as_bytes());
-    *h.finalize().as_bytes()
+    relay_core::auditlog::chain_hash(prev, seq, at_ms, kind, detail)
 }
 
 /// An audit value: `at:8 kind_len:1 kind detail hash:32`.

@@ -107,6 +107,7 @@ macro_rules! contract_tests {
             push_handle_set_clear_and_compare_and_delete,
             outbox_is_written_with_the_send_and_survives_restart,
             audit_log_is_a_hash_chain,
+            audit_log_is_a_merkle_tree_with_checkpoints,
             ack_needs_the_whole_server_id,
         );
     };

@@ -1,0 +1,320 @@
+//! The audit log's tamper evidence, sans I/O.
+//!
+//! Every audit record is a leaf of an append-only Merkle tree hashed as RFC 6962 says
+//! (`tlog_tiles`: SHA-256, `0x00` leaves, `0x01` nodes). A **checkpoint** commits to the tree's
+//! size and root: a C2SP `tlog-checkpoint` text in a C2SP signed note (`signed_note`), signed
+//! with the audit key (Ed25519). Each record also carries a hash chained to the one before
+//! (BLAKE3), which names an edited record exactly when the attacker did not recompute the rest.
+//!
+//! [`verify`] takes an exported log (records and checkpoints) and the audit key's verifier
+//! key, and finds the first record it cannot prove: a gap or a record out of order, a record
+//! that does not match its chain hash, a checkpoint that is not signed by the audit key, a
+//! checkpoint whose root the records do not reproduce, or a log shorter than a checkpoint
+//! says (its tail was cut). An auditor's older checkpoint (`against`) is checked the same way:
+//! the log must still contain exactly the records it committed to.
+
+use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
+use tlog_tiles::{Checkpoint, Hash, node_hash, record_hash};
+
+/// The hash chain's value before the first record.
+pub const CHAIN_START: [u8; 32] = [0; 32];
+
+/// One record as the log keeps and exports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub detail: String,
+    /// `blake3(previous hash ‖ seq ‖ at_ms ‖ kind ‖ 0 ‖ detail)`.
+    pub chain: [u8; 32],
+}
+
+/// The chain hash of a record after `prev`.
+pub fn chain_hash(prev: &[u8; 32], seq: u64, at_ms: u64, kind: &str, detail: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(&seq.to_be_bytes());
+    h.update(&at_ms.to_be_bytes());
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(detail.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The Merkle leaf hash of a record: RFC 6962 `SHA-256(0x00 ‖ leaf)` over an unambiguous
+/// encoding (the detail is last, so it may hold anything).
+pub fn leaf_hash(seq: u64, at_ms: u64, kind: &str, detail: &str) -> [u8; 32] {
+    let leaf = format!("rcs-relay audit record v1\n{seq}\n{at_ms}\n{kind}\n{detail}");
+    record_hash(leaf.as_bytes()).0
+}
+
+/// The right edge of an append-only Merkle tree: the roots of its perfect subtrees, largest
+/// first (one per bit set in the size). Enough to append and to compute the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    nodes: Vec<[u8; 32]>,
+}
+
+impl Frontier {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: [u8; 32]) {
+        let mut hash = Hash(leaf);
+        let mut size = self.size;
+        while size & 1 == 1 {
+            let left = self.nodes.pop().expect("a node per bit set in the size");
+            hash = node_hash(Hash(left), hash);
+            size >>= 1;
+        }
+        self.nodes.push(hash.0);
+        self.size += 1;
+    }
+
+    /// RFC 6962's Merkle tree hash of the leaves so far (`SHA-256("")` for none).
+    pub fn root(&self) -> [u8; 32] {
+        let mut nodes = self.nodes.iter().rev();
+        let Some(last) = nodes.next() else {
+            return EMPTY_ROOT;
+        };
+        nodes.fold(Hash(*last), |right, left| node_hash(Hash(*left), right)).0
+    }
+
+    /// `size:8` then the nodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.size.to_be_bytes().to_vec();
+        for n in &self.nodes {
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let size = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let rest = &bytes[8..];
+        if rest.len() != 32 * size.count_ones() as usize {
+            return None;
+        }
+        let nodes = rest.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
+        Some(Self { size, nodes })
+    }
+}
+
+/// SHA-256 of the empty string.
+const EMPTY_ROOT: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41,
+    0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// Why the audit key or a checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeyError {
+    #[error("the audit signing key is malformed: {0}")]
+    Signer(String),
+    #[error("the audit verifier key is malformed: {0}")]
+    Verifier(String),
+    #[error("signing a checkpoint: {0}")]
+    Sign(String),
+}
+
+/// The audit signing key (a signed-note Ed25519 key; its name is the log's origin).
+pub struct AuditSigner {
+    signer: StandardSigner,
+    origin: String,
+}
+
+impl std::fmt::Debug for AuditSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditSigner({})", self.origin)
+    }
+}
+
+/// A new key for the log `origin` (a name without spaces or `+`): (signer key, verifier key)
+/// in the signed-note text forms. The signer key is secret.
+pub fn generate_key(origin: &str) -> (String, String) {
+    signed_note::generate_key(&mut rand_core::OsRng, origin)
+}
+
+impl AuditSigner {
+    pub fn new(skey: &str) -> Result<Self, AuditKeyError> {
+        let signer = StandardSigner::new(skey.trim()).map_err(|e| AuditKeyError::Signer(e.to_string()))?;
+        let origin = signed_note::Signer::name(&signer).to_owned();
+        Ok(Self { signer, origin })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The signed checkpoint of a tree of `size` records with root `root`.
+    pub fn checkpoint(&self, size: u64, root: [u8; 32]) -> Result<String, AuditKeyError> {
+        let text = Checkpoint::new(&self.origin, size, Hash(root), "")
+            .map_err(|e| AuditKeyError::Sign(e.to_string()))?
+            .to_bytes();
+        let mut note = Note::new(&text, &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        note.add_sigs(&[&self.signer])
+            .map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        String::from_utf8(note.to_bytes()).map_err(|e| AuditKeyError::Sign(e.to_string()))
+    }
+}
+
+/// A checkpoint whose signature verified: the log's origin, size and root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub origin: String,
+    pub size: u64,
+    pub root: [u8; 32],
+}
+
+/// Opens a signed checkpoint with the audit verifier key `vkey`.
+pub fn open_checkpoint(note: &str, vkey: &str) -> Result<Opened, String> {
+    let verifier = StandardVerifier::new(vkey.trim()).map_err(|e| format!("the verifier key is malformed: {e}"))?;
+    let origin = signed_note::Verifier::name(&verifier).to_owned();
+    let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("not a signed note: {e}"))?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| format!("not signed by the audit key ({e})"))?;
+    let cp = Checkpoint::from_bytes(note.text()).map_err(|e| format!("not a checkpoint: {e}"))?;
+    if cp.origin() != origin {
+        return Err(format!("a checkpoint of another log ({})", cp.origin()));
+    }
+    Ok(Opened {
+        origin,
+        size: cp.size(),
+        root: cp.hash().0,
+    })
+}
+
+/// What a verification proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub checkpoints: usize,
+    /// Records after the last checkpoint: chained, but not yet committed to by a signature.
+    pub uncovered: u64,
+}
+
+/// The first record that could not be proven, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {record}: {reason}")]
+pub struct Bad {
+    pub record: u64,
+    pub reason: String,
+}
+
+/// Checks an exported log: every record in order and matching its chain hash, every
+/// checkpoint signed by `vkey` and reproduced by the records, and `against` (an auditor's
+/// earlier checkpoint) likewise. Checkpoints may come in any order.
+pub fn verify(records: &[Record], checkpoints: &[String], vkey: &str, against: Option<&str>) -> Result<Verified, Bad> {
+    let mut opened = Vec::with_capacity(checkpoints.len() + 1);
+    // Checkpoints that do not verify, with the size they claim (unproven, but it tells
+    // which records they were meant to prove).
+    let mut forged = Vec::new();
+    for (n, note) in checkpoints.iter().map(String::as_str).chain(against).enumerate() {
+        let what = if n < checkpoints.len() {
+            "a checkpoint in the log"
+        } else {
+            "the checkpoint given to check against"
+        };
+        match open_checkpoint(note, vkey) {
+            Ok(o) => opened.push((o, what)),
+            Err(e) => forged.push((claimed_size(note), format!("{what} is {e}"))),
+        }
+    }
+    opened.sort_by_key(|(o, _)| o.size);
+    let walked = walk(records, &opened);
+    // The first record a forged checkpoint leaves unproven: after the last valid checkpoint
+    // below the size it claims.
+    let first_forged = forged
+        .into_iter()
+        .map(|(claimed, reason)| {
+            let proven = opened
+                .iter()
+                .map(|(o, _)| o.size)
+                .filter(|s| claimed.is_none_or(|c| *s < c))
+                .max()
+                .unwrap_or(0);
+            Bad {
+                record: proven + 1,
+                reason,
+            }
+        })
+        .min_by_key(|b| b.record);
+    match (walked, first_forged) {
+        (Err(bad), Some(f)) => Err(if f.record < bad.record { f } else { bad }),
+        (Err(bad), None) => Err(bad),
+        (Ok(_), Some(f)) => Err(f),
+        (Ok(v), None) => Ok(v),
+    }
+}
+
+/// The size a checkpoint note claims, without checking its signature.
+fn claimed_size(note: &str) -> Option<u64> {
+    let note = Note::from_bytes(note.as_bytes()).ok()?;
+    Checkpoint::from_bytes(note.text()).ok().map(|c| c.size())
+}
+
+/// Replays the records in order against the chain and the verified checkpoints (by size).
+fn walk(records: &[Record], opened: &[(Opened, &str)]) -> Result<Verified, Bad> {
+    let mut frontier = Frontier::default();
+    let mut prev = CHAIN_START;
+    let mut proven = 0u64;
+    let mut next_checkpoint = opened.iter().peekable();
+    let mut check = |frontier: &Frontier, proven: &mut u64| -> Result<(), Bad> {
+        while let Some((o, what)) = next_checkpoint.next_if(|(o, _)| o.size == frontier.size()) {
+            if o.root != frontier.root() {
+                return Err(Bad {
+                    record: *proven + 1,
+                    reason: format!(
+                        "records {}..={} do not reproduce {what} (size {}): one of them was changed, removed or reordered",
+                        *proven + 1,
+                        o.size,
+                        o.size
+                    ),
+                });
+            }
+            *proven = o.size;
+        }
+        Ok(())
+    };
+    check(&frontier, &mut proven)?;
+    for (i, r) in records.iter().enumerate() {
+        let want = i as u64 + 1;
+        if r.seq != want {
+            return Err(Bad {
+                record: want,
+                reason: format!("expected record {want}, found record {} (removed or reordered)", r.seq),
+            });
+        }
+        let chain = chain_hash(&prev, r.seq, r.at_ms, &r.kind, &r.detail);
+        if chain != r.chain {
+            return Err(Bad {
+                record: want,
+                reason: "does not match its chain hash (changed)".into(),
+            });
+        }
+        prev = chain;
+        frontier.push(leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
+        check(&frontier, &mut proven)?;
+    }
+    if let Some((o, what)) = next_checkpoint.next() {
+        return Err(Bad {
+            record: frontier.size() + 1,
+            reason: format!(
+                "{what} commits to {} records, the log has {}: its tail was cut",
+                o.size,
+                frontier.size()
+            ),
+        });
+    }
+    Ok(Verified {
+        records: frontier.size(),
+        checkpoints: opened.len(),
+        uncovered: frontier.size() - proven,
+    })
+}
+
+#[cfg(test)]
+mod tests;
