@@ -29,6 +29,7 @@ pub(crate) async fn serve(
 ) {
     let store = state.store().clone();
     let reload_store = store.clone();
+    let controls_state = state.clone();
     let acme_routes = acme_routes(acme, store.clone(), Arc::clone(&checkpointer));
     let ready_certs = Arc::clone(&certs);
     let healthz = move || {
@@ -104,6 +105,7 @@ pub(crate) async fn serve(
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
         .merge(crate::audit::routes(checkpointer))
+        .merge(crate::controls::routes(controls_state))
         .merge(acme_routes);
     while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
         let router = router.clone();

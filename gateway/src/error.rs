@@ -59,6 +59,13 @@ impl ApiError {
         e
     }
 
+    /// `503` for a call the operator switched off (a kill switch), with `Retry-After`.
+    pub fn switched_off(code: ErrorCode, detail: &'static str) -> Self {
+        let mut e = Self::new(code, detail);
+        e.retry_after_secs = Some(SWITCHED_OFF_RETRY_SECS);
+        e
+    }
+
     /// Prefixes the detail with which item of a list it is about (`"KeyPackage 3: …"`).
     #[must_use]
     pub fn about(mut self, item: impl std::fmt::Display) -> Self {
@@ -233,3 +240,7 @@ impl From<interconnect::ClaimError> for ApiError {
         )
     }
 }
+
+/// What a client is told to wait when a call is switched off: the operator decides when it
+/// comes back, so a minute, not a back-off schedule.
+const SWITCHED_OFF_RETRY_SECS: u64 = 60;

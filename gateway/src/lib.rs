@@ -36,6 +36,7 @@ pub mod api;
 pub mod audit;
 pub mod background;
 pub mod config;
+pub mod controls;
 pub mod error;
 pub mod h3;
 pub mod keys;

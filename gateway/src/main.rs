@@ -67,6 +67,46 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Kill switches, durable across restarts: `registration`, `keypackage_upload`, `push`,
+    /// `peer:<name>` (its envelopes stay queued until it is back on).
+    Switch {
+        #[command(subcommand)]
+        action: SwitchAction,
+    },
+    /// Revoke a device: its credential fails at once (open long-polls too), its KeyPackages
+    /// can no longer be claimed, Welcomes to them are refused.
+    Revoke {
+        /// The device's address (`tel:+E.164`).
+        address: String,
+        #[arg(long)]
+        device: u32,
+    },
+    /// Suspend an address (it may not register or send); `--lift` ends the suspension.
+    Suspend {
+        address: String,
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Devices registered in a time window (from the audit log), by rid: what a stolen
+    /// provisioning key registered.
+    Registered {
+        /// Start of the window, milliseconds since the Unix epoch.
+        #[arg(long, default_value_t = 0)]
+        since_ms: u64,
+        /// End of the window (default: now).
+        #[arg(long)]
+        until_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SwitchAction {
+    /// The switches that are off.
+    List,
+    /// Switch NAME off.
+    Off { name: String },
+    /// Switch NAME back on.
+    On { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +190,39 @@ fn main() -> ExitCode {
             };
             admin_call(settings.config.admin_listen, path.0, &path.1)
         }
+        Command::Switch { action } => {
+            let path = match action {
+                SwitchAction::List => ("GET", "/admin/switches".to_owned()),
+                SwitchAction::Off { name } => ("POST", format!("/admin/switches/{name}/off")),
+                SwitchAction::On { name } => ("POST", format!("/admin/switches/{name}/on")),
+            };
+            admin_call(settings.config.admin_listen, path.0, &path.1)
+        }
+        Command::Revoke { address, device } => admin_call(
+            settings.config.admin_listen,
+            "POST",
+            &format!(
+                "/admin/devices/revoke?address={}&device={device}",
+                query_value(&address)
+            ),
+        ),
+        Command::Suspend { address, lift } => admin_call(
+            settings.config.admin_listen,
+            "POST",
+            &format!(
+                "/admin/addresses/{}?address={}",
+                if lift { "unsuspend" } else { "suspend" },
+                query_value(&address)
+            ),
+        ),
+        Command::Registered { since_ms, until_ms } => admin_call(
+            settings.config.admin_listen,
+            "GET",
+            &format!(
+                "/admin/devices/registered?since_ms={since_ms}&until_ms={}",
+                until_ms.unwrap_or_else(relay_net::clock::now_ms)
+            ),
+        ),
         Command::Audit { action } => match action {
             AuditAction::Show => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
             AuditAction::Export => admin_call(settings.config.admin_listen, "GET", "/admin/audit/export"),
@@ -218,6 +291,15 @@ fn audit_verify(
         v.uncovered
     )?;
     Ok(())
+}
+
+/// An address in a query string (`+` would read as a space).
+fn query_value(address: &str) -> String {
+    address
+        .replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('&', "%26")
+        .replace(' ', "%20")
 }
 
 /// One request to the running gateway's admin listener; prints the answer.

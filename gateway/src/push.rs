@@ -160,6 +160,11 @@ impl Notifier {
     }
 
     async fn notify(&self, keys: Vec<(Key, bool)>) {
+        if self.store.is_switched_off(crate::controls::PUSH) {
+            // Envelopes are stored as always; only the wake-up is not sent.
+            metrics::counter!("relay_push_skipped_total", "reason" => "switched_off").increment(keys.len() as u64);
+            return;
+        }
         // One notification per handle (a device due twice in one batch is pushed once,
         // urgently if either was urgent), in the order the devices came.
         let mut batch: Vec<(String, Key, bool)> = Vec::with_capacity(keys.len());

@@ -71,6 +71,10 @@ impl Interconnect {
         tracker: &TaskTracker,
     ) {
         let name = peer.cfg.name.clone();
+        // A peer switched off by the operator: its entries stay queued until it is back on.
+        if self.store.is_switched_off(&crate::peer_switch(&name)) {
+            return;
+        }
         let busy = lock(in_flight).iter().filter(|(p, _)| *p == name).count();
         let free = self.cfg.concurrency_per_peer.saturating_sub(busy);
         if free == 0 {

@@ -60,6 +60,12 @@ pub enum ErrorCode {
     RegistrationRateLimited,
     /// One sender's share of a recipient's queue (bytes within the envelope lifetime).
     SenderShareExceeded,
+    /// The operator switched registration off (kill switch).
+    RegistrationDisabled,
+    /// The operator switched KeyPackage uploads off (kill switch).
+    KeyPackageUploadDisabled,
+    /// The operator suspended this address: it cannot register or send.
+    AddressSuspended,
 }
 
 impl ErrorCode {
@@ -114,6 +120,9 @@ impl ErrorCode {
             Self::TooManyFailedAuth => "too_many_failed_auth",
             Self::RegistrationRateLimited => "registration_rate_limited",
             Self::SenderShareExceeded => "sender_share_exceeded",
+            Self::RegistrationDisabled => "registration_disabled",
+            Self::KeyPackageUploadDisabled => "key_package_upload_disabled",
+            Self::AddressSuspended => "address_suspended",
         }
     }
 
@@ -157,7 +166,8 @@ impl ErrorCode {
             Self::UnknownKeyPackage => 404,
             Self::UnexpectedMessageType => 400,
             Self::InvalidRecipients | Self::InvalidPushHandle => 400,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::RegistrationDisabled | Self::KeyPackageUploadDisabled => 503,
+            Self::AddressSuspended => 403,
             Self::ResidencyPolicy => 451,
             Self::PeerUnavailable => 502,
         }
@@ -169,7 +179,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 49] = [
+const ALL: [ErrorCode; 52] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -219,6 +229,9 @@ const ALL: [ErrorCode; 49] = [
     ErrorCode::TooManyFailedAuth,
     ErrorCode::RegistrationRateLimited,
     ErrorCode::SenderShareExceeded,
+    ErrorCode::RegistrationDisabled,
+    ErrorCode::KeyPackageUploadDisabled,
+    ErrorCode::AddressSuspended,
 ];
 
 #[cfg(test)]

@@ -197,6 +197,37 @@ pub trait Audit: Send + Sync + 'static {
     fn audit_checkpoints(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
+/// Operator controls for incident response: kill switches, suspended addresses, revoked
+/// devices. Each change is written with its audit record, atomically.
+pub trait Controls: Send + Sync + 'static {
+    /// Switches `name` off (`off = true`) or back on. Off stays off across restarts.
+    fn set_switch(&self, name: &str, off: bool, now_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The switches that are off.
+    fn switches_off(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Suspends an address (`true`: it may not register or send) or lifts the suspension.
+    fn set_suspended(
+        &self,
+        rid: Rid,
+        suspended: bool,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The suspended addresses.
+    fn suspended(&self) -> impl Future<Output = Result<Vec<Rid>, StoreError>> + Send;
+
+    /// Revokes a device: its credential, KeyPackages (so Welcomes to them are refused), push
+    /// handle and mailbox go, as with [`Devices::delete_device`], and the revocation is
+    /// audited. `false` if there was no such device.
+    fn revoke_device(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
 /// Expiry, statistics and lifecycle.
 pub trait Maintenance: Send + Sync + 'static {
     /// Deletes everything whose time to live has passed, in bounded chunks.
@@ -219,6 +250,12 @@ pub trait Maintenance: Send + Sync + 'static {
 }
 
 /// The whole contract.
-pub trait Store: Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Maintenance {}
+pub trait Store:
+    Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Maintenance
+{
+}
 
-impl<T> Store for T where T: Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Maintenance {}
+impl<T> Store for T where
+    T: Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Maintenance
+{
+}

@@ -42,7 +42,7 @@ pub mod model;
 mod sled;
 pub mod watch;
 
-pub use contract::{Audit, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Store};
+pub use contract::{Audit, Controls, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Store};
 pub use journal::Recovery;
 pub use model::*;
 pub use sled::{SledConfig, SledStore};
@@ -50,8 +50,8 @@ pub use sled::{SledConfig, SledStore};
 /// The contract's traits, for `use storage::prelude::*;`.
 pub mod prelude {
     pub use crate::contract::{
-        Audit as _, Devices as _, Groups as _, KeyPackages as _, Mailboxes as _, Maintenance as _, Outbox as _,
-        PushHandles as _,
+        Audit as _, Controls as _, Devices as _, Groups as _, KeyPackages as _, Mailboxes as _, Maintenance as _,
+        Outbox as _, PushHandles as _,
     };
 }
 
@@ -75,6 +75,15 @@ struct Inner {
     watchers: Arc<watch::Watchers>,
     /// Notified when a send queued entries for peer carriers.
     outbox_written: Notify,
+    /// The kill switches that are off and the suspended addresses, as stored (read at open,
+    /// changed only through [`Controls`]), so every request can check them without I/O.
+    controls: std::sync::RwLock<ControlState>,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    switches_off: std::collections::BTreeSet<String>,
+    suspended: std::collections::HashSet<Rid>,
 }
 
 #[derive(Debug)]
@@ -88,13 +97,44 @@ impl Storage {
         let backend = match config {
             StorageConfig::Sled(c) => Backend::Sled(SledStore::open(c)?),
         };
+        let (switches_off, suspended) = match &backend {
+            Backend::Sled(b) => b.controls_now()?,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
                 watchers: Arc::default(),
                 outbox_written: Notify::new(),
+                controls: std::sync::RwLock::new(ControlState {
+                    switches_off: switches_off.into_iter().collect(),
+                    suspended: suspended.into_iter().collect(),
+                }),
             }),
         })
+    }
+
+    /// Whether the kill switch `name` is off.
+    pub fn is_switched_off(&self, name: &str) -> bool {
+        self.controls().switches_off.contains(name)
+    }
+
+    /// Whether an address is suspended.
+    pub fn is_suspended(&self, rid: &Rid) -> bool {
+        self.controls().suspended.contains(rid)
+    }
+
+    fn controls(&self) -> std::sync::RwLockReadGuard<'_, ControlState> {
+        self.inner
+            .controls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn controls_mut(&self) -> std::sync::RwLockWriteGuard<'_, ControlState> {
+        self.inner
+            .controls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The backend's name, for logs.
@@ -279,6 +319,45 @@ impl Audit for Storage {
 
     async fn audit_checkpoints(&self) -> Result<Vec<String>, StoreError> {
         on_backend!(self, b => b.audit_checkpoints().await)
+    }
+}
+
+impl Controls for Storage {
+    async fn set_switch(&self, name: &str, off: bool, now_ms: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.set_switch(name, off, now_ms).await)?;
+        let mut c = self.controls_mut();
+        if off {
+            c.switches_off.insert(name.to_owned());
+        } else {
+            c.switches_off.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn switches_off(&self) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, b => b.switches_off().await)
+    }
+
+    async fn set_suspended(&self, rid: Rid, suspended: bool, now_ms: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.set_suspended(rid, suspended, now_ms).await)?;
+        let mut c = self.controls_mut();
+        if suspended {
+            c.suspended.insert(rid);
+        } else {
+            c.suspended.remove(&rid);
+        }
+        Ok(())
+    }
+
+    async fn suspended(&self) -> Result<Vec<Rid>, StoreError> {
+        on_backend!(self, b => b.suspended().await)
+    }
+
+    /// Also wakes the device's live receivers, which find it gone and answer 401.
+    async fn revoke_device(&self, rid: Rid, device: DeviceId, now_ms: u64) -> Result<bool, StoreError> {
+        let revoked = on_backend!(self, b => b.revoke_device(rid, device, now_ms).await)?;
+        self.inner.watchers.wake(&(rid, device));
+        Ok(revoked)
     }
 }
 

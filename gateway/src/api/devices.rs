@@ -20,6 +20,12 @@ use crate::error::ApiError;
 const MAX_PUSH_HANDLE: usize = 2048;
 
 pub(super) async fn register(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    if state.inner.store.is_switched_off(crate::controls::REGISTRATION) {
+        return Err(ApiError::switched_off(
+            ErrorCode::RegistrationDisabled,
+            "registration is switched off by the operator",
+        ));
+    }
     let body: v1::RegisterRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
     let now = now_ms();
     let (address, nonce, expires_at) = if body.provisioning_token.is_empty() && state.inner.open_registration {
@@ -37,8 +43,12 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
     let credential = DeviceCredential::from_random(random);
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
+    let rid = state.inner.rid_key.rid(&address);
+    if state.inner.store.is_suspended(&rid) {
+        return Err(ApiError::new(ErrorCode::AddressSuspended, "this address is suspended"));
+    }
     let new = NewDevice {
-        rid: state.inner.rid_key.rid(&address),
+        rid,
         credential_lookup: credential.lookup(),
         credential_hash: credential.hash(salt),
         provisioning_nonce: nonce,

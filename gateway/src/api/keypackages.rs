@@ -24,6 +24,12 @@ const KEY_PACKAGE_BODY_LIMIT: usize = 1 << 20;
 
 pub(super) async fn upload(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let device = authenticate(&state, req.headers()).await?;
+    if state.inner.store.is_switched_off(crate::controls::KEYPACKAGE_UPLOAD) {
+        return Err(ApiError::switched_off(
+            ErrorCode::KeyPackageUploadDisabled,
+            "KeyPackage uploads are switched off by the operator",
+        ));
+    }
     let body: v1::UploadKeyPackagesRequest = read_proto(&state, req, KEY_PACKAGE_BODY_LIMIT).await?;
     let mls = &state.inner.mls;
     if body.key_packages.is_empty() {

@@ -79,6 +79,9 @@ fn check_send_limits(
 
 pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let sender = authenticate(&state, req.headers()).await?;
+    if state.inner.store.is_suspended(&sender.rid) {
+        return Err(ApiError::new(ErrorCode::AddressSuspended, "this address is suspended"));
+    }
     let limits = &state.inner.limits;
     let body: v1::SendRequest = read_proto(&state, req, limits.max_send_body_bytes()).await?;
     let checked = check_send(&body, limits)?;
@@ -402,6 +405,10 @@ async fn long_poll(state: &AppState, key: storage::watch::DeviceKey, q: &Receive
             () = notified => {}
             () = tokio::time::sleep_until(deadline) => return Ok(page),
             () = state.inner.shutdown.cancelled() => return Ok(page),
+        }
+        // A revoked (or deleted) device's wait ends here, with the 401 its credential now gets.
+        if !store.devices(key.0).await?.contains(&key.1) {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "this device no longer exists"));
         }
     }
 }

@@ -24,6 +24,7 @@ mod abuse;
 mod acme;
 mod audit;
 mod bad_input;
+mod controls;
 mod deploy;
 mod early_errors;
 mod floods;

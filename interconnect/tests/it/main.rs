@@ -17,6 +17,7 @@ mod early_errors;
 mod mtls;
 mod reports;
 mod rotation;
+mod switches;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -519,7 +519,14 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
             );
         }
     }
-    // Positive control for the data-dir scan: the handle itself is stored there.
-    assert!(!test_support::files_containing(&gw.data_dir, bob_handle.as_bytes()).is_empty());
+    // Positive control for the data-dir scan: the handle itself is stored there (a storage
+    // checkpoint between the scan's reads of the journal and of sled can hide it from one
+    // scan, never from two in a row).
+    test_support::eventually(
+        "the scan to find the stored handle",
+        Duration::from_secs(10),
+        async || !test_support::files_containing(&gw.data_dir, bob_handle.as_bytes()).is_empty(),
+    )
+    .await;
     gw.stop().await;
 }

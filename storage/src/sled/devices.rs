@@ -42,7 +42,7 @@ impl Devices for SledStore {
     }
 
     async fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<bool, StoreError> {
-        self.write(move |s| s.delete_device(rid, device)).await
+        self.write(move |s| s.delete_device(rid, device, None)).await
     }
 }
 
@@ -113,8 +113,13 @@ impl Inner {
     }
 
     /// Removes the device, its credential, push handle, KeyPackages and mailbox; `false` if
-    /// there was no such device.
-    fn delete_device(&self, rid: Rid, device: DeviceId) -> Result<(bool, u64), StoreError> {
+    /// there was no such device. With `revoked_at`, the revocation is audited in the same write.
+    pub(super) fn delete_device(
+        &self,
+        rid: Rid,
+        device: DeviceId,
+        revoked_at: Option<u64>,
+    ) -> Result<(bool, u64), StoreError> {
         let mut cache = lock(&self.devices);
         let _kp = lock(&self.keypackages);
         let _push = lock(&self.push);
@@ -137,6 +142,11 @@ impl Inner {
         m.index.remove_device((rid, device), &mut effects);
         effects.retain(|e| !matches!(e, Effect::DelGap { .. }));
         self.effects_into(&effects, &mut ws)?;
+        let _audit = revoked_at.map(|_| lock(&self.audit));
+        if let Some(now_ms) = revoked_at {
+            let detail = format!("rid={} device={}", relay_core::hex::encode(&rid.0), device.0);
+            self.audit_into(&mut ws, "device.revoke", &detail, now_ms)?;
+        }
         let lsn = self.commit(&ws)?;
         drop(m);
         cache.remove(&rid);

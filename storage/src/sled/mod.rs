@@ -32,6 +32,7 @@
 
 mod audit;
 mod checkpoint;
+mod controls;
 mod devices;
 mod groups;
 mod index;

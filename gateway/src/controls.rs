@@ -1,0 +1,173 @@
+//! Incident-response controls on the admin listener: kill switches, device revocation,
+//! address suspension, and what was registered in a time window. Storage writes each change
+//! with its audit record; requests check the switches and suspensions in memory.
+//!
+//! | call | effect |
+//! |---|---|
+//! | `GET /admin/switches` | the switches that are off |
+//! | `POST /admin/switches/{name}/off`, `…/on` | `registration`, `keypackage_upload`, `push`, `peer:{name}` |
+//! | `POST /admin/devices/revoke?address=&device=` | the device's credential, KeyPackages, push handle and queue go; its open long-polls end with 401 |
+//! | `POST /admin/addresses/suspend?address=`, `…/unsuspend` | the address may not register or send |
+//! | `GET /admin/devices/registered?since_ms=&until_ms=` | registrations in the window (from the audit log), by rid |
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use relay_core::Address;
+use relay_net::clock::now_ms;
+use storage::prelude::*;
+
+use crate::api::AppState;
+
+/// New registrations get 503 `registration_disabled`.
+pub const REGISTRATION: &str = "registration";
+/// KeyPackage uploads get 503 `key_package_upload_disabled`.
+pub const KEYPACKAGE_UPLOAD: &str = "keypackage_upload";
+/// No pushes are sent (envelopes are stored as always).
+pub const PUSH: &str = "push";
+
+pub(crate) fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/admin/switches", get(list_switches))
+        .route("/admin/switches/{name}/{state}", post(set_switch))
+        .route("/admin/devices/revoke", post(revoke))
+        .route("/admin/addresses/{action}", post(suspend))
+        .route("/admin/devices/registered", get(registered))
+        .with_state(state)
+}
+
+fn answer(status: StatusCode, text: impl Into<String>) -> Response {
+    let mut text = text.into();
+    text.push('\n');
+    (status, text).into_response()
+}
+
+fn failed(e: &storage::StoreError) -> Response {
+    answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn list_switches(State(state): State<AppState>) -> Response {
+    match state.store().switches_off().await {
+        Ok(off) => axum::Json(serde_json::json!({ "off": off })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn set_switch(State(state): State<AppState>, Path((name, to)): Path<(String, String)>) -> Response {
+    let known = [REGISTRATION, KEYPACKAGE_UPLOAD, PUSH].contains(&name.as_str())
+        || state.interconnect().is_some_and(|ic| {
+            ic.table()
+                .peers
+                .iter()
+                .any(|p| interconnect::peer_switch(&p.cfg.name) == name)
+        });
+    if !known {
+        return answer(
+            StatusCode::NOT_FOUND,
+            format!("no switch {name:?}: registration, keypackage_upload, push or peer:<configured peer>"),
+        );
+    }
+    let off = match to.as_str() {
+        "off" => true,
+        "on" => false,
+        _ => return answer(StatusCode::NOT_FOUND, "switch to on or off"),
+    };
+    match state.store().set_switch(&name, off, now_ms()).await {
+        Ok(()) => {
+            tracing::warn!(switch = %name, off, "kill switch changed by an operator");
+            answer(StatusCode::OK, format!("{name} {to}"))
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// The `address` query parameter, hashed: the address itself goes no further.
+fn rid_of(state: &AppState, q: &HashMap<String, String>) -> Result<relay_core::Rid, String> {
+    let address = q.get("address").ok_or("address= is required")?;
+    let address = Address::parse(address).map_err(|e| e.to_string())?;
+    Ok(state.rid_key().rid(&address))
+}
+
+async fn revoke(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let rid = match rid_of(&state, &q) {
+        Ok(r) => r,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(device) = q.get("device").and_then(|d| d.parse::<u32>().ok()) else {
+        return answer(StatusCode::BAD_REQUEST, "device= (a device id) is required");
+    };
+    match state
+        .store()
+        .revoke_device(rid, relay_core::DeviceId(device), now_ms())
+        .await
+    {
+        Ok(true) => {
+            tracing::warn!(device, "device revoked by an operator");
+            answer(StatusCode::OK, format!("device {device} revoked"))
+        }
+        Ok(false) => answer(StatusCode::NOT_FOUND, "no such device"),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let suspended = match action.as_str() {
+        "suspend" => true,
+        "unsuspend" => false,
+        _ => return answer(StatusCode::NOT_FOUND, "suspend or unsuspend"),
+    };
+    let rid = match rid_of(&state, &q) {
+        Ok(r) => r,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, e),
+    };
+    match state.store().set_suspended(rid, suspended, now_ms()).await {
+        Ok(()) => answer(StatusCode::OK, format!("address {action}ed")),
+        Err(e) => failed(&e),
+    }
+}
+
+/// Registrations in `[since_ms, until_ms]` from the audit log (JSON lines: at_ms, rid,
+/// device, and whether it has been revoked since).
+async fn registered(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let bound = |name: &str, default: u64| q.get(name).map_or(Ok(default), |v| v.parse::<u64>());
+    let (Ok(since), Ok(until)) = (bound("since_ms", 0), bound("until_ms", u64::MAX)) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "since_ms and until_ms are milliseconds since the epoch",
+        );
+    };
+    let log = match state.store().audit_log().await {
+        Ok(l) => l,
+        Err(e) => return failed(&e),
+    };
+    let revoked: Vec<&str> = log
+        .iter()
+        .filter(|r| r.kind == "device.revoke")
+        .map(|r| r.detail.as_str())
+        .collect();
+    let lines: String = log
+        .iter()
+        .filter(|r| r.kind == "device.register" && (since..=until).contains(&r.at_ms))
+        .filter_map(|r| {
+            let mut fields = r.detail.split(' ');
+            let rid = fields.next()?.strip_prefix("rid=")?;
+            let device = fields.next()?.strip_prefix("device=")?.parse::<u32>().ok()?;
+            let line = serde_json::json!({
+                "at_ms": r.at_ms,
+                "rid": rid,
+                "device": device,
+                "revoked": revoked.contains(&r.detail.as_str()),
+            });
+            Some(format!("{line}\n"))
+        })
+        .collect();
+    ([(http::header::CONTENT_TYPE, "application/jsonl")], lines).into_response()
+}
