@@ -20,15 +20,9 @@ use http::StatusCode;
 use relay_core::Address;
 use relay_net::clock::now_ms;
 use storage::prelude::*;
+use storage::switch::{KEYPACKAGE_UPLOAD, PUSH, REGISTRATION};
 
 use crate::api::AppState;
-
-/// New registrations get 503 `registration_disabled`.
-pub const REGISTRATION: &str = "registration";
-/// KeyPackage uploads get 503 `key_package_upload_disabled`.
-pub const KEYPACKAGE_UPLOAD: &str = "keypackage_upload";
-/// No pushes are sent (envelopes are stored as always).
-pub const PUSH: &str = "push";
 
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
@@ -63,7 +57,7 @@ async fn set_switch(State(state): State<AppState>, Path((name, to)): Path<(Strin
             ic.table()
                 .peers
                 .iter()
-                .any(|p| interconnect::peer_switch(&p.cfg.name) == name)
+                .any(|p| storage::switch::peer(&p.cfg.name) == name)
         });
     if !known {
         return answer(

@@ -160,7 +160,7 @@ impl Notifier {
     }
 
     async fn notify(&self, keys: Vec<(Key, bool)>) {
-        if self.store.is_switched_off(crate::controls::PUSH) {
+        if self.store.is_switched_off(storage::switch::PUSH) {
             // Envelopes are stored as always; only the wake-up is not sent.
             metrics::counter!("relay_push_skipped_total", "reason" => "switched_off").increment(keys.len() as u64);
             return;

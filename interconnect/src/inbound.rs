@@ -63,7 +63,7 @@ impl Interconnect {
     }
 
     fn rate_limited(&self, peer: &str) -> Option<Response> {
-        if self.store.is_switched_off(&crate::peer_switch(peer)) {
+        if self.store.is_switched_off(&storage::switch::peer(peer)) {
             // The peer retries a 503, so what it has for us waits in its outbox; a few seconds
             // apart, so deliveries resume soon after the switch is back on.
             let mut r = err(StatusCode::SERVICE_UNAVAILABLE, "peer_switched_off");

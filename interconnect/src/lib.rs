@@ -52,12 +52,6 @@ use storage::prelude::*;
 use tokio::sync::{Notify, watch};
 
 pub use crate::config::InterconnectConfig;
-
-/// The kill switch of one peer: while it is off, nothing is delivered to the peer (its
-/// envelopes stay in the outbox) and nothing is accepted from it.
-pub fn peer_switch(name: &str) -> String {
-    format!("peer:{name}")
-}
 pub use crate::error::{ClaimError, SetupError};
 pub use crate::inbound::PeerName;
 pub use crate::peers::{Peer, Table};

@@ -72,7 +72,7 @@ impl Interconnect {
     ) {
         let name = peer.cfg.name.clone();
         // A peer switched off by the operator: its entries stay queued until it is back on.
-        if self.store.is_switched_off(&crate::peer_switch(&name)) {
+        if self.store.is_switched_off(&storage::switch::peer(&name)) {
             return;
         }
         let busy = lock(in_flight).iter().filter(|(p, _)| *p == name).count();

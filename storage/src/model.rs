@@ -162,6 +162,22 @@ pub struct SendOutcome {
     pub accepted_epoch: Option<u64>,
 }
 
+/// The kill switches' names ([`crate::Controls`]).
+pub mod switch {
+    /// New registrations get 503 `registration_disabled`.
+    pub const REGISTRATION: &str = "registration";
+    /// KeyPackage uploads get 503 `key_package_upload_disabled`.
+    pub const KEYPACKAGE_UPLOAD: &str = "keypackage_upload";
+    /// No pushes are sent (envelopes are stored as always).
+    pub const PUSH: &str = "push";
+
+    /// One peer carrier's switch: while it is off, nothing is delivered to the peer (its
+    /// envelopes stay in the outbox) and nothing is accepted from it.
+    pub fn peer(name: &str) -> String {
+        format!("peer:{name}")
+    }
+}
+
 /// Flags of a mailbox entry (wire `Envelope.flags`).
 pub mod flags {
     pub const URGENT: u32 = 1;

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 const MAX_PUSH_HANDLE: usize = 2048;
 
 pub(super) async fn register(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    if state.inner.store.is_switched_off(crate::controls::REGISTRATION) {
+    if state.inner.store.is_switched_off(storage::switch::REGISTRATION) {
         return Err(ApiError::switched_off(
             ErrorCode::RegistrationDisabled,
             "registration is switched off by the operator",
@@ -28,15 +28,16 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
     }
     let body: v1::RegisterRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
     let now = now_ms();
-    let (address, nonce, expires_at) = if body.provisioning_token.is_empty() && state.inner.open_registration {
+    let (address, nonce, expires_at, key) = if body.provisioning_token.is_empty() && state.inner.open_registration {
         let address =
             Address::parse(&body.address).map_err(|e| ApiError::new(ErrorCode::InvalidAddress, e.to_string()))?;
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
-        (address, nonce, now + 60_000)
+        (address, nonce, now + 60_000, "open".to_owned())
     } else {
         let claims = provisioning::verify(&body.provisioning_token, &state.inner.provisioning_key, now)?;
-        (claims.address, claims.nonce, claims.expires_at_ms)
+        let key = super::provisioning_key_id(&state.inner.provisioning_key);
+        (claims.address, claims.nonce, claims.expires_at_ms, key)
     };
     let mut random = [0u8; 48];
     rand::rng().fill_bytes(&mut random);
@@ -58,6 +59,8 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
     };
     let device = state.inner.store.register_device(new).await?;
     metrics::counter!("relay_devices_registered_total").increment(1);
+    // Per provisioning key: a burst under one key is what a stolen key looks like.
+    metrics::counter!("relay_registrations_total", "key" => key).increment(1);
     let resp = v1::RegisterResponse {
         device_id: device.0,
         credential: credential.encode(),

@@ -24,7 +24,7 @@ const KEY_PACKAGE_BODY_LIMIT: usize = 1 << 20;
 
 pub(super) async fn upload(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let device = authenticate(&state, req.headers()).await?;
-    if state.inner.store.is_switched_off(crate::controls::KEYPACKAGE_UPLOAD) {
+    if state.inner.store.is_switched_off(storage::switch::KEYPACKAGE_UPLOAD) {
         return Err(ApiError::switched_off(
             ErrorCode::KeyPackageUploadDisabled,
             "KeyPackage uploads are switched off by the operator",
@@ -73,6 +73,7 @@ pub(super) async fn upload(State(state): State<AppState>, req: Request) -> Resul
 pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let device = authenticate(&state, req.headers()).await?;
     let body: v1::ClaimKeyPackagesRequest = read_proto(&state, req, SMALL_BODY_LIMIT).await?;
+    metrics::counter!("relay_key_package_claims_total").increment(1);
     if body.addresses.is_empty() || body.addresses.len() > state.inner.limits.max_recipients {
         return Err(ApiError::new(
             ErrorCode::InvalidRecipients,

@@ -136,6 +136,9 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         other => other.into(),
     })?;
     metrics::counter!("relay_envelopes_stored_total").increment(u64::from(!outcome.duplicate));
+    if is_welcome && !outcome.duplicate {
+        metrics::counter!("relay_welcomes_total").increment(1);
+    }
     metrics::counter!("relay_envelope_bytes_stored_total").increment(if outcome.duplicate { 0 } else { size });
     let resp = v1::SendResponse {
         server_id: Bytes::copy_from_slice(&outcome.server_id.0),

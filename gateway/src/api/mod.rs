@@ -120,6 +120,10 @@ pub struct ApiConfig {
 impl AppState {
     pub fn new(c: ApiConfig) -> Self {
         let quota = Quota::per_second(c.requests_per_second).allow_burst(c.burst);
+        // The detection metrics exist from the start, so alert rules have a baseline.
+        metrics::counter!("relay_registrations_total", "key" => provisioning_key_id(&c.provisioning_key)).increment(0);
+        metrics::counter!("relay_welcomes_total").increment(0);
+        metrics::counter!("relay_key_package_claims_total").increment(0);
         Self {
             inner: Arc::new(Inner {
                 store: c.store,
@@ -283,4 +287,10 @@ async fn track_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("relay_http_request_duration_seconds", "route" => route, "method" => method, "transport" => version)
         .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The provisioning key's id in metrics and logs: the first 8 hex digits of SHA-256 over the
+/// public key (what an operator compares with `keys/provisioning.pub`).
+pub fn provisioning_key_id(public_key: &[u8]) -> String {
+    relay_core::hex::encode(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..4])
 }

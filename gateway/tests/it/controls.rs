@@ -148,6 +148,20 @@ async fn switches_revocation_and_suspension() {
     assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(!listed.contains("1555011500"), "rids, not addresses: {listed}");
 
+    // The detection metric moved, labelled with the provisioning key's id (RegistrationSpike
+    // in deploy/prometheus/rules.yml watches it; its promtool test fires on a burst).
+    let public = std::fs::read(data.join("keys/provisioning.pub")).unwrap();
+    let key = gateway::api::provisioning_key_id(&public);
+    let metrics = test_support::admin_request(admin, "GET", "/metrics").await.unwrap();
+    let registered: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("relay_registrations_total{{key=\"{key}\"}} ")))
+        .unwrap_or_else(|| panic!("no relay_registrations_total for key {key}:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(registered >= 2.0, "Carol and Dave since the restart: {registered}");
+
     // Every change is in the audit log, which verifies.
     let shown = ok(&gateway(&data, p.admin, &["audit", "show"]));
     for kind in [
