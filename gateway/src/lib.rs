@@ -38,6 +38,7 @@ pub mod background;
 pub mod config;
 pub mod controls;
 pub mod error;
+pub mod evidence;
 pub mod h3;
 pub mod keys;
 pub mod mls;

@@ -87,6 +87,12 @@ enum Command {
         #[arg(long)]
         lift: bool,
     },
+    /// The evidence bundle: audit log and checkpoint, key inventory, configuration hash,
+    /// peer table and residency policy, certificates and CRLs in use — signed.
+    Evidence {
+        #[command(subcommand)]
+        action: EvidenceAction,
+    },
     /// Devices registered in a time window (from the audit log), by rid: what a stolen
     /// provisioning key registered.
     Registered {
@@ -96,6 +102,22 @@ enum Command {
         /// End of the window (default: now).
         #[arg(long)]
         until_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvidenceAction {
+    /// Write the bundle (a tar archive with a manifest signed by the audit key).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle: the manifest's signature, every file's hash, the audit log in it.
+    Verify {
+        file: PathBuf,
+        /// The audit verifier key; default: `data_dir/keys/audit.vkey`.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -223,6 +245,7 @@ fn main() -> ExitCode {
                 until_ms.unwrap_or_else(relay_net::clock::now_ms)
             ),
         ),
+        Command::Evidence { action } => evidence(&settings, cli.config.as_deref(), action),
         Command::Audit { action } => match action {
             AuditAction::Show => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
             AuditAction::Export => admin_call(settings.config.admin_listen, "GET", "/admin/audit/export"),
@@ -290,6 +313,43 @@ fn audit_verify(
         if against.is_some() { " and the given one" } else { "" },
         v.uncovered
     )?;
+    Ok(())
+}
+
+/// `gateway evidence export|verify`.
+fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: EvidenceAction) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let keys = gateway::keys::key_dir(&settings.config.data_dir);
+    match action {
+        EvidenceAction::Export { out } => {
+            let admin = settings.config.admin_listen;
+            let fetch = |method: &str, path: &str| -> anyhow::Result<String> {
+                let (status, body) = admin_request(admin, method, path)?;
+                anyhow::ensure!(status.is_success(), "the gateway answered {status} to {path}");
+                Ok(String::from_utf8(body.to_vec())?)
+            };
+            let live = gateway::evidence::FromGateway {
+                audit_export: fetch("GET", "/admin/audit/export")?,
+                checkpoint: fetch("POST", "/admin/audit/checkpoint")?,
+            };
+            let signer = gateway::keys::audit_signer(&keys)?;
+            let archive = gateway::evidence::export(settings, config_file, live, &signer, relay_net::clock::now_ms())?;
+            std::fs::write(&out, archive).with_context(|| format!("writing {}", out.display()))?;
+            writeln!(std::io::stdout(), "evidence written to {}", out.display())?;
+        }
+        EvidenceAction::Verify { file, key } => {
+            let archive = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let key = key.unwrap_or_else(|| keys.join("audit.vkey"));
+            let vkey = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+            let v = gateway::evidence::verify(&archive, &vkey)?;
+            writeln!(
+                std::io::stdout(),
+                "ok: {} files match the signed manifest; the audit log verifies ({} records)",
+                v.files,
+                v.audit.records
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -161,6 +161,26 @@ impl AuditSigner {
     }
 }
 
+impl AuditSigner {
+    /// Any text (ending in a newline) as a signed note of the audit key: the evidence
+    /// bundle's manifest.
+    pub fn sign_note(&self, text: &str) -> Result<String, AuditKeyError> {
+        let mut note = Note::new(text.as_bytes(), &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        note.add_sigs(&[&self.signer])
+            .map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        String::from_utf8(note.to_bytes()).map_err(|e| AuditKeyError::Sign(e.to_string()))
+    }
+}
+
+/// The text of a note signed by the audit key `vkey` (an error if it is not).
+pub fn open_note(note: &str, vkey: &str) -> Result<String, String> {
+    let verifier = StandardVerifier::new(vkey.trim()).map_err(|e| format!("the verifier key is malformed: {e}"))?;
+    let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("not a signed note: {e}"))?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| format!("not signed by the audit key ({e})"))?;
+    String::from_utf8(note.text().to_vec()).map_err(|_| "not text".to_owned())
+}
+
 /// A checkpoint whose signature verified: the log's origin, size and root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
@@ -173,10 +193,8 @@ pub struct Opened {
 pub fn open_checkpoint(note: &str, vkey: &str) -> Result<Opened, String> {
     let verifier = StandardVerifier::new(vkey.trim()).map_err(|e| format!("the verifier key is malformed: {e}"))?;
     let origin = signed_note::Verifier::name(&verifier).to_owned();
-    let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("not a signed note: {e}"))?;
-    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
-        .map_err(|e| format!("not signed by the audit key ({e})"))?;
-    let cp = Checkpoint::from_bytes(note.text()).map_err(|e| format!("not a checkpoint: {e}"))?;
+    let text = open_note(note, vkey)?;
+    let cp = Checkpoint::from_bytes(text.as_bytes()).map_err(|e| format!("not a checkpoint: {e}"))?;
     if cp.origin() != origin {
         return Err(format!("a checkpoint of another log ({})", cp.origin()));
     }

@@ -27,6 +27,7 @@ mod bad_input;
 mod controls;
 mod deploy;
 mod early_errors;
+mod evidence;
 mod floods;
 mod http3;
 mod interconnect_faults;
