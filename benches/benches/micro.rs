@@ -96,6 +96,7 @@ async fn fixture(recipients: usize) -> Fixture {
                 credential_hash: cred.hash([0; 16]),
                 provisioning_nonce: nonce,
                 provisioning_expires_at_ms: u64::MAX,
+                provisioning_key: "test".into(),
                 max_devices: 6,
                 now_ms: 0,
             })

@@ -104,8 +104,8 @@ pub(crate) async fn serve(
         .route("/admin/tls/reload", axum::routing::post(reload))
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
-        .merge(crate::audit::routes(checkpointer))
-        .merge(crate::controls::routes(controls_state))
+        .merge(crate::audit::routes(Arc::clone(&checkpointer)))
+        .merge(crate::controls::routes(controls_state, checkpointer))
         .merge(acme_routes);
     while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
         let router = router.clone();

@@ -6,9 +6,10 @@
 //! |---|---|
 //! | `GET /admin/switches` | the switches that are off |
 //! | `POST /admin/switches/{name}/off`, `…/on` | `registration`, `keypackage_upload`, `push`, `peer:{name}` |
-//! | `POST /admin/devices/revoke?address=&device=` | the device's credential, KeyPackages, push handle and queue go; its open long-polls end with 401 |
+//! | `POST /admin/devices/revoke?address=&device=` (or `rid=`) | the device's credential, KeyPackages, push handle and queue go; its open long-polls end with 401 |
 //! | `POST /admin/addresses/suspend?address=`, `…/unsuspend` | the address may not register or send |
-//! | `GET /admin/devices/registered?since_ms=&until_ms=` | registrations in the window (from the audit log), by rid |
+//! | `GET /admin/devices/registered?since_ms=&until_ms=&key=` | registrations in the window (from the audit log), by rid, optionally by provisioning key |
+//! | `POST /admin/keys/reload` | re-reads the provisioning keys' states; each change audited, then a checkpoint |
 
 use std::collections::HashMap;
 
@@ -24,14 +25,49 @@ use storage::switch::{KEYPACKAGE_UPLOAD, PUSH, REGISTRATION};
 
 use crate::api::AppState;
 
-pub(crate) fn routes(state: AppState) -> Router {
+pub(crate) fn routes(state: AppState, checkpointer: std::sync::Arc<crate::audit::Checkpointer>) -> Router {
+    let reload = move |State(state): State<AppState>| {
+        let checkpointer = std::sync::Arc::clone(&checkpointer);
+        async move { reload_keys(&state, &checkpointer).await }
+    };
     Router::new()
+        .route("/admin/keys/reload", post(reload))
         .route("/admin/switches", get(list_switches))
         .route("/admin/switches/{name}/{state}", post(set_switch))
         .route("/admin/devices/revoke", post(revoke))
         .route("/admin/addresses/{action}", post(suspend))
         .route("/admin/devices/registered", get(registered))
         .with_state(state)
+}
+
+/// Re-reads the provisioning keys; audits every key that is new or changed state (a key
+/// operation, so a checkpoint follows).
+async fn reload_keys(state: &AppState, checkpointer: &crate::audit::Checkpointer) -> Response {
+    let (old, new) = match state.reload_provisioning_keys() {
+        Ok(pair) => pair,
+        Err(e) => return answer(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    };
+    let mut changed = Vec::new();
+    for k in &new {
+        if !old.iter().any(|o| o.public_key == k.public_key && o.state == k.state) {
+            let id = crate::api::provisioning_key_id(&k.public_key);
+            let detail = format!("provisioning id={id} state={}", k.state.as_str());
+            if let Err(e) = state.store().audit_append("key.state", detail.clone(), now_ms()).await {
+                return failed(&e);
+            }
+            tracing::warn!(key = %id, state = k.state.as_str(), "provisioning key state changed");
+            changed.push(detail);
+        }
+    }
+    if !changed.is_empty()
+        && let Err(e) = checkpointer.checkpoint_now().await
+    {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    }
+    answer(
+        StatusCode::OK,
+        format!("{} provisioning keys, {} changed", new.len(), changed.len()),
+    )
 }
 
 fn answer(status: StatusCode, text: impl Into<String>) -> Response {
@@ -81,7 +117,12 @@ async fn set_switch(State(state): State<AppState>, Path((name, to)): Path<(Strin
 
 /// The `address` query parameter, hashed: the address itself goes no further.
 fn rid_of(state: &AppState, q: &HashMap<String, String>) -> Result<relay_core::Rid, String> {
-    let address = q.get("address").ok_or("address= is required")?;
+    // The rid itself, as `registered` lists it.
+    if let Some(rid) = q.get("rid") {
+        let bytes = relay_core::hex::decode(rid).ok_or("rid= is 64 hex digits")?;
+        return Ok(relay_core::Rid(bytes.try_into().map_err(|_| "rid= is 64 hex digits")?));
+    }
+    let address = q.get("address").ok_or("address= or rid= is required")?;
     let address = Address::parse(address).map_err(|e| e.to_string())?;
     Ok(state.rid_key().rid(&address))
 }
@@ -132,6 +173,7 @@ async fn suspend(
 /// device, and whether it has been revoked since).
 async fn registered(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let bound = |name: &str, default: u64| q.get(name).map_or(Ok(default), |v| v.parse::<u64>());
+    let key = q.get("key").map(|k| format!(" key={k}"));
     let (Ok(since), Ok(until)) = (bound("since_ms", 0), bound("until_ms", u64::MAX)) else {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -150,15 +192,18 @@ async fn registered(State(state): State<AppState>, Query(q): Query<HashMap<Strin
     let lines: String = log
         .iter()
         .filter(|r| r.kind == "device.register" && (since..=until).contains(&r.at_ms))
+        .filter(|r| key.as_ref().is_none_or(|k| r.detail.ends_with(k.as_str())))
         .filter_map(|r| {
             let mut fields = r.detail.split(' ');
             let rid = fields.next()?.strip_prefix("rid=")?;
             let device = fields.next()?.strip_prefix("device=")?.parse::<u32>().ok()?;
+            let key = fields.next().and_then(|k| k.strip_prefix("key="));
             let line = serde_json::json!({
                 "at_ms": r.at_ms,
                 "rid": rid,
                 "device": device,
-                "revoked": revoked.contains(&r.detail.as_str()),
+                "key": key,
+                "revoked": revoked.iter().any(|d| *d == format!("rid={rid} device={device}")),
             });
             Some(format!("{line}\n"))
         })

@@ -202,6 +202,7 @@ impl From<ProvisioningError> for ApiError {
     fn from(e: ProvisioningError) -> Self {
         let code = match e {
             ProvisioningError::Expired => ErrorCode::ProvisioningTokenExpired,
+            ProvisioningError::KeyNotAccepted => ErrorCode::ProvisioningKeyRevoked,
             _ => ErrorCode::InvalidProvisioningToken,
         };
         Self::new(code, e.to_string())

@@ -113,7 +113,7 @@ pub fn export(
 
 /// Each provider key by name with a fingerprint (SHA-256 of the public key where there is
 /// one; of a domain-separated hash of the key otherwise) and when its file last changed.
-fn key_inventory(dir: &Path) -> anyhow::Result<serde_json::Value> {
+pub fn key_inventory(dir: &Path) -> anyhow::Result<serde_json::Value> {
     let mut keys = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -124,7 +124,8 @@ fn key_inventory(dir: &Path) -> anyhow::Result<serde_json::Value> {
         let (class, public) = match name.as_str() {
             "rid.key" => ("K_rid (recipient hashes)", None),
             "outbox.key" => ("interconnect outbox sealing", None),
-            "provisioning.pk8" => ("provisioning signing", Some("provisioning.pub")),
+            "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
+            n if n.starts_with("provisioning-") && n.ends_with(".pk8") => ("provisioning signing", None),
             "audit.key" => ("audit signing", Some("audit.vkey")),
             "acme-account.json" => ("ACME account", None),
             _ => continue,

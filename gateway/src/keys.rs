@@ -11,20 +11,22 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use rand::RngCore as _;
 use relay_core::RidKey;
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use ring::signature::Ed25519KeyPair;
 
 /// Source of the gateway's secret keys.
-pub trait KeyProvider: Send + Sync + 'static {
+pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn rid_key(&self) -> RidKey;
-    /// Raw 32-byte Ed25519 key that verifies provisioning tokens.
-    fn provisioning_public_key(&self) -> Vec<u8>;
+    /// The keys that verify provisioning tokens, with their states (read again on reload).
+    fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>>;
 }
 
 /// Keys in files (development and small deployments).
 #[derive(Debug)]
 pub struct FileKeyProvider {
     rid_key: RidKey,
-    provisioning_public_key: Vec<u8>,
+    dir: PathBuf,
+    /// `registration.provisioning_public_key`: the operator signs elsewhere with this one key.
+    external_provisioning_key: Option<Vec<u8>>,
 }
 
 impl FileKeyProvider {
@@ -47,18 +49,17 @@ impl FileKeyProvider {
         let rid_key: [u8; 32] = rid_bytes
             .try_into()
             .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", rid_path.display()))?;
-        let provisioning_public_key = match provisioning_public_key {
-            Some(p) => read_public_key(p)?,
+        let external_provisioning_key = match provisioning_public_key {
+            Some(p) => Some(read_public_key(p)?),
             None => {
-                let pair = provisioning_keypair(dir)?;
-                let public = pair.public_key().as_ref().to_vec();
-                std::fs::write(dir.join("provisioning.pub"), &public).context("writing provisioning.pub")?;
-                public
+                crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?;
+                None
             }
         };
         Ok(Self {
             rid_key: RidKey::from_bytes(rid_key),
-            provisioning_public_key,
+            dir: dir.to_path_buf(),
+            external_provisioning_key,
         })
     }
 }
@@ -68,21 +69,33 @@ impl KeyProvider for FileKeyProvider {
         self.rid_key.clone()
     }
 
-    fn provisioning_public_key(&self) -> Vec<u8> {
-        self.provisioning_public_key.clone()
+    fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>> {
+        match &self.external_provisioning_key {
+            Some(public_key) => Ok(vec![relay_core::provisioning::VerifyingKey {
+                public_key: public_key.clone(),
+                state: relay_core::provisioning::KeyState::Active,
+            }]),
+            None => {
+                crate::provisioning_keys::ProvisioningKeys::open(&self.dir, relay_net::clock::now_ms())?.verifying()
+            }
+        }
     }
 }
 
-/// The operator's provisioning signing key in `dir`, generated if missing.
+/// The operator's provisioning signing key in `dir`: the newest active one (the first,
+/// `provisioning.pk8`, is generated if missing). See [`crate::provisioning_keys`].
 pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    create_private_dir(dir)?;
-    let path = dir.join("provisioning.pk8");
-    let pkcs8 = match std::fs::read(&path) {
+    crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?.signer()
+}
+
+/// A provisioning key file (PKCS#8 Ed25519), generated if missing.
+pub(crate) fn provisioning_keypair_at(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    let pkcs8 = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
                 .map_err(|_| anyhow::anyhow!("generating the provisioning key"))?;
-            write_private(&path, doc.as_ref())?;
+            write_private(path, doc.as_ref())?;
             doc.as_ref().to_vec()
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -168,7 +181,7 @@ mod tests {
         let b = FileKeyProvider::open_or_create(&keys, None).unwrap();
         let addr = relay_core::Address::parse("tel:+15550100001").unwrap();
         assert_eq!(a.rid_key().rid(&addr), b.rid_key().rid(&addr));
-        assert_eq!(a.provisioning_public_key(), b.provisioning_public_key());
+        assert_eq!(a.provisioning_keys().unwrap(), b.provisioning_keys().unwrap());
         for f in ["rid.key", "provisioning.pk8"] {
             let mode = std::fs::metadata(keys.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");

@@ -42,6 +42,7 @@ pub mod evidence;
 pub mod h3;
 pub mod keys;
 pub mod mls;
+pub mod provisioning_keys;
 pub mod push;
 pub mod server;
 pub mod telemetry;

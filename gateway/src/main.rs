@@ -77,7 +77,11 @@ enum Command {
     /// can no longer be claimed, Welcomes to them are refused.
     Revoke {
         /// The device's address (`tel:+E.164`).
-        address: String,
+        #[arg(required_unless_present = "rid", conflicts_with = "rid")]
+        address: Option<String>,
+        /// The address's rid instead (64 hex digits, as `gateway registered` lists it).
+        #[arg(long)]
+        rid: Option<String>,
         #[arg(long)]
         device: u32,
     },
@@ -86,6 +90,12 @@ enum Command {
         address: String,
         #[arg(long)]
         lift: bool,
+    },
+    /// Provider keys: inventory and the provisioning keys' rotation (the running gateway
+    /// picks changes up at once and audits them).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
     },
     /// The evidence bundle: audit log and checkpoint, key inventory, configuration hash,
     /// peer table and residency policy, certificates and CRLs in use — signed.
@@ -102,7 +112,28 @@ enum Command {
         /// End of the window (default: now).
         #[arg(long)]
         until_ms: Option<u64>,
+        /// Only devices registered with tokens of this provisioning key (its id).
+        #[arg(long)]
+        key: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Every provider key: class, fingerprint (never the key), and the provisioning keys'
+    /// ids and states.
+    List,
+    /// A new provisioning signing key; the current one keeps verifying (retiring) until it
+    /// is retired.
+    Rotate {
+        /// Only `provisioning` rotates this way for now.
+        name: String,
+    },
+    /// Stop accepting a provisioning key's tokens (`provisioning:<id>`).
+    Retire { name: String },
+    /// Mark a provisioning key compromised (`provisioning:<id>`): its tokens are refused;
+    /// the key is kept as evidence.
+    MarkCompromised { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,14 +251,18 @@ fn main() -> ExitCode {
             };
             admin_call(settings.config.admin_listen, path.0, &path.1)
         }
-        Command::Revoke { address, device } => admin_call(
-            settings.config.admin_listen,
-            "POST",
-            &format!(
-                "/admin/devices/revoke?address={}&device={device}",
-                query_value(&address)
-            ),
-        ),
+        Command::Revoke { address, rid, device } => {
+            let who = match (address, rid) {
+                (Some(a), _) => format!("address={}", query_value(&a)),
+                (None, Some(r)) => format!("rid={}", query_value(&r)),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            admin_call(
+                settings.config.admin_listen,
+                "POST",
+                &format!("/admin/devices/revoke?{who}&device={device}"),
+            )
+        }
         Command::Suspend { address, lift } => admin_call(
             settings.config.admin_listen,
             "POST",
@@ -237,15 +272,21 @@ fn main() -> ExitCode {
                 query_value(&address)
             ),
         ),
-        Command::Registered { since_ms, until_ms } => admin_call(
+        Command::Registered {
+            since_ms,
+            until_ms,
+            key,
+        } => admin_call(
             settings.config.admin_listen,
             "GET",
             &format!(
-                "/admin/devices/registered?since_ms={since_ms}&until_ms={}",
-                until_ms.unwrap_or_else(relay_net::clock::now_ms)
+                "/admin/devices/registered?since_ms={since_ms}&until_ms={}{}",
+                until_ms.unwrap_or_else(relay_net::clock::now_ms),
+                key.map(|k| format!("&key={}", query_value(&k))).unwrap_or_default()
             ),
         ),
         Command::Evidence { action } => evidence(&settings, cli.config.as_deref(), action),
+        Command::Keys { action } => keys(&settings, action),
         Command::Audit { action } => match action {
             AuditAction::Show => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
             AuditAction::Export => admin_call(settings.config.admin_listen, "GET", "/admin/audit/export"),
@@ -313,6 +354,61 @@ fn audit_verify(
         if against.is_some() { " and the given one" } else { "" },
         v.uncovered
     )?;
+    Ok(())
+}
+
+/// `gateway keys list|rotate|retire|mark-compromised`: the key files change here, then the
+/// running gateway is asked to reload (it audits each change); a stopped gateway reads them
+/// at its next start.
+fn keys(settings: &gateway::Settings, action: KeysAction) -> anyhow::Result<()> {
+    use relay_core::provisioning::KeyState;
+    let dir = gateway::keys::key_dir(&settings.config.data_dir);
+    let keys = gateway::provisioning_keys::ProvisioningKeys::open(&dir, relay_net::clock::now_ms())?;
+    let provisioning_id = |name: &str| -> anyhow::Result<String> {
+        name.strip_prefix("provisioning:")
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("name the key as provisioning:<id> (see `gateway keys list`)"))
+    };
+    match action {
+        KeysAction::List => {
+            let mut out = std::io::stdout();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&gateway::evidence::key_inventory(&dir)?)?
+            )?;
+            for k in keys.list()? {
+                writeln!(
+                    out,
+                    "provisioning:{} {} created_ms={}",
+                    k.id,
+                    k.state.as_str(),
+                    k.created_ms
+                )?;
+            }
+            return Ok(());
+        }
+        KeysAction::Rotate { name } => {
+            anyhow::ensure!(name == "provisioning", "only `provisioning` rotates this way for now");
+            let id = keys.rotate(relay_net::clock::now_ms())?;
+            writeln!(
+                std::io::stdout(),
+                "provisioning:{id} active; the previous key is retiring"
+            )?;
+        }
+        KeysAction::Retire { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Retired)?,
+        KeysAction::MarkCompromised { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Compromised)?,
+    }
+    match admin_request(settings.config.admin_listen, "POST", "/admin/keys/reload") {
+        Ok((status, body)) => {
+            std::io::stdout().write_all(&body)?;
+            anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+        }
+        Err(e) => writeln!(
+            std::io::stdout(),
+            "changed on disk; no running gateway answered ({e:#}): it reads the keys at start"
+        )?,
+    }
     Ok(())
 }
 

@@ -88,11 +88,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let config = &settings.config;
     let data_dir = &config.data_dir;
     crate::keys::create_private_dir(data_dir)?;
-    let keys = FileKeyProvider::open_or_create(
-        &key_dir(data_dir),
-        config.registration.provisioning_public_key.as_deref(),
-    )
-    .context("loading provider keys")?;
+    let keys = Arc::new(
+        FileKeyProvider::open_or_create(
+            &key_dir(data_dir),
+            config.registration.provisioning_public_key.as_deref(),
+        )
+        .context("loading provider keys")?,
+    );
     let certs = crate::tls::open_cert_store(&config.tls, config.acme.as_ref(), data_dir).context("setting up TLS")?;
     let alpn = relay_net::acme::alpn(config.acme.as_ref(), &[b"h2", b"http/1.1"]);
     let tls = Arc::new(certs.server_config(&alpn)?);
@@ -144,7 +146,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let state = AppState::new(ApiConfig {
         store: store.clone(),
         rid_key: keys.rid_key(),
-        provisioning_key: keys.provisioning_public_key(),
+        key_provider: Arc::clone(&keys) as Arc<dyn crate::keys::KeyProvider>,
         limits: settings.limits.clone(),
         timeouts: settings.timeouts,
         open_registration: config.registration.danger_open_registration,

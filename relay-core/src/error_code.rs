@@ -66,6 +66,8 @@ pub enum ErrorCode {
     KeyPackageUploadDisabled,
     /// The operator suspended this address: it cannot register or send.
     AddressSuspended,
+    /// The provisioning token was signed by a key that is retired or compromised.
+    ProvisioningKeyRevoked,
 }
 
 impl ErrorCode {
@@ -123,6 +125,7 @@ impl ErrorCode {
             Self::RegistrationDisabled => "registration_disabled",
             Self::KeyPackageUploadDisabled => "key_package_upload_disabled",
             Self::AddressSuspended => "address_suspended",
+            Self::ProvisioningKeyRevoked => "provisioning_key_revoked",
         }
     }
 
@@ -139,7 +142,10 @@ impl ErrorCode {
             | Self::InvalidCursor
             | Self::InvalidLimit
             | Self::InvalidWait => 400,
-            Self::Unauthorized | Self::InvalidProvisioningToken | Self::ProvisioningTokenExpired => 401,
+            Self::Unauthorized
+            | Self::InvalidProvisioningToken
+            | Self::ProvisioningTokenExpired
+            | Self::ProvisioningKeyRevoked => 401,
             Self::TooManyDevices => 403,
             Self::UnknownRecipient | Self::UnknownDevice | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -179,7 +185,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 52] = [
+const ALL: [ErrorCode; 53] = [
     ErrorCode::InvalidBody,
     ErrorCode::InvalidMls,
     ErrorCode::EnvelopeTooLarge,
@@ -232,6 +238,7 @@ const ALL: [ErrorCode; 52] = [
     ErrorCode::RegistrationDisabled,
     ErrorCode::KeyPackageUploadDisabled,
     ErrorCode::AddressSuspended,
+    ErrorCode::ProvisioningKeyRevoked,
 ];
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub struct NewDevice {
     /// Nonce of the provisioning token; a second registration with it is refused.
     pub provisioning_nonce: [u8; 16],
     pub provisioning_expires_at_ms: u64,
+    /// The id of the provisioning key that signed the token (audited with the registration).
+    pub provisioning_key: String,
     pub max_devices: usize,
     pub now_ms: u64,
 }

@@ -35,9 +35,14 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
         rand::rng().fill_bytes(&mut nonce);
         (address, nonce, now + 60_000, "open".to_owned())
     } else {
-        let claims = provisioning::verify(&body.provisioning_token, &state.inner.provisioning_key, now)?;
-        let key = super::provisioning_key_id(&state.inner.provisioning_key);
-        (claims.address, claims.nonce, claims.expires_at_ms, key)
+        let keys = state.provisioning_keys();
+        let (claims, key) = provisioning::verify_with(&body.provisioning_token, &keys, now)?;
+        (
+            claims.address,
+            claims.nonce,
+            claims.expires_at_ms,
+            relay_core::hex::encode(&key),
+        )
     };
     let mut random = [0u8; 48];
     rand::rng().fill_bytes(&mut random);
@@ -54,6 +59,7 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
         credential_hash: credential.hash(salt),
         provisioning_nonce: nonce,
         provisioning_expires_at_ms: expires_at,
+        provisioning_key: key.clone(),
         max_devices: state.inner.limits.max_devices_per_address,
         now_ms: now,
     };

@@ -85,7 +85,9 @@ impl Abuse {
 struct Inner {
     store: Storage,
     rid_key: RidKey,
-    provisioning_key: Vec<u8>,
+    /// The keys that verify provisioning tokens (replaced on `/admin/keys/reload`).
+    provisioning_keys: std::sync::RwLock<Vec<relay_core::provisioning::VerifyingKey>>,
+    key_provider: Arc<dyn crate::keys::KeyProvider>,
     limits: Limits,
     timeouts: Timeouts,
     open_registration: bool,
@@ -104,7 +106,7 @@ struct Inner {
 pub struct ApiConfig {
     pub store: Storage,
     pub rid_key: RidKey,
-    pub provisioning_key: Vec<u8>,
+    pub key_provider: Arc<dyn crate::keys::KeyProvider>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub open_registration: bool,
@@ -121,14 +123,18 @@ impl AppState {
     pub fn new(c: ApiConfig) -> Self {
         let quota = Quota::per_second(c.requests_per_second).allow_burst(c.burst);
         // The detection metrics exist from the start, so alert rules have a baseline.
-        metrics::counter!("relay_registrations_total", "key" => provisioning_key_id(&c.provisioning_key)).increment(0);
+        let provisioning_keys = c.key_provider.provisioning_keys().unwrap_or_default();
+        for k in provisioning_keys.iter().filter(|k| k.state.accepts_tokens()) {
+            metrics::counter!("relay_registrations_total", "key" => provisioning_key_id(&k.public_key)).increment(0);
+        }
         metrics::counter!("relay_welcomes_total").increment(0);
         metrics::counter!("relay_key_package_claims_total").increment(0);
         Self {
             inner: Arc::new(Inner {
                 store: c.store,
                 rid_key: c.rid_key,
-                provisioning_key: c.provisioning_key,
+                provisioning_keys: std::sync::RwLock::new(provisioning_keys),
+                key_provider: c.key_provider,
                 limits: c.limits,
                 timeouts: c.timeouts,
                 open_registration: c.open_registration,
@@ -149,6 +155,35 @@ impl AppState {
 
     pub fn store(&self) -> &Storage {
         &self.inner.store
+    }
+
+    /// The keys that verify provisioning tokens now.
+    pub fn provisioning_keys(&self) -> Vec<relay_core::provisioning::VerifyingKey> {
+        self.inner
+            .provisioning_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-reads the provisioning keys from the key provider; returns (old, new).
+    pub fn reload_provisioning_keys(
+        &self,
+    ) -> anyhow::Result<(
+        Vec<relay_core::provisioning::VerifyingKey>,
+        Vec<relay_core::provisioning::VerifyingKey>,
+    )> {
+        let new = self.inner.key_provider.provisioning_keys()?;
+        for k in new.iter().filter(|k| k.state.accepts_tokens()) {
+            metrics::counter!("relay_registrations_total", "key" => provisioning_key_id(&k.public_key)).increment(0);
+        }
+        let mut keys = self
+            .inner
+            .provisioning_keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = std::mem::replace(&mut *keys, new.clone());
+        Ok((old, new))
     }
 
     pub fn rid_key(&self) -> &RidKey {
@@ -292,5 +327,5 @@ async fn track_metrics(req: Request, next: Next) -> Response {
 /// The provisioning key's id in metrics and logs: the first 8 hex digits of SHA-256 over the
 /// public key (what an operator compares with `keys/provisioning.pub`).
 pub fn provisioning_key_id(public_key: &[u8]) -> String {
-    relay_core::hex::encode(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..4])
+    relay_core::hex::encode(&relay_core::provisioning::key_id(public_key))
 }

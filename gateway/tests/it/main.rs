@@ -26,6 +26,7 @@ mod audit;
 mod bad_input;
 mod controls;
 mod deploy;
+mod drill;
 mod early_errors;
 mod evidence;
 mod floods;

@@ -83,7 +83,12 @@ impl Inner {
         // Every registration is in the audit log, by rid (never the address), so what a
         // stolen provisioning key registered can be found.
         let _audit = lock(&self.audit);
-        let detail = format!("rid={} device={}", relay_core::hex::encode(&req.rid.0), device.0);
+        let detail = format!(
+            "rid={} device={} key={}",
+            relay_core::hex::encode(&req.rid.0),
+            device.0,
+            req.provisioning_key
+        );
         self.audit_into(&mut ws, "device.register", &detail, req.now_ms)?;
         let lsn = self.commit(&ws)?;
         cache.remove(&req.rid);

@@ -28,6 +28,7 @@ fn new_device(rid: Rid, seed: u8) -> (NewDevice, DeviceCredential) {
             n
         },
         provisioning_expires_at_ms: NOW + 60_000,
+        provisioning_key: "test".into(),
         max_devices: 6,
         now_ms: NOW,
     };

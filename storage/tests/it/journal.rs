@@ -49,6 +49,7 @@ pub(crate) async fn device(s: &SledStore, n: u8) -> (Rid, DeviceId) {
             credential_hash: cred.hash([n; 16]),
             provisioning_nonce: [n; 16],
             provisioning_expires_at_ms: NOW + 60_000,
+            provisioning_key: "test".into(),
             max_devices: 6,
             now_ms: NOW,
         })

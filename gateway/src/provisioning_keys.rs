@@ -1,0 +1,173 @@
+//! The provisioning keys: the operator's keys that sign provisioning tokens, each with an id
+//! (in every token it signs) and a state, so a key can be rotated with an overlap window and a
+//! retired or compromised key's tokens are refused.
+//!
+//! `keys/provisioning.pk8` is the first key (created at first start); a rotation adds
+//! `keys/provisioning-<id>.pk8` and makes it the signing key, the previous one retiring;
+//! `keys/provisioning-keys.json` holds each key's state and creation time. Every active or
+//! retiring key verifies; the newest active one signs (`gateway provision`). A compromised
+//! key is kept, not deleted (evidence). The running gateway re-reads the states on
+//! `POST /admin/keys/reload`, which `gateway keys …` calls, and audits each change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use relay_core::provisioning::{KeyState, VerifyingKey, key_id};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use serde::{Deserialize, Serialize};
+
+const STATES: &str = "provisioning-keys.json";
+const FIRST: &str = "provisioning.pk8";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    state: String,
+    created_ms: u64,
+    file: String,
+}
+
+/// One provisioning key as the inventory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// 8 hex digits.
+    pub id: String,
+    pub state: KeyState,
+    pub created_ms: u64,
+    pub public_key: Vec<u8>,
+}
+
+/// The provisioning keys in a key directory.
+#[derive(Debug)]
+pub struct ProvisioningKeys {
+    dir: PathBuf,
+}
+
+fn hex_id(public_key: &[u8]) -> String {
+    relay_core::hex::encode(&key_id(public_key))
+}
+
+impl ProvisioningKeys {
+    /// Opens the keys in `dir`, creating the first key (and the state file) if missing.
+    pub fn open(dir: &Path, now_ms: u64) -> anyhow::Result<Self> {
+        crate::keys::create_private_dir(dir)?;
+        let keys = Self { dir: dir.to_path_buf() };
+        let first = crate::keys::provisioning_keypair_at(&dir.join(FIRST))?;
+        let mut states = keys.states()?;
+        let id = hex_id(first.public_key().as_ref());
+        if let std::collections::btree_map::Entry::Vacant(v) = states.entry(id) {
+            v.insert(Entry {
+                state: KeyState::Active.as_str().into(),
+                created_ms: now_ms,
+                file: FIRST.into(),
+            });
+            keys.save(&states)?;
+        }
+        std::fs::write(dir.join("provisioning.pub"), first.public_key().as_ref())
+            .context("writing provisioning.pub")?;
+        Ok(keys)
+    }
+
+    fn states(&self) -> anyhow::Result<BTreeMap<String, Entry>> {
+        let path = self.dir.join(STATES);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the states atomically (a temporary file renamed over the old one).
+    fn save(&self, states: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
+        let path = self.dir.join(STATES);
+        let tmp = self.dir.join(format!("{STATES}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(states)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> anyhow::Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (id, e) in self.states()? {
+            let pair = crate::keys::provisioning_keypair_at(&self.dir.join(&e.file))?;
+            let state = KeyState::parse(&e.state).with_context(|| format!("key {id}: unknown state {:?}", e.state))?;
+            out.push(KeyInfo {
+                id,
+                state,
+                created_ms: e.created_ms,
+                public_key: pair.public_key().as_ref().to_vec(),
+            });
+        }
+        out.sort_by_key(|k| k.created_ms);
+        Ok(out)
+    }
+
+    /// The keys that verify tokens (and those that no longer do, so their tokens are
+    /// refused as such rather than as forgeries).
+    pub fn verifying(&self) -> anyhow::Result<Vec<VerifyingKey>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|k| VerifyingKey {
+                public_key: k.public_key,
+                state: k.state,
+            })
+            .collect())
+    }
+
+    /// The signing key: the newest active one.
+    pub fn signer(&self) -> anyhow::Result<Ed25519KeyPair> {
+        let states = self.states()?;
+        let newest = self
+            .list()?
+            .into_iter()
+            .rev()
+            .find(|k| k.state == KeyState::Active)
+            .context("no active provisioning key: rotate one in (`gateway keys rotate provisioning`)")?;
+        crate::keys::provisioning_keypair_at(&self.dir.join(&states[&newest.id].file))
+    }
+
+    /// A new signing key; the active ones become retiring (their tokens still verify).
+    pub fn rotate(&self, now_ms: u64) -> anyhow::Result<String> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("generating a provisioning key"))?;
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow::anyhow!("a generated key"))?;
+        let id = hex_id(pair.public_key().as_ref());
+        let file = format!("provisioning-{id}.pk8");
+        crate::keys::write_private(&self.dir.join(&file), doc.as_ref())?;
+        let mut states = self.states()?;
+        for e in states.values_mut() {
+            if e.state == KeyState::Active.as_str() {
+                e.state = KeyState::Retiring.as_str().into();
+            }
+        }
+        states.insert(
+            id.clone(),
+            Entry {
+                state: KeyState::Active.as_str().into(),
+                created_ms: now_ms,
+                file,
+            },
+        );
+        self.save(&states)?;
+        Ok(id)
+    }
+
+    /// Retires a key or marks it compromised (its tokens are refused from then on).
+    pub fn set_state(&self, id: &str, state: KeyState) -> anyhow::Result<()> {
+        if state.accepts_tokens() {
+            bail!("a key goes back into use only by rotation");
+        }
+        let mut states = self.states()?;
+        let entry = states
+            .get_mut(id)
+            .with_context(|| format!("no provisioning key {id} (see `gateway keys list`)"))?;
+        if entry.state == KeyState::Compromised.as_str() && state != KeyState::Compromised {
+            bail!("key {id} is compromised: it stays so");
+        }
+        entry.state = state.as_str().into();
+        self.save(&states)
+    }
+}
