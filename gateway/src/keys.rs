@@ -4,14 +4,14 @@
 //! verification key. [`FileKeyProvider`] keeps them in `data_dir/keys/`, created on
 //! first run with mode 0600; a PKCS#11 provider (HSM) implements the same trait.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use rand::RngCore as _;
 use relay_core::RidKey;
 use ring::signature::Ed25519KeyPair;
+
+pub(crate) use crate::keyfile::{create_private_dir, write_durable, write_private};
 
 /// Source of the gateway's secret keys.
 pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
@@ -88,22 +88,6 @@ pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
     crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?.signer()
 }
 
-/// A provisioning key file (PKCS#8 Ed25519), generated if missing.
-pub(crate) fn provisioning_keypair_at(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    let pkcs8 = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .map_err(|_| anyhow::anyhow!("generating the provisioning key"))?;
-            write_private(path, doc.as_ref())?;
-            doc.as_ref().to_vec()
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Ed25519KeyPair::from_pkcs8(&pkcs8)
-        .map_err(|e| anyhow::anyhow!("{}: invalid PKCS#8 Ed25519 key: {e}", path.display()))
-}
-
 /// The audit signing key in `dir` (`audit.key`, a signed-note Ed25519 signer key, 0600),
 /// generated with its verifier key (`audit.vkey`, public) if missing. The key's name is the
 /// log's origin: `rcs-relay/audit/` and 8 random hex digits, one per installation.
@@ -115,8 +99,9 @@ pub fn audit_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSig
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let origin = format!("rcs-relay/audit/{:08x}", rand::rng().next_u32());
             let (skey, vkey) = relay_core::auditlog::generate_key(&origin);
+            // The verifier key first: a power cut between the two leaves no signer without it.
+            write_durable(&dir.join("audit.vkey"), format!("{vkey}\n").as_bytes())?;
             write_private(&path, skey.as_bytes())?;
-            std::fs::write(dir.join("audit.vkey"), format!("{vkey}\n")).context("writing audit.vkey")?;
             skey
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -137,34 +122,6 @@ fn read_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         path.display()
     );
     Ok(bytes)
-}
-
-pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Writes a secret file with mode 0600, refusing to overwrite. The file and its name are
-/// durable when this returns (a key that vanished in a power loss would change every rid).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

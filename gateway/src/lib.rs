@@ -40,6 +40,7 @@ pub mod controls;
 pub mod error;
 pub mod evidence;
 pub mod h3;
+mod keyfile;
 pub mod keys;
 pub mod mls;
 pub mod provisioning_keys;

@@ -50,9 +50,9 @@ fn hex_id(public_key: &[u8]) -> String {
 impl ProvisioningKeys {
     /// Opens the keys in `dir`, creating the first key (and the state file) if missing.
     pub fn open(dir: &Path, now_ms: u64) -> anyhow::Result<Self> {
-        crate::keys::create_private_dir(dir)?;
+        crate::keyfile::create_private_dir(dir)?;
         let keys = Self { dir: dir.to_path_buf() };
-        let first = crate::keys::provisioning_keypair_at(&dir.join(FIRST))?;
+        let first = crate::keyfile::provisioning_keypair_at(&dir.join(FIRST))?;
         let mut states = keys.states()?;
         let id = hex_id(first.public_key().as_ref());
         if let std::collections::btree_map::Entry::Vacant(v) = states.entry(id) {
@@ -63,8 +63,7 @@ impl ProvisioningKeys {
             });
             keys.save(&states)?;
         }
-        std::fs::write(dir.join("provisioning.pub"), first.public_key().as_ref())
-            .context("writing provisioning.pub")?;
+        crate::keyfile::write_durable(&dir.join("provisioning.pub"), first.public_key().as_ref())?;
         Ok(keys)
     }
 
@@ -77,21 +76,16 @@ impl ProvisioningKeys {
         }
     }
 
-    /// Writes the states atomically (a temporary file renamed over the old one).
+    /// Writes the states atomically and durably.
     fn save(&self, states: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
-        let path = self.dir.join(STATES);
-        let tmp = self.dir.join(format!("{STATES}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(states)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
+        crate::keyfile::write_durable(&self.dir.join(STATES), &serde_json::to_vec_pretty(states)?)
     }
 
     /// Every key, oldest first.
     pub fn list(&self) -> anyhow::Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for (id, e) in self.states()? {
-            let pair = crate::keys::provisioning_keypair_at(&self.dir.join(&e.file))?;
+            let pair = crate::keyfile::provisioning_keypair_at(&self.dir.join(&e.file))?;
             let state = KeyState::parse(&e.state).with_context(|| format!("key {id}: unknown state {:?}", e.state))?;
             out.push(KeyInfo {
                 id,
@@ -126,7 +120,7 @@ impl ProvisioningKeys {
             .rev()
             .find(|k| k.state == KeyState::Active)
             .context("no active provisioning key: rotate one in (`gateway keys rotate provisioning`)")?;
-        crate::keys::provisioning_keypair_at(&self.dir.join(&states[&newest.id].file))
+        crate::keyfile::provisioning_keypair_at(&self.dir.join(&states[&newest.id].file))
     }
 
     /// A new signing key; the active ones become retiring (their tokens still verify).
@@ -136,7 +130,7 @@ impl ProvisioningKeys {
         let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow::anyhow!("a generated key"))?;
         let id = hex_id(pair.public_key().as_ref());
         let file = format!("provisioning-{id}.pk8");
-        crate::keys::write_private(&self.dir.join(&file), doc.as_ref())?;
+        crate::keyfile::write_private(&self.dir.join(&file), doc.as_ref())?;
         let mut states = self.states()?;
         for e in states.values_mut() {
             if e.state == KeyState::Active.as_str() {
