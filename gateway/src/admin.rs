@@ -1,5 +1,6 @@
-//! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`, and the
-//! operator's calls — TLS reload, interconnect reload, group epoch reset, the audit log.
+//! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`, and — unless
+//! `[admin] operator_ca` moves them to mutual TLS (`operators.rs`) — the operator's calls: TLS
+//! and interconnect reload, group epoch reset, the audit log, the incident controls.
 
 use std::sync::Arc;
 
@@ -17,9 +18,18 @@ use tokio_util::task::TaskTracker;
 use crate::api::AppState;
 use crate::telemetry;
 
+/// The admin listener, and the operators' mutual-TLS listener when configured.
+pub(crate) struct Listeners {
+    pub plain: TcpListener,
+    pub operators: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
 /// Serves the admin API until `shutdown`; each connection is a task owned by `tracker`.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    Listeners {
+        plain: listener,
+        operators,
+    }: Listeners,
     certs: Arc<crate::tls::CertStore>,
     acme: Option<relay_net::acme::AcmeHandle>,
     state: AppState,
@@ -29,6 +39,7 @@ pub(crate) async fn serve(
 ) {
     let store = state.store().clone();
     let reload_store = store.clone();
+    let audit_store = store.clone();
     let controls_state = state.clone();
     let acme_routes = acme_routes(acme, store.clone(), Arc::clone(&checkpointer));
     let ready_certs = Arc::clone(&certs);
@@ -98,15 +109,33 @@ pub(crate) async fn serve(
             }
         }
     };
-    let router = Router::new()
+    let public = Router::new()
         .route("/metrics", get(|| async { telemetry::prometheus().render() }))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    let operator = Router::new()
         .route("/admin/tls/reload", axum::routing::post(reload))
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
         .merge(crate::audit::routes(Arc::clone(&checkpointer)))
         .merge(crate::controls::routes(controls_state, checkpointer))
-        .merge(acme_routes);
+        .merge(acme_routes)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::operators::audit_calls(audit_store.clone(), req, next)
+        }));
+    let router = match operators {
+        // Operator calls only on mutual TLS; the plain listener keeps metrics and health.
+        Some((listener, tls)) => {
+            tracker.spawn(crate::operators::serve(
+                listener,
+                tls,
+                operator,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            public
+        }
+        None => public.merge(operator.layer(axum::Extension(crate::operators::Operator("admin_listen".into())))),
+    };
     while let Some((tcp, _)) = relay_net::serve::accept(&listener, &shutdown).await {
         let router = router.clone();
         let shutdown = shutdown.clone();

@@ -43,6 +43,7 @@ pub mod h3;
 mod keyfile;
 pub mod keys;
 pub mod mls;
+pub mod operators;
 pub mod provisioning_keys;
 pub mod push;
 pub mod server;

@@ -32,6 +32,17 @@ struct Cli {
     /// Overrides `admin_listen` (metrics, health).
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
+    /// Operator client certificate (PEM) for the mutual-TLS operator listener
+    /// (`[admin] operator_listen`).
+    #[arg(long, global = true, env = "RELAY_OPERATOR_CERT")]
+    operator_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "RELAY_OPERATOR_KEY")]
+    operator_key: Option<PathBuf>,
+    /// CA of the gateway's certificate, for the operator listener (default: the development
+    /// CA in `data_dir/tls/dev-ca.pem`).
+    #[arg(long, global = true, env = "RELAY_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
     /// Overrides `log.json`: `text` (human-readable) or `json` (one object per line).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -225,6 +236,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let (Some(addr), Some(_)) = (
+        settings.config.admin.operator_listen,
+        &settings.config.admin.operator_ca,
+    ) {
+        let ca = cli
+            .admin_ca
+            .clone()
+            .unwrap_or_else(|| settings.config.data_dir.join("tls/dev-ca.pem"));
+        let _ = OPERATOR.set(OperatorTarget {
+            addr,
+            ca,
+            identity: cli.operator_cert.clone().zip(cli.operator_key.clone()),
+        });
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Provision { address, valid_for } => provision(&settings, &address, valid_for),
@@ -469,17 +494,52 @@ fn admin_call(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One request to the running gateway's admin listener.
+/// Where operator calls go when `[admin] operator_listen` is configured: mutual TLS with the
+/// operator's certificate.
+struct OperatorTarget {
+    addr: SocketAddr,
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+static OPERATOR: std::sync::OnceLock<OperatorTarget> = std::sync::OnceLock::new();
+
+/// One request to the running gateway's admin listener (or, for `/admin/…` calls with an
+/// operator listener configured, to that listener over mutual TLS).
 fn admin_request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
     use anyhow::Context as _;
     use http_body_util::BodyExt as _;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let operator = OPERATOR.get().filter(|_| path.starts_with("/admin/"));
+    let admin = operator.map_or(admin, |o| o.addr);
     let (status, body) = runtime.block_on(async {
         let tcp = tokio::net::TcpStream::connect(admin)
             .await
             .with_context(|| format!("no gateway admin listener at {admin} (is the gateway running?)"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
+        let mut sender = match operator {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some(o) => {
+                let (cert, key) = o.identity.as_ref().context(
+                    "operator calls need an operator certificate: --operator-cert and --operator-key (or RELAY_OPERATOR_CERT, RELAY_OPERATOR_KEY)",
+                )?;
+                let identity = relay_net::pem::load_pair(cert, key)?;
+                let roots = relay_net::pem::load_certs(&o.ca)?;
+                let tls = relay_net::tls::client_config(&roots, Some(identity))?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                    .connect(name, tcp)
+                    .await
+                    .context("the operator listener refused the TLS handshake")?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
         let request = http::Request::builder()
             .method(method)
             .uri(path)

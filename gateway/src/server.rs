@@ -253,8 +253,29 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("reading the audit log's checkpoints")?;
     tracker.spawn(Arc::clone(&checkpointer).run(shutdown.clone()));
+    let operators = match (&config.admin.operator_listen, &config.admin.operator_ca) {
+        (Some(addr), Some(ca)) => {
+            let tls = crate::operators::server_config(&certs, ca, &config.admin.operator_crls)
+                .context("setting up the operator listener")?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the operator listener {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "operator calls on mutual TLS");
+            Some((listener, tls))
+        }
+        _ => {
+            tracing::warn!(
+                admin = %config.admin_listen,
+                "operator calls are served on the plain admin listener without authentication: configure [admin] operator_ca for production"
+            );
+            None
+        }
+    };
     tracker.spawn(crate::admin::serve(
-        admin,
+        crate::admin::Listeners {
+            plain: admin,
+            operators,
+        },
         Arc::clone(&certs),
         acme.as_ref().map(|(_, handle)| handle.clone()),
         state.clone(),

@@ -128,6 +128,20 @@ impl CertStore {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
+
+    /// The same, requiring a client certificate that `verifier` accepts (mutual TLS).
+    pub fn server_config_verifying_clients(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Result<ServerConfig, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
 }
 
 impl ResolvesServerCert for CertStore {

@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub http3: Http3Config,
     #[serde(default)]
     pub mls: MlsConfig,
@@ -325,6 +327,21 @@ pub struct LogConfig {
     /// JSON lines instead of human-readable logs.
     #[serde(default)]
     pub json: bool,
+}
+
+/// Operator calls on mutual TLS. Without `operator_ca`, they are served on the plain admin
+/// listener (loopback by default), as in development; with it, only on `operator_listen`,
+/// to clients presenting a certificate from that CA (its common name is the operator's
+/// identity in the audit log), and the plain listener keeps `/metrics` and `/healthz` only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub operator_listen: Option<SocketAddr>,
+    /// PEM CA certificates of the operators' client certificates.
+    pub operator_ca: Option<PathBuf>,
+    /// PEM CRLs of that CA (a stale one refuses every operator, by design).
+    #[serde(default)]
+    pub operator_crls: Vec<PathBuf>,
 }
 
 /// The audit log's signed checkpoints.

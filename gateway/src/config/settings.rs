@@ -65,6 +65,9 @@ impl Config {
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let l = &self.limits;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.admin.operator_listen.is_some() != self.admin.operator_ca.is_some() {
+            return invalid("admin.operator_listen and admin.operator_ca go together");
+        }
         if l.max_envelope_bytes == 0 || l.max_envelope_bytes > 16 << 20 {
             return invalid("limits.max_envelope_bytes must be between 1 and 16 MiB");
         }

@@ -35,6 +35,7 @@ mod interconnect_faults;
 mod interop;
 mod limits;
 mod mls;
+mod operators;
 mod power_loss;
 mod process;
 mod readme;
