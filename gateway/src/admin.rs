@@ -22,6 +22,8 @@ use crate::telemetry;
 pub(crate) struct Listeners {
     pub plain: TcpListener,
     pub operators: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// How long an approval of a destructive call waits for a second operator.
+    pub dual_control_window: std::time::Duration,
 }
 
 /// Serves the admin API until `shutdown`; each connection is a task owned by `tracker`.
@@ -29,6 +31,7 @@ pub(crate) async fn serve(
     Listeners {
         plain: listener,
         operators,
+        dual_control_window,
     }: Listeners,
     certs: Arc<crate::tls::CertStore>,
     acme: Option<relay_net::acme::AcmeHandle>,
@@ -117,7 +120,8 @@ pub(crate) async fn serve(
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
         .merge(crate::audit::routes(Arc::clone(&checkpointer)))
-        .merge(crate::controls::routes(controls_state, checkpointer))
+        .merge(crate::controls::routes(controls_state.clone(), checkpointer))
+        .merge(crate::dual_control::routes(controls_state, dual_control_window))
         .merge(acme_routes)
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::operators::audit_calls(audit_store.clone(), req, next)

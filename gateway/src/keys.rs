@@ -18,6 +18,8 @@ pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn rid_key(&self) -> RidKey;
     /// The keys that verify provisioning tokens, with their states (read again on reload).
     fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>>;
+    /// Deletes a retired or compromised provisioning key (a dual-control call).
+    fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()>;
 }
 
 /// Keys in files (development and small deployments).
@@ -79,6 +81,14 @@ impl KeyProvider for FileKeyProvider {
                 crate::provisioning_keys::ProvisioningKeys::open(&self.dir, relay_net::clock::now_ms())?.verifying()
             }
         }
+    }
+
+    fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.external_provisioning_key.is_none(),
+            "the provisioning key is kept outside this gateway (registration.provisioning_public_key)"
+        );
+        crate::provisioning_keys::ProvisioningKeys::open(&self.dir, relay_net::clock::now_ms())?.destroy(id)
     }
 }
 

@@ -37,6 +37,7 @@ pub mod audit;
 pub mod background;
 pub mod config;
 pub mod controls;
+pub mod dual_control;
 pub mod error;
 pub mod evidence;
 pub mod h3;

@@ -102,6 +102,9 @@ enum Command {
         #[arg(long)]
         lift: bool,
     },
+    /// Approve a destructive call another operator will make (dual control), e.g.
+    /// `keys.destroy:provisioning:<id>`.
+    Approve { action: String },
     /// Provider keys: inventory and the provisioning keys' rotation (the running gateway
     /// picks changes up at once and audits them).
     Keys {
@@ -145,6 +148,9 @@ enum KeysAction {
     /// Mark a provisioning key compromised (`provisioning:<id>`): its tokens are refused;
     /// the key is kept as evidence.
     MarkCompromised { name: String },
+    /// Delete a retired or compromised provisioning key (`provisioning:<id>`). Dual control:
+    /// another operator must first `gateway approve keys.destroy:provisioning:<id>`.
+    Destroy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,7 +317,19 @@ fn main() -> ExitCode {
             ),
         ),
         Command::Evidence { action } => evidence(&settings, cli.config.as_deref(), action),
+        Command::Keys {
+            action: KeysAction::Destroy { name },
+        } => admin_call(
+            settings.config.admin_listen,
+            "POST",
+            &format!("/admin/keys/destroy?key={}", query_value(&name)),
+        ),
         Command::Keys { action } => keys(&settings, action),
+        Command::Approve { action } => admin_call(
+            settings.config.admin_listen,
+            "POST",
+            &format!("/admin/approvals?action={}", query_value(&action)),
+        ),
         Command::Audit { action } => match action {
             AuditAction::Show => admin_call(settings.config.admin_listen, "GET", "/admin/audit"),
             AuditAction::Export => admin_call(settings.config.admin_listen, "GET", "/admin/audit/export"),
@@ -423,6 +441,7 @@ fn keys(settings: &gateway::Settings, action: KeysAction) -> anyhow::Result<()> 
         }
         KeysAction::Retire { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Retired)?,
         KeysAction::MarkCompromised { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Compromised)?,
+        KeysAction::Destroy { .. } => unreachable!("a dual-control call, made by the running gateway"),
     }
     match admin_request(settings.config.admin_listen, "POST", "/admin/keys/reload") {
         Ok((status, body)) => {

@@ -149,6 +149,28 @@ impl ProvisioningKeys {
         Ok(id)
     }
 
+    /// Deletes a retired or compromised key (its tokens stay refused: no key verifies them).
+    pub fn destroy(&self, id: &str) -> anyhow::Result<()> {
+        let mut states = self.states()?;
+        let entry = states
+            .get(id)
+            .with_context(|| format!("no provisioning key {id} (see `gateway keys list`)"))?;
+        let state = KeyState::parse(&entry.state).unwrap_or(KeyState::Active);
+        if state.accepts_tokens() {
+            bail!(
+                "key {id} is {}: retire it (or mark it compromised) first",
+                state.as_str()
+            );
+        }
+        if entry.file == FIRST {
+            bail!("key {id} is the first key ({FIRST}), which the key directory is built around; it stays retired");
+        }
+        let file = self.dir.join(&entry.file);
+        states.remove(id);
+        self.save(&states)?;
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+    }
+
     /// Retires a key or marks it compromised (its tokens are refused from then on).
     pub fn set_state(&self, id: &str, state: KeyState) -> anyhow::Result<()> {
         if state.accepts_tokens() {

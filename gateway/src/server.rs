@@ -275,6 +275,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         crate::admin::Listeners {
             plain: admin,
             operators,
+            dual_control_window: Duration::from_secs(config.admin.dual_control_window_secs),
         },
         Arc::clone(&certs),
         acme.as_ref().map(|(_, handle)| handle.clone()),

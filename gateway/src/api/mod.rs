@@ -166,6 +166,12 @@ impl AppState {
             .clone()
     }
 
+    /// Deletes a retired or compromised provisioning key, then re-reads the keys.
+    pub fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()> {
+        self.inner.key_provider.destroy_provisioning_key(id)?;
+        self.reload_provisioning_keys().map(drop)
+    }
+
     /// Re-reads the provisioning keys from the key provider; returns (old, new).
     pub fn reload_provisioning_keys(
         &self,

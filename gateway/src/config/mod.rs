@@ -333,7 +333,7 @@ pub struct LogConfig {
 /// listener (loopback by default), as in development; with it, only on `operator_listen`,
 /// to clients presenting a certificate from that CA (its common name is the operator's
 /// identity in the audit log), and the plain listener keeps `/metrics` and `/healthz` only.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub operator_listen: Option<SocketAddr>,
@@ -342,6 +342,19 @@ pub struct AdminConfig {
     /// PEM CRLs of that CA (a stale one refuses every operator, by design).
     #[serde(default)]
     pub operator_crls: Vec<PathBuf>,
+    /// How long one operator's approval of a destructive call waits for a second operator.
+    #[serde(default = "d_dual_control_window")]
+    pub dual_control_window_secs: u64,
+}
+
+const fn d_dual_control_window() -> u64 {
+    600
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every admin setting has a default")
+    }
 }
 
 /// The audit log's signed checkpoints.

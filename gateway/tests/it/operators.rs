@@ -16,6 +16,7 @@ async fn operator_calls_need_an_operator_certificate() {
     let operators = RcgenCa::new(&pki.join("operators"), "operators");
     let alice = operators.issue("alice", "alice.ops", 1, None);
     let bob = operators.issue("bob", "bob.ops", 2, None);
+    let carol = operators.issue("carol", "carol.ops", 3, None);
     let crl = operators.crl("operators-crl", &[2], false);
     let intruders = RcgenCa::new(&pki.join("intruders"), "intruders");
     let eve = intruders.issue("eve", "eve.ops", 1, None);
@@ -76,4 +77,31 @@ async fn operator_calls_need_an_operator_certificate() {
         String::from_utf8_lossy(&listed.stdout).contains("registration"),
         "still off"
     );
+
+    // Dual control: destroying a retired provisioning key takes two different operators.
+    let a = Some((alice.cert.as_path(), alice.key.as_path()));
+    let c = Some((carol.cert.as_path(), carol.key.as_path()));
+    let rotated = as_operator(a, &["keys", "rotate", "provisioning"]);
+    let rotated = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    let second = rotated.split_whitespace().next().unwrap().to_owned(); // provisioning:<id>
+    assert!(as_operator(a, &["keys", "rotate", "provisioning"]).status.success());
+    assert!(as_operator(a, &["keys", "retire", &second]).status.success());
+    let action = format!("keys.destroy:{second}");
+    let destroy = |who| as_operator(who, &["keys", "destroy", &second]);
+    let alone = destroy(a);
+    assert!(!alone.status.success() && String::from_utf8_lossy(&alone.stdout).contains("needs a second operator"));
+    assert!(as_operator(a, &["approve", &action]).status.success());
+    let own = destroy(a);
+    assert!(!own.status.success() && String::from_utf8_lossy(&own.stdout).contains("cannot also make the call"));
+    let done = destroy(c);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stdout));
+    let keys = String::from_utf8_lossy(&as_operator(a, &["keys", "list"]).stdout).into_owned();
+    assert!(!keys.contains(&format!("{second} ")), "{keys}");
+    let shown = String::from_utf8_lossy(&as_operator(a, &["audit", "show"]).stdout).into_owned();
+    let id = second.trim_start_matches("provisioning:");
+    assert!(
+        shown.contains(&format!("provisioning id={id} approved_by=alice.ops done_by=carol.ops")),
+        "{shown}"
+    );
+    assert!(shown.contains("operator=alice.ops action=keys.destroy"), "{shown}");
 }
