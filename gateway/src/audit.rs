@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use relay_core::auditlog::AuditSigner;
 use storage::Storage;
 use storage::prelude::*;
@@ -27,10 +28,17 @@ pub struct Checkpointer {
     last: AtomicU64,
     /// One checkpoint at a time.
     signing: tokio::sync::Mutex<()>,
+    /// Records older than this are pruned behind a checkpoint.
+    retention: Option<Duration>,
 }
 
 impl Checkpointer {
-    pub async fn new(store: Storage, signer: AuditSigner, every: u64) -> Result<Arc<Self>, storage::StoreError> {
+    pub async fn new(
+        store: Storage,
+        signer: AuditSigner,
+        every: u64,
+        retention: Option<Duration>,
+    ) -> Result<Arc<Self>, storage::StoreError> {
         let last = store
             .audit_checkpoints()
             .await?
@@ -42,6 +50,7 @@ impl Checkpointer {
             store,
             signer,
             every: every.max(1),
+            retention,
             last: AtomicU64::new(last),
             signing: tokio::sync::Mutex::new(()),
         }))
@@ -62,16 +71,63 @@ impl Checkpointer {
         Ok(note)
     }
 
-    /// Checkpoints every `checkpoint_every` records (checked each second), and once more at
-    /// shutdown.
+    /// Prunes the records older than the retention period: first a signed checkpoint at the
+    /// last of them (so the rest stays provable), then storage drops them and keeps the base.
+    /// Returns how many records the log starts after.
+    pub async fn prune_expired(&self) -> anyhow::Result<Option<u64>> {
+        let Some(keep) = self.retention else {
+            return Ok(None);
+        };
+        let cutoff = relay_net::clock::now_ms().saturating_sub(keep.as_millis() as u64);
+        let records = self.store.audit_log().await?;
+        let Some(upto) = records.iter().take_while(|r| r.at_ms < cutoff).last().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        let mut frontier = match self.store.audit_base().await? {
+            Some(b) => relay_core::auditlog::Frontier::decode(&b.frontier).context("the audit base")?,
+            None => relay_core::auditlog::Frontier::default(),
+        };
+        for r in records.iter().take_while(|r| r.seq <= upto) {
+            frontier.push(relay_core::auditlog::leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
+        }
+        let note = self.signer.checkpoint(upto, frontier.root())?;
+        self.store.audit_add_checkpoint(upto, note).await?;
+        if self.store.audit_prune(upto).await?.is_some() {
+            let detail = format!(
+                "records 1..={upto} older than {} s pruned behind the checkpoint at {upto}",
+                keep.as_secs()
+            );
+            self.store
+                .audit_append("audit.prune", detail, relay_net::clock::now_ms())
+                .await?;
+            tracing::info!(upto, "audit records pruned behind a checkpoint");
+        }
+        Ok(Some(upto))
+    }
+
+    /// Checkpoints every `checkpoint_every` records (checked each second), prunes past the
+    /// retention period, and checkpoints once more at shutdown.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         metrics::counter!("relay_audit_checkpoints_total").increment(0);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pruning reads the whole log: at most hourly (every retention period if shorter).
+        let prune_every = self
+            .retention
+            .map(|r| r.clamp(Duration::from_secs(1), Duration::from_secs(3600)));
+        let mut pruned_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            if let Some(every) = prune_every
+                && pruned_at.elapsed() >= every
+            {
+                pruned_at = tokio::time::Instant::now();
+                if let Err(e) = self.prune_expired().await {
+                    tracing::error!(cause = %format!("{e:#}"), "could not prune the audit log");
+                }
             }
             match self.store.audit_head().await {
                 Ok(head) if head.size >= self.last.load(Ordering::Relaxed) + self.every => {
@@ -93,6 +149,15 @@ impl Checkpointer {
     /// (`"type":"checkpoint"`: the signed note).
     pub async fn export(&self) -> Result<String, storage::StoreError> {
         let mut out = String::new();
+        if let Some(b) = self.store.audit_base().await? {
+            let line = serde_json::json!({
+                "type": "base",
+                "size": b.size,
+                "chain": relay_core::hex::encode(&b.chain),
+                "frontier": relay_core::hex::encode(&b.frontier),
+            });
+            out.push_str(&format!("{line}\n"));
+        }
         for r in self.store.audit_log().await? {
             let line = serde_json::json!({
                 "type": "record",
@@ -169,29 +234,59 @@ pub(crate) fn routes(checkpointer: Arc<Checkpointer>) -> axum::Router {
         .route("/admin/audit/checkpoint", axum::routing::post(checkpoint))
 }
 
-/// An export read back: records and checkpoints.
-pub fn parse_export(text: &str) -> anyhow::Result<(Vec<relay_core::auditlog::Record>, Vec<String>)> {
-    use anyhow::Context as _;
-    let mut records = Vec::new();
-    let mut checkpoints = Vec::new();
+/// An export read back.
+#[derive(Debug, Default)]
+pub struct Export {
+    /// Where the log starts, if its oldest records were pruned.
+    pub base: Option<relay_core::auditlog::Base>,
+    pub records: Vec<relay_core::auditlog::Record>,
+    pub checkpoints: Vec<String>,
+}
+
+impl Export {
+    /// [`relay_core::auditlog::verify_from`] over this export.
+    pub fn verify(
+        &self,
+        vkey: &str,
+        against: Option<&str>,
+    ) -> Result<relay_core::auditlog::Verified, relay_core::auditlog::Bad> {
+        relay_core::auditlog::verify_from(self.base.as_ref(), &self.records, &self.checkpoints, vkey, against)
+    }
+}
+
+pub fn parse_export(text: &str) -> anyhow::Result<Export> {
+    let mut export = Export::default();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("line {}: not JSON", n + 1))?;
         let field = |name: &str| v[name].as_str().with_context(|| format!("line {}: no {name}", n + 1));
+        let hex32 = |name: &str| -> anyhow::Result<[u8; 32]> {
+            relay_core::hex::decode(field(name)?)
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("line {}: {name} is not 32 bytes of hex", n + 1))
+        };
         match v["type"].as_str() {
-            Some("checkpoint") => checkpoints.push(field("note")?.to_owned()),
-            Some("record") => records.push(relay_core::auditlog::Record {
+            Some("base") => {
+                let frontier = relay_core::hex::decode(field("frontier")?)
+                    .and_then(|b| relay_core::auditlog::Frontier::decode(&b))
+                    .with_context(|| format!("line {}: a malformed frontier", n + 1))?;
+                export.base = Some(relay_core::auditlog::Base {
+                    size: v["size"].as_u64().with_context(|| format!("line {}: no size", n + 1))?,
+                    chain: hex32("chain")?,
+                    frontier,
+                });
+            }
+            Some("checkpoint") => export.checkpoints.push(field("note")?.to_owned()),
+            Some("record") => export.records.push(relay_core::auditlog::Record {
                 seq: v["seq"].as_u64().with_context(|| format!("line {}: no seq", n + 1))?,
                 at_ms: v["at_ms"]
                     .as_u64()
                     .with_context(|| format!("line {}: no at_ms", n + 1))?,
                 kind: field("kind")?.to_owned(),
                 detail: field("detail")?.to_owned(),
-                chain: relay_core::hex::decode(field("chain")?)
-                    .and_then(|b| b.try_into().ok())
-                    .with_context(|| format!("line {}: chain is not 32 bytes of hex", n + 1))?,
+                chain: hex32("chain")?,
             }),
             _ => anyhow::bail!("line {}: unknown type", n + 1),
         }
     }
-    Ok((records, checkpoints))
+    Ok(export)
 }

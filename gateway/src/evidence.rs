@@ -206,8 +206,8 @@ pub fn verify(archive: &[u8], vkey: &str) -> anyhow::Result<Verified> {
             files.get(name).with_context(|| format!("no {name}"))?.clone(),
         )?)
     };
-    let (records, checkpoints) = crate::audit::parse_export(&text("audit.jsonl")?)?;
-    let audit = relay_core::auditlog::verify(&records, &checkpoints, vkey, Some(&text("checkpoint.note")?))
+    let audit = crate::audit::parse_export(&text("audit.jsonl")?)?
+        .verify(vkey, Some(&text("checkpoint.note")?))
         .map_err(|bad| anyhow::anyhow!("the audit log in the bundle does not verify: {bad}"))?;
     Ok(Verified { files: listed, audit })
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gateway::admin_client::{admin_call, admin_request, query_value};
 use gateway::config::{Config, Overrides};
 
 /// mimalloc: glibc's allocator spent a sixth of the gateway's CPU under load (request bodies,
@@ -250,7 +251,7 @@ fn main() -> ExitCode {
             .admin_ca
             .clone()
             .unwrap_or_else(|| settings.config.data_dir.join("tls/dev-ca.pem"));
-        let _ = OPERATOR.set(OperatorTarget {
+        gateway::admin_client::use_operator_listener(gateway::admin_client::OperatorTarget {
             addr,
             ca,
             identity: cli.operator_cert.clone().zip(cli.operator_key.clone()),
@@ -386,8 +387,8 @@ fn audit_verify(
     let key = key.unwrap_or_else(|| gateway::keys::key_dir(&settings.config.data_dir).join("audit.vkey"));
     let vkey = read(&key)?;
     let against = against.map(read).transpose()?;
-    let (records, checkpoints) = gateway::audit::parse_export(&export)?;
-    let v = relay_core::auditlog::verify(&records, &checkpoints, &vkey, against.as_deref())
+    let v = gateway::audit::parse_export(&export)?
+        .verify(&vkey, against.as_deref())
         .map_err(|bad| anyhow::anyhow!("the audit log does not verify: {bad}"))?;
     writeln!(
         std::io::stdout(),
@@ -491,85 +492,6 @@ fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: Ev
         }
     }
     Ok(())
-}
-
-/// An address in a query string (`+` would read as a space).
-fn query_value(address: &str) -> String {
-    address
-        .replace('%', "%25")
-        .replace('+', "%2B")
-        .replace('&', "%26")
-        .replace(' ', "%20")
-}
-
-/// One request to the running gateway's admin listener; prints the answer.
-fn admin_call(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<()> {
-    let (status, body) = admin_request(admin, method, path)?;
-    std::io::stdout().write_all(&body)?;
-    if !body.ends_with(b"\n") {
-        writeln!(std::io::stdout())?;
-    }
-    anyhow::ensure!(status.is_success(), "the gateway answered {status}");
-    Ok(())
-}
-
-/// Where operator calls go when `[admin] operator_listen` is configured: mutual TLS with the
-/// operator's certificate.
-struct OperatorTarget {
-    addr: SocketAddr,
-    ca: PathBuf,
-    identity: Option<(PathBuf, PathBuf)>,
-}
-
-static OPERATOR: std::sync::OnceLock<OperatorTarget> = std::sync::OnceLock::new();
-
-/// One request to the running gateway's admin listener (or, for `/admin/…` calls with an
-/// operator listener configured, to that listener over mutual TLS).
-fn admin_request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
-    use anyhow::Context as _;
-    use http_body_util::BodyExt as _;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let operator = OPERATOR.get().filter(|_| path.starts_with("/admin/"));
-    let admin = operator.map_or(admin, |o| o.addr);
-    let (status, body) = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(admin)
-            .await
-            .with_context(|| format!("no gateway admin listener at {admin} (is the gateway running?)"))?;
-        let mut sender = match operator {
-            None => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-                tokio::spawn(conn);
-                sender
-            }
-            Some(o) => {
-                let (cert, key) = o.identity.as_ref().context(
-                    "operator calls need an operator certificate: --operator-cert and --operator-key (or RELAY_OPERATOR_CERT, RELAY_OPERATOR_KEY)",
-                )?;
-                let identity = relay_net::pem::load_pair(cert, key)?;
-                let roots = relay_net::pem::load_certs(&o.ca)?;
-                let tls = relay_net::tls::client_config(&roots, Some(identity))?;
-                let name = rustls::pki_types::ServerName::try_from("localhost")?;
-                let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-                    .connect(name, tcp)
-                    .await
-                    .context("the operator listener refused the TLS handshake")?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                sender
-            }
-        };
-        let request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, admin.to_string())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body))
-    })?;
-    Ok((status, body))
 }
 
 fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {

@@ -249,6 +249,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         store.clone(),
         crate::keys::audit_signer(&key_dir(data_dir)).context("loading the audit key")?,
         config.audit.checkpoint_every,
+        (config.audit.retention_secs > 0).then(|| Duration::from_secs(config.audit.retention_secs)),
     )
     .await
     .context("reading the audit log's checkpoints")?;

@@ -222,10 +222,31 @@ pub struct Bad {
     pub reason: String,
 }
 
+/// Where a log starts when its oldest records were pruned (retention): the chain hash and the
+/// tree's frontier after record `size`. A signed checkpoint at `size` must prove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub size: u64,
+    pub chain: [u8; 32],
+    pub frontier: Frontier,
+}
+
 /// Checks an exported log: every record in order and matching its chain hash, every
 /// checkpoint signed by `vkey` and reproduced by the records, and `against` (an auditor's
 /// earlier checkpoint) likewise. Checkpoints may come in any order.
 pub fn verify(records: &[Record], checkpoints: &[String], vkey: &str, against: Option<&str>) -> Result<Verified, Bad> {
+    verify_from(None, records, checkpoints, vkey, against)
+}
+
+/// [`verify`] for a log whose records up to `base.size` were pruned: the base must be proven
+/// by a checkpoint at its size; checkpoints of the pruned part are no longer checked.
+pub fn verify_from(
+    base: Option<&Base>,
+    records: &[Record],
+    checkpoints: &[String],
+    vkey: &str,
+    against: Option<&str>,
+) -> Result<Verified, Bad> {
     let mut opened = Vec::with_capacity(checkpoints.len() + 1);
     // Checkpoints that do not verify, with the size they claim (unproven, but it tells
     // which records they were meant to prove).
@@ -242,7 +263,9 @@ pub fn verify(records: &[Record], checkpoints: &[String], vkey: &str, against: O
         }
     }
     opened.sort_by_key(|(o, _)| o.size);
-    let walked = walk(records, &opened);
+    let pruned = base.map_or(0, |b| b.size);
+    opened.retain(|(o, _)| o.size >= pruned);
+    let walked = walk(base, records, &opened);
     // The first record a forged checkpoint leaves unproven: after the last valid checkpoint
     // below the size it claims.
     let first_forged = forged
@@ -275,9 +298,16 @@ fn claimed_size(note: &str) -> Option<u64> {
 }
 
 /// Replays the records in order against the chain and the verified checkpoints (by size).
-fn walk(records: &[Record], opened: &[(Opened, &str)]) -> Result<Verified, Bad> {
-    let mut frontier = Frontier::default();
-    let mut prev = CHAIN_START;
+fn walk(base: Option<&Base>, records: &[Record], opened: &[(Opened, &str)]) -> Result<Verified, Bad> {
+    let mut frontier = base.map_or_else(Frontier::default, |b| b.frontier.clone());
+    let mut prev = base.map_or(CHAIN_START, |b| b.chain);
+    let pruned = frontier.size();
+    if base.is_some_and(|b| b.frontier.size() != b.size) {
+        return Err(Bad {
+            record: pruned + 1,
+            reason: "the base of the pruned log is inconsistent".into(),
+        });
+    }
     let mut proven = 0u64;
     let mut next_checkpoint = opened.iter().peekable();
     let mut check = |frontier: &Frontier, proven: &mut u64| -> Result<(), Bad> {
@@ -298,8 +328,14 @@ fn walk(records: &[Record], opened: &[(Opened, &str)]) -> Result<Verified, Bad> 
         Ok(())
     };
     check(&frontier, &mut proven)?;
+    if proven < pruned {
+        return Err(Bad {
+            record: pruned + 1,
+            reason: format!("records 1..={pruned} were pruned, but no checkpoint at {pruned} proves what they were"),
+        });
+    }
     for (i, r) in records.iter().enumerate() {
-        let want = i as u64 + 1;
+        let want = pruned + i as u64 + 1;
         if r.seq != want {
             return Err(Bad {
                 record: want,

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use relay_core::interconnect::EntryState;
 
 use crate::{
-    Ack, AuditHead, AuditRecord, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError, NewDevice,
-    NewKeyPackage, OutboxEntry, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, Stats, StoreError,
-    SweepStats,
+    Ack, AuditBase, AuditHead, AuditRecord, ClaimedKeyPackage, DeviceAuth, DeviceId, KeyPackageCount, KeyPackageError,
+    NewDevice, NewKeyPackage, OutboxEntry, Page, RegisterError, Rid, SendError, SendOutcome, SendRequest, Stats,
+    StoreError, SweepStats,
 };
 
 /// Devices and their credentials.
@@ -195,6 +195,14 @@ pub trait Audit: Send + Sync + 'static {
 
     /// Every checkpoint kept, by size.
     fn audit_checkpoints(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Deletes the records up to `upto` (retention), keeping what proves the rest: the chain
+    /// hash and Merkle frontier after `upto` (the caller has stored a signed checkpoint at
+    /// `upto` first). Returns the new base; nothing changes if `upto` is not past the old one.
+    fn audit_prune(&self, upto: u64) -> impl Future<Output = Result<Option<AuditBase>, StoreError>> + Send;
+
+    /// Where the log starts, if it was pruned.
+    fn audit_base(&self) -> impl Future<Output = Result<Option<AuditBase>, StoreError>> + Send;
 }
 
 /// Operator controls for incident response: kill switches, suspended addresses, revoked

@@ -320,6 +320,14 @@ impl Audit for Storage {
     async fn audit_checkpoints(&self) -> Result<Vec<String>, StoreError> {
         on_backend!(self, b => b.audit_checkpoints().await)
     }
+
+    async fn audit_prune(&self, upto: u64) -> Result<Option<AuditBase>, StoreError> {
+        on_backend!(self, b => b.audit_prune(upto).await)
+    }
+
+    async fn audit_base(&self) -> Result<Option<AuditBase>, StoreError> {
+        on_backend!(self, b => b.audit_base().await)
+    }
 }
 
 impl Controls for Storage {

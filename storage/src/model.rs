@@ -145,6 +145,15 @@ pub struct AuditRecord {
     pub hash: [u8; 32],
 }
 
+/// Where the audit log starts after its oldest records were pruned: the chain hash and the
+/// encoded Merkle frontier (`relay_core::auditlog::Frontier`) after record `size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBase {
+    pub size: u64,
+    pub chain: [u8; 32],
+    pub frontier: Vec<u8>,
+}
+
 /// The audit log's Merkle tree head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditHead {

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use relay_core::Limits;
 use serde::Deserialize;
 
+mod operations;
+pub use operations::{AdminConfig, AuditConfig};
+
 /// The configuration file, as written by an operator.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,56 +330,6 @@ pub struct LogConfig {
     /// JSON lines instead of human-readable logs.
     #[serde(default)]
     pub json: bool,
-}
-
-/// Operator calls on mutual TLS. Without `operator_ca`, they are served on the plain admin
-/// listener (loopback by default), as in development; with it, only on `operator_listen`,
-/// to clients presenting a certificate from that CA (its common name is the operator's
-/// identity in the audit log), and the plain listener keeps `/metrics` and `/healthz` only.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    pub operator_listen: Option<SocketAddr>,
-    /// PEM CA certificates of the operators' client certificates.
-    pub operator_ca: Option<PathBuf>,
-    /// PEM CRLs of that CA (a stale one refuses every operator, by design).
-    #[serde(default)]
-    pub operator_crls: Vec<PathBuf>,
-    /// How long one operator's approval of a destructive call waits for a second operator.
-    #[serde(default = "d_dual_control_window")]
-    pub dual_control_window_secs: u64,
-}
-
-const fn d_dual_control_window() -> u64 {
-    600
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every admin setting has a default")
-    }
-}
-
-/// The audit log's signed checkpoints.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Sign a checkpoint once this many records have been added since the last one (also
-    /// after every key operation, on request, and at shutdown).
-    #[serde(default = "d_checkpoint_every")]
-    pub checkpoint_every: u64,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            checkpoint_every: d_checkpoint_every(),
-        }
-    }
-}
-
-const fn d_checkpoint_every() -> u64 {
-    100
 }
 
 fn default_data_dir() -> PathBuf {

@@ -167,3 +167,49 @@ fn keys_round_trip_and_malformed_ones_are_refused() {
     assert!(AuditSigner::new("PRIVATE+KEY+x").is_err());
     assert!(open_checkpoint("x", "not a key").is_err());
 }
+
+#[test]
+fn a_pruned_log_verifies_from_its_checkpointed_base() {
+    let (records, checkpoints, signer, vkey) = log(30, 10);
+    let base_at = |n: usize| {
+        let mut frontier = Frontier::default();
+        for r in &records[..n] {
+            frontier.push(leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
+        }
+        Base {
+            size: n as u64,
+            chain: records[n - 1].chain,
+            frontier,
+        }
+    };
+    // Pruned behind the checkpoint at 20: the rest verifies, old checkpoints are skipped.
+    let base = base_at(20);
+    let v = verify_from(Some(&base), &records[20..], &checkpoints, &vkey, None).unwrap();
+    assert_eq!((v.records, v.uncovered), (30, 0));
+    // Pruned where no checkpoint is: unproven.
+    let b = verify_from(Some(&base_at(15)), &records[15..], &checkpoints, &vkey, None).unwrap_err();
+    assert_eq!(b.record, 16, "{b}");
+    // ... unless one is signed there (what the gateway does before it prunes).
+    let at15 = signer.checkpoint(15, base_at(15).frontier.root()).unwrap();
+    let with = [checkpoints.clone(), vec![at15]].concat();
+    assert!(verify_from(Some(&base_at(15)), &records[15..], &with, &vkey, None).is_ok());
+    // A forged base (another frontier) does not match the checkpoint.
+    let mut forged = base_at(20);
+    forged.frontier = base_at(19).frontier;
+    forged.frontier.push([9; 32]);
+    assert_eq!(
+        verify_from(Some(&forged), &records[20..], &checkpoints, &vkey, None)
+            .unwrap_err()
+            .record,
+        1
+    );
+    // A record edited after the base is still named.
+    let mut edited = records[20..].to_vec();
+    edited[3].detail = "forged".into();
+    assert_eq!(
+        verify_from(Some(&base), &edited, &checkpoints, &vkey, None)
+            .unwrap_err()
+            .record,
+        24
+    );
+}

@@ -6,12 +6,12 @@
 
 use relay_core::auditlog::{CHAIN_START, Frontier, leaf_hash};
 
-use super::layout::{AUDIT, AUDIT_CHECKPOINT, AUDIT_HEAD, audit_key, backend, be_u64, prefixed};
+use super::layout::{AUDIT, AUDIT_BASE, AUDIT_CHECKPOINT, AUDIT_HEAD, audit_key, backend, be_u64, prefixed};
 use super::records::{audit_hash, decode_audit, encode_audit};
 use super::writeset::WriteSet;
 use super::{Inner, SledStore, lock};
 use crate::contract::Audit;
-use crate::{AuditHead, AuditRecord, StoreError};
+use crate::{AuditBase, AuditHead, AuditRecord, StoreError};
 
 impl Audit for SledStore {
     async fn audit_append(&self, kind: &str, detail: String, now_ms: u64) -> Result<AuditRecord, StoreError> {
@@ -29,7 +29,8 @@ impl Audit for SledStore {
         self.blocking(|s| {
             let out = s.audit_records()?;
             let head = s.audit_head_record()?;
-            if out.last().map_or(0, |r| r.seq) != head.seq {
+            let pruned = s.audit_base_record()?.map_or(0, |b| b.size);
+            if out.last().map_or(pruned, |r| r.seq) != head.seq {
                 return Err(StoreError::Corrupt("audit log shorter than its head"));
             }
             Ok(out)
@@ -57,6 +58,44 @@ impl Audit for SledStore {
         .await
     }
 
+    async fn audit_prune(&self, upto: u64) -> Result<Option<AuditBase>, StoreError> {
+        self.write(move |s| {
+            let _audit = lock(&s.audit);
+            let old = s.audit_base_record()?;
+            let from = old.as_ref().map_or(0, |b| b.size);
+            let head = s.audit_head_record()?;
+            if upto <= from || upto > head.seq {
+                return Ok((None, s.journal.last_lsn()));
+            }
+            let mut frontier = match &old {
+                Some(b) => Frontier::decode(&b.frontier).ok_or(StoreError::Corrupt("audit base"))?,
+                None => Frontier::default(),
+            };
+            let mut chain = old.as_ref().map_or(CHAIN_START, |b| b.chain);
+            let mut ws = WriteSet::default();
+            for r in s.audit_records()?.into_iter().take_while(|r| r.seq <= upto) {
+                frontier.push(leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
+                chain = r.hash;
+                ws.del(&audit_key(r.seq));
+            }
+            let base = AuditBase {
+                size: upto,
+                chain,
+                frontier: frontier.encode(),
+            };
+            let mut value = upto.to_be_bytes().to_vec();
+            value.extend_from_slice(&chain);
+            value.extend_from_slice(&base.frontier);
+            ws.put(AUDIT_BASE, &value);
+            Ok((Some(base), s.commit(&ws)?))
+        })
+        .await
+    }
+
+    async fn audit_base(&self) -> Result<Option<AuditBase>, StoreError> {
+        self.blocking(|s| s.audit_base_record()).await
+    }
+
     async fn audit_checkpoints(&self) -> Result<Vec<String>, StoreError> {
         self.blocking(|s| {
             s.tree
@@ -80,10 +119,25 @@ struct Head {
 }
 
 impl Inner {
-    /// Every record, oldest first, after checking the chain.
+    fn audit_base_record(&self) -> Result<Option<AuditBase>, StoreError> {
+        let Some(v) = self.tree.get(AUDIT_BASE).map_err(backend)? else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::Corrupt("audit base");
+        if v.len() < 40 {
+            return Err(corrupt());
+        }
+        Ok(Some(AuditBase {
+            size: be_u64(&v[..8])?,
+            chain: v[8..40].try_into().map_err(|_| corrupt())?,
+            frontier: v[40..].to_vec(),
+        }))
+    }
+
+    /// Every record kept, oldest first, after checking the chain (from the base, if pruned).
     fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {
         let mut out: Vec<AuditRecord> = Vec::new();
-        let mut prev = CHAIN_START;
+        let mut prev = self.audit_base_record()?.map_or(CHAIN_START, |b| b.chain);
         for item in self.tree.scan_prefix(AUDIT) {
             let (k, v) = item.map_err(backend)?;
             let seq = be_u64(&k[2..])?;

@@ -19,6 +19,7 @@
 //! a/{seq:8}                    -> {at:8}{kind_len:1}{kind}{detail}{hash:32}  audit log
 //! A/                           -> {seq:8}{hash:32}{frontier}  audit chain head and Merkle frontier
 //! C/{size:8}                   -> signed checkpoint (C2SP signed note, text)
+//! B/                           -> {size:8}{chain:32}{frontier}  audit base after pruning
 //! S/{name}                     -> {since:8}                   a kill switch that is off
 //! U/{rid:32}                   -> {since:8}                   a suspended address
 //! I/                           -> reserved id (u64)           ids below it may have been used
@@ -53,6 +54,7 @@ pub(super) const OUTBOX: &[u8; 2] = b"o/";
 pub(super) const AUDIT: &[u8; 2] = b"a/";
 pub(super) const AUDIT_HEAD: &[u8; 2] = b"A/";
 pub(super) const AUDIT_CHECKPOINT: &[u8; 2] = b"C/";
+pub(super) const AUDIT_BASE: &[u8; 2] = b"B/";
 pub(super) const SWITCH_OFF: &[u8; 2] = b"S/";
 pub(super) const SUSPENDED: &[u8; 2] = b"U/";
 

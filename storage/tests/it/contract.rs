@@ -797,6 +797,44 @@ pub(crate) async fn audit_log_is_a_merkle_tree_with_checkpoints<H: Harness>() {
     );
 }
 
+/// Retention: pruning keeps the chain hash and frontier after the last pruned record, so the
+/// tree head does not change and the rest of the chain still checks, across a restart.
+pub(crate) async fn audit_log_prunes_behind_a_base<H: Harness>() {
+    use relay_core::auditlog::{Frontier, leaf_hash};
+    let h = H::new();
+    let s = h.store();
+    for i in 0..5 {
+        s.audit_append("interconnect.reload", format!("{i} peers"), NOW + i)
+            .await
+            .unwrap();
+    }
+    let all = s.audit_log().await.unwrap();
+    let head = s.audit_head().await.unwrap();
+    assert_eq!(s.audit_base().await.unwrap(), None);
+    let base = s.audit_prune(3).await.unwrap().expect("pruned");
+    let mut f = Frontier::default();
+    for r in &all[..3] {
+        f.push(leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
+    }
+    assert_eq!(
+        (base.size, base.chain, base.frontier.clone()),
+        (3, all[2].hash, f.encode())
+    );
+    assert_eq!(s.audit_prune(2).await.unwrap(), None, "not past the base");
+    let h = h.reopen();
+    let s = h.store();
+    assert_eq!(s.audit_log().await.unwrap(), all[3..].to_vec());
+    assert_eq!(s.audit_head().await.unwrap(), head, "the tree is the same");
+    assert_eq!(s.audit_base().await.unwrap(), Some(base));
+    s.audit_append("x", "after".into(), NOW + 9).await.unwrap();
+    assert_eq!(s.audit_log().await.unwrap().len(), 3);
+    assert!(s.audit_prune(6).await.unwrap().is_some());
+    assert!(
+        s.audit_log().await.unwrap().is_empty(),
+        "everything pruned is still a valid log"
+    );
+}
+
 pub(crate) async fn ack_needs_the_whole_server_id<H: Harness>() {
     let h = H::new();
     let s = h.store();

@@ -108,6 +108,7 @@ macro_rules! contract_tests {
             outbox_is_written_with_the_send_and_survives_restart,
             audit_log_is_a_hash_chain,
             audit_log_is_a_merkle_tree_with_checkpoints,
+            audit_log_prunes_behind_a_base,
             ack_needs_the_whole_server_id,
         );
     };
