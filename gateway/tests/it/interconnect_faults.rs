@@ -15,7 +15,7 @@ use test_support::pki::RcgenCa;
 use crate::process::{KeepOnPanic, spawn_gateway_with};
 use test_support::process::{Proc, free_port};
 
-fn interconnect_toml(
+pub(crate) fn interconnect_toml(
     listen: u16,
     domain: &str,
     leaf: &test_support::pki::Leaf,
@@ -30,7 +30,7 @@ fn interconnect_toml(
     )
 }
 
-fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Path, prefix: &str) -> String {
+pub(crate) fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Path, prefix: &str) -> String {
     format!(
         "[[peer]]\nname = \"{name}\"\ndomain = \"{domain}\"\nendpoint = \"https://localhost:{port}\"\nca = \"{}\"\nprefixes = [\"{prefix}\"]\njurisdiction = \"US\"\n",
         ca.display()
