@@ -120,8 +120,15 @@ pub(crate) async fn serve(
         .route("/admin/interconnect/reload", axum::routing::post(ic_reload))
         .route("/admin/groups/{group}/epoch", axum::routing::put(set_epoch))
         .merge(crate::audit::routes(Arc::clone(&checkpointer)))
-        .merge(crate::controls::routes(controls_state.clone(), checkpointer))
-        .merge(crate::dual_control::routes(controls_state, dual_control_window))
+        .merge(crate::controls::routes(
+            controls_state.clone(),
+            Arc::clone(&checkpointer),
+        ))
+        .merge(crate::dual_control::routes(
+            controls_state,
+            dual_control_window,
+            checkpointer,
+        ))
         .merge(acme_routes)
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::operators::audit_calls(audit_store.clone(), req, next)

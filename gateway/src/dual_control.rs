@@ -32,9 +32,10 @@ struct Dual {
     state: AppState,
     approvals: Arc<Approvals>,
     window: Duration,
+    checkpointer: Arc<crate::audit::Checkpointer>,
 }
 
-pub(crate) fn routes(state: AppState, window: Duration) -> Router {
+pub(crate) fn routes(state: AppState, window: Duration, checkpointer: Arc<crate::audit::Checkpointer>) -> Router {
     Router::new()
         .route("/admin/approvals", post(approve))
         .route("/admin/keys/destroy", post(destroy))
@@ -42,6 +43,7 @@ pub(crate) fn routes(state: AppState, window: Duration) -> Router {
             state,
             approvals: Arc::default(),
             window,
+            checkpointer,
         })
 }
 
@@ -118,6 +120,10 @@ async fn destroy(
     let detail = format!("provisioning id={id} approved_by={approver} done_by={operator}");
     if let Err(e) = d.state.store().audit_append("key.destroy", detail, now_ms()).await {
         return answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    // A key operation: a checkpoint follows.
+    if let Err(e) = d.checkpointer.checkpoint_now().await {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
     }
     tracing::warn!(
         key = id,

@@ -104,4 +104,16 @@ async fn operator_calls_need_an_operator_certificate() {
         "{shown}"
     );
     assert!(shown.contains("operator=alice.ops action=keys.destroy"), "{shown}");
+    // A key operation: a checkpoint was signed after it.
+    let export = String::from_utf8_lossy(&as_operator(a, &["audit", "export"]).stdout).into_owned();
+    let destroyed_at = export
+        .lines()
+        .position(|l| l.contains("\"kind\":\"key.destroy\""))
+        .unwrap()
+        + 1;
+    let signed_after = export.lines().filter_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        v["note"].as_str()?.lines().nth(1)?.parse::<usize>().ok()
+    });
+    assert!(signed_after.into_iter().any(|size| size >= destroyed_at), "{export}");
 }
