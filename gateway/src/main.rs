@@ -469,9 +469,12 @@ fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: Ev
                 anyhow::ensure!(status.is_success(), "the gateway answered {status} to {path}");
                 Ok(String::from_utf8(body.to_vec())?)
             };
+            // The checkpoint first: the export then holds every record it commits to (each
+            // call adds its own audit record after it is answered).
+            let checkpoint = fetch("POST", "/admin/audit/checkpoint")?;
             let live = gateway::evidence::FromGateway {
                 audit_export: fetch("GET", "/admin/audit/export")?,
-                checkpoint: fetch("POST", "/admin/audit/checkpoint")?,
+                checkpoint,
             };
             let signer = gateway::keys::audit_signer(&keys)?;
             let archive = gateway::evidence::export(settings, config_file, live, &signer, relay_net::clock::now_ms())?;

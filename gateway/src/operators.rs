@@ -1,8 +1,8 @@
 //! Operator calls on mutual TLS (`[admin] operator_listen`, `operator_ca`): only clients with
 //! a certificate from the operators' CA (and not on its CRLs) reach the `/admin/…` routes; the
-//! certificate's common name is the operator, and every call that changes something is
-//! audited with it (`admin.call operator=<name> <METHOD> <path> -> <status>`; the path
-//! without its query, so no address is recorded).
+//! certificate's common name is the operator, and every call is audited with it
+//! (`admin.call operator=<name> <METHOD> <path> -> <status>`; the path without its query, so
+//! no address is recorded).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,8 @@ fn common_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
     Some(cn)
 }
 
-/// Audits every call that is not a read, with the operator who made it.
+/// Audits every operator call — reads too (who exported the log, who listed what a key
+/// registered) — with the operator who made it.
 pub async fn audit_calls(store: storage::Storage, req: Request, next: Next) -> Response {
     let operator = req
         .extensions()
@@ -66,14 +67,12 @@ pub async fn audit_calls(store: storage::Storage, req: Request, next: Next) -> R
         .map_or_else(|| "unknown".to_owned(), |o| o.0.clone());
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let resp = next.run(req).await;
-    if method != http::Method::GET {
-        let detail = format!("operator={operator} {method} {path} -> {}", resp.status().as_u16());
-        if let Err(e) = store
-            .audit_append("admin.call", detail, relay_net::clock::now_ms())
-            .await
-        {
-            tracing::error!(cause = %e, "could not audit an operator call");
-        }
+    let detail = format!("operator={operator} {method} {path} -> {}", resp.status().as_u16());
+    if let Err(e) = store
+        .audit_append("admin.call", detail, relay_net::clock::now_ms())
+        .await
+    {
+        tracing::error!(cause = %e, "could not audit an operator call");
     }
     resp
 }
