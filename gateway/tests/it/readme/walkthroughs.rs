@@ -8,10 +8,9 @@
 //! walkthroughs run one after another).
 
 use std::io::Read as _;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Block, blocks};
 
@@ -93,21 +92,7 @@ fn shell(dir: &Path, script: &str) -> Command {
     cmd
 }
 
-/// Polls `done` every 50 ms until it answers or `limit` passes.
-fn wait_until<T>(limit: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = done() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn run(name: &str, blocks: &[Block]) {
+async fn run(name: &str, blocks: &[Block]) {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     std::os::unix::fs::symlink(repo.join("relay-client"), dir.path().join("relay-client")).unwrap();
@@ -124,32 +109,38 @@ fn run(name: &str, blocks: &[Block]) {
             .unwrap();
         match &block.ready {
             Some(addr) => {
-                let up = wait_until(Duration::from_secs(60), || {
+                let mut exited = None;
+                let what = format!("the {name} block {n} server to listen on {addr}");
+                test_support::eventually(&what, Duration::from_secs(60), async || {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return Some(Err(status));
+                        exited = Some(status);
+                        return true;
                     }
-                    TcpStream::connect(addr.as_str()).ok().map(|_| Ok(()))
-                });
+                    tokio::net::TcpStream::connect(addr.as_str()).await.is_ok()
+                })
+                .await;
                 servers.0.push((child, log.clone()));
-                match up {
-                    Some(Ok(())) => {}
-                    Some(Err(status)) => panic!("{name} block {n} exited ({status}):\n{script}\n{}", servers.logs()),
-                    None => panic!("{name} block {n}: nothing listening on {addr}:\n{}", servers.logs()),
+                if let Some(status) = exited {
+                    panic!("{name} block {n} exited ({status}):\n{script}\n{}", servers.logs());
                 }
             }
             None => {
-                let status = wait_until(Duration::from_secs(120), || child.try_wait().unwrap());
+                let pid = child.id();
+                let waited = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    tokio::task::spawn_blocking(move || child.wait()),
+                )
+                .await;
                 let mut output = String::new();
                 std::fs::File::open(&log).unwrap().read_to_string(&mut output).unwrap();
-                let Some(status) = status else {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{}", child.id())])
-                        .status();
+                let Ok(status) = waited else {
+                    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
                     panic!(
                         "{name} block {n} did not finish in 120 s:\n{script}\n{output}\n{}",
                         servers.logs()
                     );
                 };
+                let status = status.unwrap().unwrap();
                 assert!(
                     status.success(),
                     "{name} block {n} failed ({status}):\n{script}\n--- output\n{output}\n{}",
@@ -200,8 +191,8 @@ const SAYS: &[(&str, &[&str])] = &[
     ),
 ];
 
-#[test]
-fn every_readme_walkthrough_runs_as_written() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_readme_walkthrough_runs_as_written() {
     let all = blocks();
     let mut names: Vec<String> = Vec::new();
     for b in &all {
@@ -223,7 +214,7 @@ fn every_readme_walkthrough_runs_as_written() {
     }
     for name in &names {
         let mine: Vec<Block> = all.iter().filter(|b| &b.walkthrough == name).cloned().collect();
-        run(name, &mine);
+        run(name, &mine).await;
     }
 }
 
