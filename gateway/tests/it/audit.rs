@@ -3,26 +3,14 @@
 //! and on request, `gateway audit verify` proves an honest export (also against an auditor's
 //! earlier checkpoint) and names the first bad record of a tampered one.
 
+use crate::process::{gateway_cli, ok};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
 /// `gateway audit ARGS` against the gateway whose admin port is `admin`.
 fn audit(data: &Path, admin: u16, args: &[&str]) -> std::process::Output {
-    Command::new(GATEWAY)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "audit"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout.clone()).unwrap()
+    let args: Vec<&str> = std::iter::once("audit").chain(args.iter().copied()).collect();
+    gateway_cli(data, admin, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

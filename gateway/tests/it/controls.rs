@@ -2,28 +2,11 @@
 //! a revoked device's open long-poll ends at once, a suspended address cannot register or
 //! send, and the registrations of a time window are listed — each change audited.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use relay_client::{ClientError, Recipient};
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
-
-fn gateway(data: &Path, admin: u16, args: &[&str]) -> std::process::Output {
-    Command::new(GATEWAY)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use crate::process::{gateway_cli as gateway, ok};
 
 #[track_caller]
 fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>, status: u16, code: &str) {

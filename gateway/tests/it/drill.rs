@@ -10,32 +10,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use relay_client::{ClientError, Recipient};
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 const LEGIT: u32 = 20;
 
 fn gateway(data: &Path, admin: u16, args: &[&str]) -> String {
-    let out = Command::new(GATEWAY)
-        .arg("--config")
-        .arg(data.with_extension("toml"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gateway {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    crate::process::ok(&crate::process::gateway_cli(data, admin, args))
 }
 
 /// Legitimate device `n`: the first half on carrier A (`+1555…`), the rest on B (`+4477…`).

@@ -2,20 +2,8 @@
 //! and refused once a file in it is changed, added or signed by another key; nothing
 //! identifying or secret inside.
 
+use crate::process::gateway_cli as gateway;
 use std::path::Path;
-use std::process::Command;
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
-
-fn gateway(data: &Path, admin: u16, args: &[&str]) -> std::process::Output {
-    Command::new(GATEWAY)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// The archive's files, and an archive made of them.
 fn unpack(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {

@@ -29,6 +29,27 @@ pub(crate) async fn spawn_gateway_with(
     test_support::process::spawn_gateway(Path::new(GATEWAY), data_dir, log, extra_env, extra_toml).await
 }
 
+/// `gateway ARGS` for the gateway [`spawn_gateway_with`] started on `data`: its
+/// configuration file, data directory and admin port.
+pub(crate) fn gateway_cli(data: &Path, admin: u16, args: &[&str]) -> std::process::Output {
+    Command::new(GATEWAY)
+        .arg("--config")
+        .arg(data.with_extension("toml"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a command that must succeed.
+#[track_caller]
+pub(crate) fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
 /// What the load generator knows for sure.
 #[derive(Default)]
 struct Ledger {
