@@ -98,6 +98,63 @@ impl Carrier {
     }
 }
 
+/// Carriers A (`carrier-a.test`, US, serving `+1555`) and B (`carrier-b.test`, GB, serving
+/// `+4477`), each with its own CA, peering with each other. `tweak_a` adjusts A's
+/// interconnect configuration; `extra_a` are more peers of A — (name, domain, port,
+/// prefixes, jurisdiction), checked against B's CA — for tests that need a peer that never
+/// answers.
+pub(crate) struct Pair {
+    pub a: Carrier,
+    pub b: Carrier,
+    /// The CAs' files.
+    _pki: tempfile::TempDir,
+}
+
+pub(crate) type ExtraPeer<'a> = (&'a str, &'a str, u16, &'a [&'a str], &'a str);
+
+impl Pair {
+    pub(crate) async fn start(tweak_a: impl FnOnce(&mut InterconnectConfig), extra_a: &[ExtraPeer<'_>]) -> Self {
+        let pki = tempfile::tempdir().unwrap();
+        let ca_a = test_support::pki::RcgenCa::new(&pki.path().join("a"), "carrier-a");
+        let leaf_a = ca_a.issue("a", "carrier-a.test", 1, None);
+        let ca_b = test_support::pki::RcgenCa::new(&pki.path().join("b"), "carrier-b");
+        let leaf_b = ca_b.issue("b", "carrier-b.test", 1, None);
+        let a = Carrier::start_with("carrier-a.test", "US", &leaf_a, &["+1555"], &[], tweak_a).await;
+        let b = Carrier::start("carrier-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
+        let peer = |name, domain, port, ca, prefixes, jurisdiction| Peer {
+            name,
+            domain,
+            port,
+            ca,
+            prefixes,
+            jurisdiction,
+            crls: vec![],
+        };
+        let mut peers_a = vec![peer(
+            "b",
+            "carrier-b.test",
+            b.ic_port(),
+            &ca_b.cert,
+            &["+4477"][..],
+            "GB",
+        )];
+        for &(name, domain, port, prefixes, jurisdiction) in extra_a {
+            peers_a.push(peer(name, domain, port, &ca_b.cert, prefixes, jurisdiction));
+        }
+        a.set_peers(&peers_a).await;
+        b.set_peers(&[peer(
+            "a",
+            "carrier-a.test",
+            a.ic_port(),
+            &ca_a.cert,
+            &["+1555"][..],
+            "US",
+        )])
+        .await;
+        Self { a, b, _pki: pki }
+    }
+}
+
 pub(crate) struct Peer<'a> {
     pub name: &'a str,
     pub domain: &'a str,

@@ -7,9 +7,6 @@ use relay_client::Recipient;
 use relay_core::wire::v1;
 use storage::prelude::*;
 use test_support::framed_message;
-use test_support::pki::RcgenCa;
-
-use crate::{Carrier, Peer};
 
 /// Envelopes of `client` after `after` until `want` have arrived.
 async fn envelopes(client: &relay_client::Client, want: usize) -> Vec<v1::Envelope> {
@@ -25,48 +22,13 @@ async fn envelopes(client: &relay_client::Client, want: usize) -> Vec<v1::Envelo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sender_hears_of_a_refused_or_undeliverable_remote_part() {
-    let pki = tempfile::tempdir().unwrap();
-    let ca_a = RcgenCa::new(&pki.path().join("a"), "carrier-a");
-    let leaf_a = ca_a.issue("a", "carrier-a.test", 1, None);
-    let ca_b = RcgenCa::new(&pki.path().join("b"), "carrier-b");
-    let leaf_b = ca_b.issue("b", "carrier-b.test", 1, None);
     // A short outbox TTL, so the part for the unreachable peer is dead-lettered in seconds.
-    let a = Carrier::start_with("carrier-a.test", "US", &leaf_a, &["+1555"], &[], |c| {
-        c.outbox_ttl_secs = 2;
-    })
+    let pair = crate::Pair::start(
+        |c| c.outbox_ttl_secs = 2,
+        &[("gone", "carrier-gone.test", 9, &["+49"], "DE")],
+    )
     .await;
-    let b = Carrier::start("carrier-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
-    a.set_peers(&[
-        Peer {
-            name: "b",
-            domain: "carrier-b.test",
-            port: b.ic_port(),
-            ca: &ca_b.cert,
-            prefixes: &["+4477"],
-            jurisdiction: "GB",
-            crls: vec![],
-        },
-        Peer {
-            name: "gone",
-            domain: "carrier-gone.test",
-            port: 9,
-            ca: &ca_b.cert,
-            prefixes: &["+49"],
-            jurisdiction: "DE",
-            crls: vec![],
-        },
-    ])
-    .await;
-    b.set_peers(&[Peer {
-        name: "a",
-        domain: "carrier-a.test",
-        port: a.ic_port(),
-        ca: &ca_a.cert,
-        prefixes: &["+1555"],
-        jurisdiction: "US",
-        crls: vec![],
-    }])
-    .await;
+    let (a, b) = (&pair.a, &pair.b);
     let (alice, _) = a.gw.device("tel:+15550100001").await;
     let (carol, _) = a.gw.device("tel:+15550100002").await;
     let (bob, _) = b.gw.device("tel:+447700900001").await;
@@ -143,6 +105,6 @@ async fn the_sender_hears_of_a_refused_or_undeliverable_remote_part() {
         !audit.iter().any(|r| r.detail.contains("447700900099")),
         "no number in the audit log"
     );
-    a.gw.stop().await;
-    b.gw.stop().await;
+    pair.a.gw.stop().await;
+    pair.b.gw.stop().await;
 }

@@ -5,32 +5,11 @@
 use relay_client::Recipient;
 use storage::prelude::*;
 use test_support::framed_message;
-use test_support::pki::RcgenCa;
-
-use crate::{Carrier, Peer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switched_off_peer_keeps_its_envelopes_until_it_is_back() {
-    let pki = tempfile::tempdir().unwrap();
-    let ca_a = RcgenCa::new(&pki.path().join("a"), "carrier-a");
-    let leaf_a = ca_a.issue("a", "carrier-a.test", 1, None);
-    let ca_b = RcgenCa::new(&pki.path().join("b"), "carrier-b");
-    let leaf_b = ca_b.issue("b", "carrier-b.test", 1, None);
-    let a = Carrier::start("carrier-a.test", "US", &leaf_a, &["+1555"], &[]).await;
-    let b = Carrier::start("carrier-b.test", "GB", &leaf_b, &["+4477"], &[]).await;
-    let peer = |name, domain, port, ca, prefix, jurisdiction| Peer {
-        name,
-        domain,
-        port,
-        ca,
-        prefixes: prefix,
-        jurisdiction,
-        crls: vec![],
-    };
-    a.set_peers(&[peer("b", "carrier-b.test", b.ic_port(), &ca_b.cert, &["+4477"], "GB")])
-        .await;
-    b.set_peers(&[peer("a", "carrier-a.test", a.ic_port(), &ca_a.cert, &["+1555"], "US")])
-        .await;
+    let pair = crate::Pair::start(|_| {}, &[]).await;
+    let (a, b) = (&pair.a, &pair.b);
     let (alice, _) = a.gw.device("tel:+15550100001").await;
     let (bob, _) = b.gw.device("tel:+447700900001").await;
     let to_bob = [Recipient::address("tel:+447700900001")];
@@ -60,6 +39,6 @@ async fn a_switched_off_peer_keeps_its_envelopes_until_it_is_back() {
     );
     let page = bob.receive(0, 10, 1).await.unwrap();
     assert_eq!(page.envelopes.len(), 2, "nothing delivered twice");
-    a.gw.stop().await;
-    b.gw.stop().await;
+    pair.a.gw.stop().await;
+    pair.b.gw.stop().await;
 }
