@@ -440,6 +440,9 @@ async fn start_up_summary_says_what_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
     let p = spawn_gateway(&dir.path().join("data"), &log, &[("RUST_LOG", "info")]).await;
+    // The admin listener answers health before the summary is written.
+    let summary_written = async || std::fs::read_to_string(&log).unwrap().contains("gateway listening");
+    test_support::eventually("the start-up summary", Duration::from_secs(10), summary_written).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let summary = text
         .lines()

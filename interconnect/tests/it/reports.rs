@@ -96,7 +96,14 @@ async fn the_sender_hears_of_a_refused_or_undeliverable_remote_part() {
     // Exactly one report per dead letter, and both are in the audit log without a number.
     let page = alice.receive(0, 100, 0).await.unwrap();
     assert_eq!(page.envelopes.len(), 2, "{page:?}");
-    let audit = a.gw.state().store().audit_log().await.unwrap();
+    // The report is stored before its dead letter is written (so a crash cannot lose it).
+    let store = a.gw.state().store().clone();
+    let dead_letters = async || {
+        let log = store.audit_log().await.unwrap();
+        log.iter().filter(|r| r.kind == "interconnect.dead_letter").count() == 2
+    };
+    test_support::eventually("both dead letters", Duration::from_secs(10), dead_letters).await;
+    let audit = store.audit_log().await.unwrap();
     let dead: Vec<_> = audit.iter().filter(|r| r.kind == "interconnect.dead_letter").collect();
     assert_eq!(dead.len(), 2, "{audit:?}");
     assert!(dead[0].detail.contains("reported=unknown_recipient"), "{dead:?}");
