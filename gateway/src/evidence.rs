@@ -54,10 +54,7 @@ pub fn export(
             "exported_at_ms": now_ms,
         })),
     );
-    files.insert(
-        "keys.json".into(),
-        json(key_inventory(&crate::keys::key_dir(&config.data_dir))?),
-    );
+    files.insert("keys.json".into(), json(crate::custody::inventory(config)?));
     let mut certificates: Vec<(String, &Path)> = Vec::new();
     let dev_cert = config.data_dir.join("tls/dev-cert.pem");
     match (&config.tls.cert, &config.acme) {
@@ -109,47 +106,6 @@ pub fn export(
         tar.append_data(&mut header, name, bytes.as_slice())?;
     }
     Ok(tar.into_inner()?)
-}
-
-/// Each provider key by name with a fingerprint (SHA-256 of the public key where there is
-/// one; of a domain-separated hash of the key otherwise) and when its file last changed.
-pub fn key_inventory(dir: &Path) -> anyhow::Result<serde_json::Value> {
-    let mut keys = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<Result<_, _>>()?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let (class, public) = match name.as_str() {
-            "rid.key" => ("K_rid (recipient hashes)", None),
-            "outbox.key" => ("interconnect outbox sealing", None),
-            "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
-            n if n.starts_with("provisioning-") && n.ends_with(".pk8") => ("provisioning signing", None),
-            "audit.key" => ("audit signing", Some("audit.vkey")),
-            "acme-account.json" => ("ACME account", None),
-            _ => continue,
-        };
-        let bytes = match public {
-            Some(p) => std::fs::read(dir.join(p)).with_context(|| format!("reading {p}"))?,
-            None => {
-                let secret = std::fs::read(e.path())?;
-                let mut h = blake3::Hasher::new_derive_key("rcs-relay 2026-12 key fingerprint v1");
-                h.update(&secret);
-                h.finalize().as_bytes().to_vec()
-            }
-        };
-        let modified_ms = e
-            .metadata()?
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        keys.push(serde_json::json!({
-            "name": name, "class": class, "provider": "file",
-            "fingerprint": &sha256_hex(&bytes)[..32], "modified_ms": modified_ms,
-        }));
-    }
-    Ok(serde_json::json!({ "provider": "file", "keys": keys }))
 }
 
 /// What `verify` proved.

@@ -1,8 +1,9 @@
 //! Provider keys (DESIGN.md section 8).
 //!
 //! A [`KeyProvider`] hands out K_rid (the recipient-hash key) and the provisioning
-//! verification key. [`FileKeyProvider`] keeps them in `data_dir/keys/`, created on
-//! first run with mode 0600; a PKCS#11 provider (HSM) implements the same trait.
+//! verification keys. [`ProviderKeys`] keeps them in `data_dir/keys/`, held by the configured
+//! [`relay_keys::Provider`]: 0600 files (the default), or sealed under a PKCS#11 token's
+//! key-encryption key, the audit key then being an Ed25519 key inside the token.
 
 use std::path::{Path, PathBuf};
 
@@ -22,35 +23,29 @@ pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()>;
 }
 
-/// Keys in files (development and small deployments).
+/// The gateway's keys in its key directory, held by a [`relay_keys::Provider`].
 #[derive(Debug)]
-pub struct FileKeyProvider {
+pub struct ProviderKeys {
     rid_key: RidKey,
     dir: PathBuf,
     /// `registration.provisioning_public_key`: the operator signs elsewhere with this one key.
     external_provisioning_key: Option<Vec<u8>>,
 }
 
-impl FileKeyProvider {
+/// The symmetric keys the gateway holds (sealed by `keys init` under a PKCS#11 provider).
+pub const SYMMETRIC_KEYS: [&str; 2] = ["rid.key", "outbox.key"];
+
+impl ProviderKeys {
     /// Loads the keys in `dir`, generating missing ones. `provisioning_public_key`
     /// overrides the generated verification key (production: the operator keeps the
     /// signing key elsewhere).
-    pub fn open_or_create(dir: &Path, provisioning_public_key: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn open_or_create(
+        dir: &Path,
+        provider: &relay_keys::Provider,
+        provisioning_public_key: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         create_private_dir(dir)?;
-        let rid_path = dir.join("rid.key");
-        let rid_bytes = match std::fs::read(&rid_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                write_private(&rid_path, &key)?;
-                key.to_vec()
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", rid_path.display())),
-        };
-        let rid_key: [u8; 32] = rid_bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", rid_path.display()))?;
+        let rid_key = provider.secret(dir, "rid.key", true)?.context("created when missing")?;
         let external_provisioning_key = match provisioning_public_key {
             Some(p) => Some(read_public_key(p)?),
             None => {
@@ -59,14 +54,14 @@ impl FileKeyProvider {
             }
         };
         Ok(Self {
-            rid_key: RidKey::from_bytes(rid_key),
+            rid_key: RidKey::from_bytes(*rid_key),
             dir: dir.to_path_buf(),
             external_provisioning_key,
         })
     }
 }
 
-impl KeyProvider for FileKeyProvider {
+impl KeyProvider for ProviderKeys {
     fn rid_key(&self) -> RidKey {
         self.rid_key.clone()
     }
@@ -98,10 +93,49 @@ pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
     crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?.signer()
 }
 
-/// The audit signing key in `dir` (`audit.key`, a signed-note Ed25519 signer key, 0600),
-/// generated with its verifier key (`audit.vkey`, public) if missing. The key's name is the
-/// log's origin: `rcs-relay/audit/` and 8 random hex digits, one per installation.
-pub fn audit_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
+/// The audit signing key: under a PKCS#11 provider the token's Ed25519 key
+/// ([`relay_keys::token::AUDIT`], created by `gateway keys init`), otherwise `dir/audit.key`.
+/// Either way `dir/audit.vkey` holds its verifier key, whose name is the log's origin.
+pub fn audit_signer(dir: &Path, provider: &relay_keys::Provider) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
+    match provider.token() {
+        None => audit_file_signer(dir),
+        Some(token) => {
+            let file = dir.join("audit.key");
+            anyhow::ensure!(
+                !file.exists(),
+                "{} is a file audit key while the provider is pkcs11: the log's signer cannot change silently (keep the file provider, or start a new data directory on the token)",
+                file.display()
+            );
+            let signer = token.signer(relay_keys::token::AUDIT)?;
+            let public_key = signer.public_key();
+            let vkey_path = dir.join("audit.vkey");
+            let origin = match std::fs::read_to_string(&vkey_path) {
+                Ok(vkey) => {
+                    let origin = vkey.split('+').next().unwrap_or_default().to_owned();
+                    anyhow::ensure!(
+                        relay_core::auditlog::verifier_key(&origin, &public_key) == vkey.trim(),
+                        "{} does not match the audit key in token {:?}: another token, or the key was replaced",
+                        vkey_path.display(),
+                        token.label()
+                    );
+                    origin
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let origin = format!("rcs-relay/audit/{:08x}", rand::rng().next_u32());
+                    let vkey = relay_core::auditlog::verifier_key(&origin, &public_key);
+                    write_durable(&vkey_path, format!("{vkey}\n").as_bytes())?;
+                    origin
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", vkey_path.display())),
+            };
+            let sign: relay_core::auditlog::SignFn =
+                std::sync::Arc::new(move |msg: &[u8]| signer.sign(msg).map_err(|e| e.to_string()));
+            Ok(relay_core::auditlog::AuditSigner::external(&origin, &public_key, sign))
+        }
+    }
+}
+
+fn audit_file_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
     create_private_dir(dir)?;
     let path = dir.join("audit.key");
     let skey = match std::fs::read_to_string(&path) {
@@ -117,6 +151,21 @@ pub fn audit_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSig
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     relay_core::auditlog::AuditSigner::new(&skey).with_context(|| format!("loading {}", path.display()))
+}
+
+/// A provisioning token for `address`, valid for `valid_for` seconds, signed with the newest
+/// active provisioning key in `dir` (`gateway provision`).
+pub fn provisioning_token(dir: &Path, address: &str, valid_for: u64, now_ms: u64) -> anyhow::Result<String> {
+    let address = relay_core::Address::parse(address).map_err(|e| anyhow::anyhow!("invalid address: {e}"))?;
+    let key = provisioning_keypair(dir)?;
+    let mut nonce = [0u8; 16];
+    rand::rng().fill_bytes(&mut nonce);
+    let claims = relay_core::provisioning::ProvisioningClaims {
+        address,
+        expires_at_ms: now_ms + valid_for.saturating_mul(1000),
+        nonce,
+    };
+    Ok(relay_core::provisioning::sign(&key, &claims))
 }
 
 /// Directory of the provider keys under a data directory.
@@ -144,8 +193,9 @@ mod tests {
     fn keys_are_created_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
-        let a = FileKeyProvider::open_or_create(&keys, None).unwrap();
-        let b = FileKeyProvider::open_or_create(&keys, None).unwrap();
+        let files = relay_keys::Provider::files();
+        let a = ProviderKeys::open_or_create(&keys, &files, None).unwrap();
+        let b = ProviderKeys::open_or_create(&keys, &files, None).unwrap();
         let addr = relay_core::Address::parse("tel:+15550100001").unwrap();
         assert_eq!(a.rid_key().rid(&addr), b.rid_key().rid(&addr));
         assert_eq!(a.provisioning_keys().unwrap(), b.provisioning_keys().unwrap());

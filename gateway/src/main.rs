@@ -110,7 +110,7 @@ enum Command {
     /// picks changes up at once and audits them).
     Keys {
         #[command(subcommand)]
-        action: KeysAction,
+        action: gateway::keys_cli::KeysAction,
     },
     /// The evidence bundle: audit log and checkpoint, key inventory, configuration hash,
     /// peer table and residency policy, certificates and CRLs in use — signed.
@@ -131,27 +131,6 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysAction {
-    /// Every provider key: class, fingerprint (never the key), and the provisioning keys'
-    /// ids and states.
-    List,
-    /// A new provisioning signing key; the current one keeps verifying (retiring) until it
-    /// is retired.
-    Rotate {
-        /// Only `provisioning` rotates this way for now.
-        name: String,
-    },
-    /// Stop accepting a provisioning key's tokens (`provisioning:<id>`).
-    Retire { name: String },
-    /// Mark a provisioning key compromised (`provisioning:<id>`): its tokens are refused;
-    /// the key is kept as evidence.
-    MarkCompromised { name: String },
-    /// Delete a retired or compromised provisioning key (`provisioning:<id>`). Dual control:
-    /// another operator must first `gateway approve keys.destroy:provisioning:<id>`.
-    Destroy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,13 +298,13 @@ fn main() -> ExitCode {
         ),
         Command::Evidence { action } => evidence(&settings, cli.config.as_deref(), action),
         Command::Keys {
-            action: KeysAction::Destroy { name },
+            action: gateway::keys_cli::KeysAction::Destroy { name },
         } => admin_call(
             settings.config.admin_listen,
             "POST",
             &format!("/admin/keys/destroy?key={}", query_value(&name)),
         ),
-        Command::Keys { action } => keys(&settings, action),
+        Command::Keys { action } => gateway::keys_cli::run(&settings, action),
         Command::Approve { action } => admin_call(
             settings.config.admin_listen,
             "POST",
@@ -401,62 +380,6 @@ fn audit_verify(
     Ok(())
 }
 
-/// `gateway keys list|rotate|retire|mark-compromised`: the key files change here, then the
-/// running gateway is asked to reload (it audits each change); a stopped gateway reads them
-/// at its next start.
-fn keys(settings: &gateway::Settings, action: KeysAction) -> anyhow::Result<()> {
-    use relay_core::provisioning::KeyState;
-    let dir = gateway::keys::key_dir(&settings.config.data_dir);
-    let keys = gateway::provisioning_keys::ProvisioningKeys::open(&dir, relay_net::clock::now_ms())?;
-    let provisioning_id = |name: &str| -> anyhow::Result<String> {
-        name.strip_prefix("provisioning:")
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("name the key as provisioning:<id> (see `gateway keys list`)"))
-    };
-    match action {
-        KeysAction::List => {
-            let mut out = std::io::stdout();
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&gateway::evidence::key_inventory(&dir)?)?
-            )?;
-            for k in keys.list()? {
-                writeln!(
-                    out,
-                    "provisioning:{} {} created_ms={}",
-                    k.id,
-                    k.state.as_str(),
-                    k.created_ms
-                )?;
-            }
-            return Ok(());
-        }
-        KeysAction::Rotate { name } => {
-            anyhow::ensure!(name == "provisioning", "only `provisioning` rotates this way for now");
-            let id = keys.rotate(relay_net::clock::now_ms())?;
-            writeln!(
-                std::io::stdout(),
-                "provisioning:{id} active; the previous key is retiring"
-            )?;
-        }
-        KeysAction::Retire { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Retired)?,
-        KeysAction::MarkCompromised { name } => keys.set_state(&provisioning_id(&name)?, KeyState::Compromised)?,
-        KeysAction::Destroy { .. } => unreachable!("a dual-control call, made by the running gateway"),
-    }
-    match admin_request(settings.config.admin_listen, "POST", "/admin/keys/reload") {
-        Ok((status, body)) => {
-            std::io::stdout().write_all(&body)?;
-            anyhow::ensure!(status.is_success(), "the gateway answered {status}");
-        }
-        Err(e) => writeln!(
-            std::io::stdout(),
-            "changed on disk; no running gateway answered ({e:#}): it reads the keys at start"
-        )?,
-    }
-    Ok(())
-}
-
 /// `gateway evidence export|verify`.
 fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: EvidenceAction) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -476,7 +399,8 @@ fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: Ev
                 audit_export: fetch("GET", "/admin/audit/export")?,
                 checkpoint,
             };
-            let signer = gateway::keys::audit_signer(&keys)?;
+            let provider = relay_keys::Provider::open(&settings.config.keys)?;
+            let signer = gateway::keys::audit_signer(&keys, &provider)?;
             let archive = gateway::evidence::export(settings, config_file, live, &signer, relay_net::clock::now_ms())?;
             std::fs::write(&out, archive).with_context(|| format!("writing {}", out.display()))?;
             writeln!(std::io::stdout(), "evidence written to {}", out.display())?;
@@ -498,16 +422,8 @@ fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: Ev
 }
 
 fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {
-    let address = relay_core::Address::parse(address).map_err(|e| anyhow::anyhow!("invalid address: {e}"))?;
-    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(&settings.config.data_dir))?;
-    let mut nonce = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
-    let claims = relay_core::provisioning::ProvisioningClaims {
-        address,
-        expires_at_ms: relay_net::clock::now_ms() + valid_for.saturating_mul(1000),
-        nonce,
-    };
-    let token = relay_core::provisioning::sign(&key, &claims);
+    let key_dir = gateway::keys::key_dir(&settings.config.data_dir);
+    let token = gateway::keys::provisioning_token(&key_dir, address, valid_for, relay_net::clock::now_ms())?;
     writeln!(std::io::stdout(), "{token}")?;
     Ok(())
 }

@@ -33,7 +33,7 @@ use tower::ServiceExt as _;
 
 use crate::api::{ApiConfig, AppState, api};
 use crate::config::{Settings, Timeouts};
-use crate::keys::{FileKeyProvider, KeyProvider as _, key_dir};
+use crate::keys::{KeyProvider as _, ProviderKeys, key_dir};
 use crate::telemetry;
 
 /// A started gateway.
@@ -88,9 +88,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let config = &settings.config;
     let data_dir = &config.data_dir;
     crate::keys::create_private_dir(data_dir)?;
+    let provider = relay_keys::Provider::open(&config.keys).context("opening the key provider")?;
     let keys = Arc::new(
-        FileKeyProvider::open_or_create(
+        ProviderKeys::open_or_create(
             &key_dir(data_dir),
+            &provider,
             config.registration.provisioning_public_key.as_deref(),
         )
         .context("loading provider keys")?,
@@ -135,7 +137,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
                 ic_config.clone(),
                 store.clone(),
                 keys.rid_key(),
-                &key_dir(data_dir),
+                (&provider, &key_dir(data_dir)),
                 settings.limits.clone(),
             )
             .context("setting up the interconnect")?,
@@ -245,9 +247,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
         tracker.clone(),
     ));
+    let signer = crate::keys::audit_signer(&key_dir(data_dir), &provider).context("loading the audit key")?;
+    audit_unseals(&store, &provider).await?;
     let checkpointer = crate::audit::Checkpointer::new(
         store.clone(),
-        crate::keys::audit_signer(&key_dir(data_dir)).context("loading the audit key")?,
+        signer,
         config.audit.checkpoint_every,
         (config.audit.retention_secs > 0).then(|| Duration::from_secs(config.audit.retention_secs)),
     )
@@ -335,7 +339,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin = %admin_addr,
         data_dir = %data_dir.display(),
         storage = store.backend_name(),
-        keys = %format!("files in {}", key_dir(data_dir).display()),
+        keys = %provider.describe(&key_dir(data_dir)),
         certificates,
         push_proxy = config.push.proxy_url.as_deref().unwrap_or("none"),
         interconnect = %interconnect_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
@@ -503,4 +507,25 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Records in the audit log each sealed key the provider created or unsealed at start
+/// (`key.create`, `key.unseal`).
+async fn audit_unseals(store: &Storage, provider: &relay_keys::Provider) -> anyhow::Result<()> {
+    let Some(token) = provider.token() else {
+        return Ok(());
+    };
+    for e in provider.take_events() {
+        let detail = format!(
+            "key={} provider=pkcs11 token={} fingerprint={}",
+            e.name,
+            token.label(),
+            e.fingerprint
+        );
+        store
+            .audit_append(e.kind, detail, relay_net::clock::now_ms())
+            .await
+            .context("recording a key unseal in the audit log")?;
+    }
+    Ok(())
 }

@@ -44,14 +44,8 @@ pub enum SetupError {
         #[source]
         source: rustls::Error,
     },
-    #[error("outbox key {}: {source}", path.display())]
-    OutboxKey {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("outbox key {}: must be 32 bytes", path.display())]
-    OutboxKeyLength { path: PathBuf },
+    #[error("outbox key: {0}")]
+    Keys(#[from] relay_keys::KeyError),
 }
 
 /// A KeyPackage claim at a peer carrier failed.

@@ -90,7 +90,7 @@ impl Interconnect {
         cfg: InterconnectConfig,
         store: Storage,
         rid_key: RidKey,
-        key_dir: &std::path::Path,
+        keys: (&relay_keys::Provider, &std::path::Path),
         limits: Limits,
     ) -> Result<Arc<Self>, SetupError> {
         let (chain, key) = relay_net::pem::load_pair(&cfg.cert, &cfg.key)?;
@@ -98,7 +98,7 @@ impl Interconnect {
         let table = Table::build(&cfg, &identity, None)?;
         Ok(Arc::new(Self {
             identity,
-            sealer: Sealer::open_or_create(key_dir)?,
+            sealer: Sealer::open_or_create(keys.0, keys.1)?,
             table: RwLock::new(Arc::new(table)),
             generation: watch::channel(0).0,
             store,

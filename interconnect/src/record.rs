@@ -55,34 +55,9 @@ impl Sealer {
         }
     }
 
-    /// `keys/outbox.key` (created 0600 on first use).
-    pub fn open_or_create(dir: &std::path::Path) -> Result<Self, SetupError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = dir.join("outbox.key");
-        let io = |source| SetupError::OutboxKey {
-            path: path.clone(),
-            source,
-        };
-        if !path.exists() {
-            let mut key = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut key)
-                .map_err(|_| io(std::io::Error::other("no randomness")))?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
-            // The name must survive a power loss too: queued records are sealed under it.
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        let bytes = std::fs::read(&path).map_err(io)?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| SetupError::OutboxKeyLength { path: path.clone() })?;
+    /// The outbox key `outbox.key` in `dir`, held by `provider` (created on first use).
+    pub fn open_or_create(provider: &relay_keys::Provider, dir: &std::path::Path) -> Result<Self, SetupError> {
+        let key = provider.secret(dir, "outbox.key", true)?.expect("created when missing");
         Ok(Self::new(&key))
     }
 

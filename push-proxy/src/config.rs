@@ -39,6 +39,9 @@ pub struct Config {
     pub webpush: WebPushSection,
     #[serde(default)]
     pub log: LogConfig,
+    /// Where the handle keys are held: files (default) or sealed by a PKCS#11 token.
+    #[serde(default)]
+    pub keys: relay_keys::KeysConfig,
     /// The device listener's certificate from an ACME CA (RFC 8555) instead of `tls.cert`
     /// (the notify listener, internal, keeps `tls.cert` or the development PKI).
     pub acme: Option<relay_net::acme::AcmeConfig>,

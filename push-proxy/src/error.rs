@@ -19,6 +19,8 @@ pub enum SetupError {
     },
     #[error("{}: {reason}", path.display())]
     Key { path: PathBuf, reason: &'static str },
+    #[error("push handle keys: {0}")]
+    Keys(#[from] relay_keys::KeyError),
     #[error("current push handle key {0} is not configured")]
     NoCurrentKey(u8),
     #[error("{}: {reason}", path.display())]

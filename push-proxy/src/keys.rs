@@ -32,37 +32,63 @@ pub fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), SetupErr
     Ok(())
 }
 
-/// Every `handle-<id>.key` in `dir`, creating the current one if missing.
-pub fn handle_keys(dir: &Path, current: u8) -> Result<HandleKeys, SetupError> {
+/// Every handle key in `dir` (`handle-<id>.key`, or `handle-<id>.key.sealed` under a
+/// PKCS#11 provider), creating the current one if missing.
+pub fn handle_keys(provider: &relay_keys::Provider, dir: &Path, current: u8) -> Result<HandleKeys, SetupError> {
     std::fs::create_dir_all(dir).map_err(SetupError::io(dir))?;
-    let current_path = dir.join(format!("handle-{current}.key"));
-    if !current_path.exists() {
-        let mut key = [0u8; 32];
-        rand::fill(&mut key);
-        write_file(&current_path, &key, true)?;
-    }
+    provider.secret(dir, &format!("handle-{current}.key"), true)?;
     let mut keys = Vec::new();
+    for (id, name) in handle_key_names(dir)? {
+        if let Some(key) = provider.secret(dir, &name, false)? {
+            keys.push((id, *key));
+        }
+    }
+    HandleKeys::new(current, &keys)
+}
+
+/// The handle keys' ids and names (`handle-<id>.key`) in `dir`, clear or sealed.
+pub fn handle_key_names(dir: &Path) -> Result<Vec<(u8, String)>, SetupError> {
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(SetupError::io(dir))? {
         let path = entry.map_err(SetupError::io(dir))?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("handle-")?.strip_suffix(".key"))
-        else {
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let name = file.strip_suffix(".sealed").unwrap_or(file);
+        let Some(id) = name.strip_prefix("handle-").and_then(|n| n.strip_suffix(".key")) else {
             continue;
         };
         let id: u8 = id.parse().map_err(|_| SetupError::Key {
             path: path.clone(),
             reason: "key id is not 0-255",
         })?;
-        let bytes = std::fs::read(&path).map_err(SetupError::io(&path))?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| SetupError::Key {
-            path: path.clone(),
-            reason: "a handle key is 32 bytes",
-        })?;
-        keys.push((id, key));
+        if !names.iter().any(|(i, _)| *i == id) {
+            names.push((id, name.to_owned()));
+        }
     }
-    HandleKeys::new(current, &keys)
+    names.sort();
+    Ok(names)
+}
+
+/// `push-proxy --init-keys`: under a PKCS#11 provider, creates the token's key-encryption
+/// key if missing and seals every clear handle key (and the current one, created sealed).
+pub fn init(config: &crate::config::Config) -> Result<Vec<String>, SetupError> {
+    if config.keys.provider != relay_keys::ProviderKind::Pkcs11 {
+        return Err(SetupError::Keys(relay_keys::KeyError::PinSource(
+            "--init-keys prepares a PKCS#11 token: set [keys] provider = \"pkcs11\"".into(),
+        )));
+    }
+    let provider = relay_keys::Provider::open(&config.keys)?;
+    let dir = config.data_dir.join("keys");
+    relay_keys::files::create_private_dir(&dir)?;
+    let names: Vec<String> = handle_key_names(&dir)?.into_iter().map(|(_, n)| n).collect();
+    let mut done = provider.init(&dir, &[], &names)?;
+    let current = format!("handle-{}.key", config.handles.current_key_id);
+    if !provider.path(&dir, &current).exists() {
+        provider.secret(&dir, &current, true)?;
+        done.push(format!("created {current}, sealed"));
+    }
+    Ok(done)
 }
 
 /// A P-256 signing key from a PKCS#8 PEM file (APNs `.p8`, VAPID).

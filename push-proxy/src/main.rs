@@ -18,6 +18,10 @@ struct Cli {
     /// Overrides `log.json`: `text` (human-readable) or `json` (one object per line).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Prepare the PKCS#11 token (`[keys] provider = "pkcs11"`): create its key-encryption
+    /// key if missing, seal the clear handle keys, then exit.
+    #[arg(long)]
+    init_keys: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -40,6 +44,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if cli.init_keys {
+        return match push_proxy::keys::init(&config) {
+            Ok(lines) => {
+                let mut out = std::io::stdout();
+                for line in lines {
+                    let _ = writeln!(out, "{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "push-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -66,7 +66,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ::metrics::counter!("push_connections_refused_total").increment(0);
     // The recorder first: what certificate loading records is kept.
     let key_dir = config.data_dir.join("keys");
-    let keys = crate::keys::handle_keys(&key_dir, config.handles.current_key_id)?;
+    let provider = relay_keys::Provider::open(&config.keys)?;
+    let keys = crate::keys::handle_keys(&provider, &key_dir, config.handles.current_key_id)?;
     let vapid_key = crate::keys::vapid_key(config.webpush.vapid_key_file.as_deref(), &key_dir)?;
     let apns = match &config.apns {
         Some(a) => Some(ApnsConfig {

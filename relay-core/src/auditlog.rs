@@ -120,9 +120,36 @@ pub enum AuditKeyError {
     Sign(String),
 }
 
+/// Signs a message with a key held elsewhere (an HSM): the Ed25519 signature, or why not.
+pub type SignFn = std::sync::Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// An Ed25519 signed-note key whose signatures are made elsewhere.
+struct ExternalSigner {
+    name: String,
+    id: u32,
+    sign: SignFn,
+}
+
+impl signed_note::Signer for ExternalSigner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn key_id(&self) -> u32 {
+        self.id
+    }
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, signature::Error> {
+        (self.sign)(msg).map_err(|_| signature::Error::new())
+    }
+}
+
+enum Key {
+    Standard(Box<StandardSigner>),
+    External(ExternalSigner),
+}
+
 /// The audit signing key (a signed-note Ed25519 key; its name is the log's origin).
 pub struct AuditSigner {
-    signer: StandardSigner,
+    signer: Key,
     origin: String,
 }
 
@@ -138,15 +165,49 @@ pub fn generate_key(origin: &str) -> (String, String) {
     signed_note::generate_key(&mut rand_core::OsRng, origin)
 }
 
+/// The signed-note verifier key of the Ed25519 `public_key` named `origin`.
+pub fn verifier_key(origin: &str, public_key: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    let key = [&[1u8], public_key.as_slice()].concat();
+    format!(
+        "{origin}+{:08x}+{}",
+        signed_note::key_id(origin, &key),
+        base64::engine::general_purpose::STANDARD.encode(&key)
+    )
+}
+
 impl AuditSigner {
     pub fn new(skey: &str) -> Result<Self, AuditKeyError> {
         let signer = StandardSigner::new(skey.trim()).map_err(|e| AuditKeyError::Signer(e.to_string()))?;
         let origin = signed_note::Signer::name(&signer).to_owned();
-        Ok(Self { signer, origin })
+        Ok(Self {
+            signer: Key::Standard(Box::new(signer)),
+            origin,
+        })
+    }
+
+    /// A key held elsewhere (an HSM) with this Ed25519 `public_key`, signing through `sign`.
+    pub fn external(origin: &str, public_key: &[u8; 32], sign: SignFn) -> Self {
+        let key = [&[1u8], public_key.as_slice()].concat();
+        Self {
+            signer: Key::External(ExternalSigner {
+                name: origin.to_owned(),
+                id: signed_note::key_id(origin, &key),
+                sign,
+            }),
+            origin: origin.to_owned(),
+        }
     }
 
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    fn key(&self) -> &dyn signed_note::Signer {
+        match &self.signer {
+            Key::Standard(s) => s.as_ref(),
+            Key::External(s) => s,
+        }
     }
 
     /// The signed checkpoint of a tree of `size` records with root `root`.
@@ -154,19 +215,18 @@ impl AuditSigner {
         let text = Checkpoint::new(&self.origin, size, Hash(root), "")
             .map_err(|e| AuditKeyError::Sign(e.to_string()))?
             .to_bytes();
-        let mut note = Note::new(&text, &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
-        note.add_sigs(&[&self.signer])
-            .map_err(|e| AuditKeyError::Sign(e.to_string()))?;
-        String::from_utf8(note.to_bytes()).map_err(|e| AuditKeyError::Sign(e.to_string()))
+        self.sign_bytes(&text)
     }
-}
 
-impl AuditSigner {
     /// Any text (ending in a newline) as a signed note of the audit key: the evidence
     /// bundle's manifest.
     pub fn sign_note(&self, text: &str) -> Result<String, AuditKeyError> {
-        let mut note = Note::new(text.as_bytes(), &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
-        note.add_sigs(&[&self.signer])
+        self.sign_bytes(text.as_bytes())
+    }
+
+    fn sign_bytes(&self, text: &[u8]) -> Result<String, AuditKeyError> {
+        let mut note = Note::new(text, &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        note.add_sigs(&[self.key()])
             .map_err(|e| AuditKeyError::Sign(e.to_string()))?;
         String::from_utf8(note.to_bytes()).map_err(|e| AuditKeyError::Sign(e.to_string()))
     }

@@ -14,6 +14,7 @@ pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod push_sinks;
+pub mod softhsm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -140,8 +141,12 @@ impl TestGateway {
     /// The recipient id of `address` under this gateway's key.
     pub fn rid(&self, address: &str) -> relay_core::Rid {
         use gateway::keys::KeyProvider as _;
-        let keys =
-            gateway::keys::FileKeyProvider::open_or_create(&gateway::keys::key_dir(&self.data_dir), None).unwrap();
+        let keys = gateway::keys::ProviderKeys::open_or_create(
+            &gateway::keys::key_dir(&self.data_dir),
+            &relay_keys::Provider::files(),
+            None,
+        )
+        .unwrap();
         keys.rid_key().rid(&relay_core::Address::parse(address).unwrap())
     }
 

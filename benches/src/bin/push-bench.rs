@@ -125,7 +125,8 @@ key_file = "{key}"
         .await
         .map_err(anyhow::Error::msg)?;
     let tls_dir = dir.path().join("proxy/tls");
-    let keys = push_proxy::keys::handle_keys(&dir.path().join("proxy/keys"), 1).map_err(anyhow::Error::msg)?;
+    let keys = push_proxy::keys::handle_keys(&relay_keys::Provider::files(), &dir.path().join("proxy/keys"), 1)
+        .map_err(anyhow::Error::msg)?;
     let handles: Vec<String> = (0..args.devices)
         .map(|i| keys.seal(&PushTarget::Apns { token: token(i) }))
         .collect();

@@ -42,6 +42,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where the provider keys are held: files (default) or a PKCS#11 token.
+    #[serde(default)]
+    pub keys: relay_keys::KeysConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

@@ -30,6 +30,7 @@ mod drill;
 mod early_errors;
 mod evidence;
 mod floods;
+mod hsm;
 mod http3;
 mod interconnect_faults;
 mod interop;

@@ -1,0 +1,139 @@
+//! Key custody for operators: the inventory of every provider key (`gateway keys list`, the
+//! evidence bundle) and `gateway keys init`, which prepares a PKCS#11 token.
+
+use anyhow::Context as _;
+use relay_keys::token::{AUDIT, KEK};
+
+use crate::config::Config;
+
+/// Every provider key: name, class, what holds it, a fingerprint (never the key), when its
+/// file last changed; for keys inside a PKCS#11 token, the attributes that prove custody.
+pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let dir = crate::keys::key_dir(&config.data_dir);
+    let provider = relay_keys::Provider::open(&config.keys).context("opening the key provider")?;
+    let mut keys = Vec::new();
+    let mut entries: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(it) => it.collect::<Result<_, _>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let (name, sealed) = match file.strip_suffix(".sealed") {
+            Some(n) => (n.to_owned(), true),
+            None => (file.clone(), false),
+        };
+        let (class, public) = match name.as_str() {
+            "rid.key" => ("K_rid (recipient hashes)", None),
+            "outbox.key" => ("interconnect outbox sealing", None),
+            "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
+            n if n.starts_with("provisioning-") && n.ends_with(".pk8") => ("provisioning signing", None),
+            "audit.key" => ("audit signing", Some("audit.vkey")),
+            "acme-account.json" => ("ACME account", None),
+            _ => continue,
+        };
+        let bytes = std::fs::read(e.path()).with_context(|| format!("reading {file}"))?;
+        let fingerprint = match (public, sealed) {
+            (_, true) => {
+                relay_keys::token::sealed_fingerprint(&bytes).with_context(|| format!("{file} is not a sealed key"))?
+            }
+            (Some(p), false) => {
+                relay_keys::fingerprint(&std::fs::read(dir.join(p)).with_context(|| format!("reading {p}"))?)
+            }
+            (None, false) => relay_keys::fingerprint(&bytes),
+        };
+        let held_by = if sealed {
+            format!("sealed under {KEK}")
+        } else {
+            "file (0600)".to_owned()
+        };
+        keys.push(serde_json::json!({
+            "name": name, "class": class, "held_by": held_by,
+            "fingerprint": fingerprint, "modified_ms": modified_ms(&e)?,
+        }));
+    }
+    if let Some(token) = provider.token() {
+        for (label, class) in [
+            (KEK, "key-encryption key (seals the symmetric keys)"),
+            (AUDIT, "audit signing"),
+        ] {
+            let custody = token.custody(label)?;
+            let fingerprint = match label {
+                AUDIT if custody.is_some() => Some(relay_keys::fingerprint(&token.signer(label)?.public_key())),
+                _ => None,
+            };
+            keys.push(serde_json::json!({
+                "name": label, "class": class, "held_by": format!("PKCS#11 token {:?}", token.label()),
+                "fingerprint": fingerprint, "custody": custody,
+            }));
+        }
+    }
+    Ok(serde_json::json!({ "provider": provider.kind(), "keys": keys }))
+}
+
+fn modified_ms(e: &std::fs::DirEntry) -> anyhow::Result<u64> {
+    Ok(e.metadata()?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64))
+}
+
+/// `gateway keys init`: creates in the token what is missing (the key-encryption key, the
+/// audit key), seals the gateway's clear symmetric keys, and writes the audit verifier key.
+/// Checks first, so a refusal leaves nothing half-created.
+pub fn init(config: &Config) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(
+        config.keys.provider == relay_keys::ProviderKind::Pkcs11,
+        "`gateway keys init` prepares a PKCS#11 token: set [keys] provider = \"pkcs11\" (the file provider creates its keys at first start)"
+    );
+    let dir = crate::keys::key_dir(&config.data_dir);
+    let audit_file = dir.join("audit.key");
+    anyhow::ensure!(
+        !audit_file.exists(),
+        "{} is a file audit key: this data directory's log is signed by it, so its signer cannot move into the token",
+        audit_file.display()
+    );
+    let provider = relay_keys::Provider::open(&config.keys).context("opening the key provider")?;
+    crate::keys::create_private_dir(&dir)?;
+    let names: Vec<String> = crate::keys::SYMMETRIC_KEYS.iter().map(|&n| n.to_owned()).collect();
+    let mut done = provider.init(&dir, &[AUDIT], &names)?;
+    if !dir.join("audit.vkey").exists() {
+        crate::keys::audit_signer(&dir, &provider)?;
+        done.push(format!("wrote {}", dir.join("audit.vkey").display()));
+    }
+    if done.is_empty() {
+        done.push(format!(
+            "token {:?} is ready; nothing to do",
+            config.keys.token_label.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(done)
+}
+
+/// `gateway keys prove-custody`: asks the token to wrap each of its keys out under a fresh
+/// session key; one line per key with the token's answer. An error if any key left.
+pub fn prove(config: &Config) -> anyhow::Result<Vec<String>> {
+    let provider = relay_keys::Provider::open(&config.keys).context("opening the key provider")?;
+    let token = provider
+        .token()
+        .context("the file provider keeps its keys in files: there is no token to prove custody with")?;
+    let mut lines = Vec::new();
+    for label in [KEK, AUDIT] {
+        match token.try_wrap_out(label) {
+            Ok(wrapped) => anyhow::bail!(
+                "{label} LEFT the token {:?}: it wrapped out as {} bytes; the key is not held (see `gateway keys list`)",
+                token.label(),
+                wrapped.len()
+            ),
+            Err(relay_keys::KeyError::Pkcs11 {
+                op: "C_WrapKey",
+                reason,
+            }) => {
+                lines.push(format!("{label}: the token refused to wrap it out ({reason})"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(lines)
+}
