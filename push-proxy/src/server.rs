@@ -68,6 +68,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let key_dir = config.data_dir.join("keys");
     let provider = relay_keys::Provider::open(&config.keys)?;
     let keys = crate::keys::handle_keys(&provider, &key_dir, config.handles.current_key_id)?;
+    for e in provider.take_events() {
+        tracing::info!(key = %e.name, fingerprint = %e.fingerprint, event = e.kind, "{}", provider.describe(&key_dir));
+    }
     let vapid_key = crate::keys::vapid_key(config.webpush.vapid_key_file.as_deref(), &key_dir)?;
     let apns = match &config.apns {
         Some(a) => Some(ApnsConfig {

@@ -386,3 +386,72 @@ fn start_up_says_which_providers_are_missing() {
     );
     assert!(log.contains("fcm is not configured") && log.contains("[fcm]"), "{log}");
 }
+
+/// Under a PKCS#11 provider (a SoftHSM2 token of its own) the handle keys exist on disk only
+/// sealed: `--init-keys` creates the token's key-encryption key and the current handle key,
+/// each start unseals it (and says so), and a wrong PIN stops the proxy with a clear error.
+#[test]
+fn handle_keys_sealed_by_a_token() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = test_support::softhsm::SoftHsm::new(&dir.path().join("hsm"), "push", "2468");
+    let data = dir.path().join("data");
+    let config = dir.path().join("push.toml");
+    let write = |keys: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nnotify_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{keys}",
+                data.display()
+            ),
+        )
+        .unwrap();
+    };
+    let proxy = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_push-proxy"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(args)
+            .envs(hsm.env())
+            .env("RUST_LOG", "info");
+        cmd
+    };
+    write(&hsm.keys_toml());
+    let init = proxy(&["--init-keys"]).output().unwrap();
+    let said = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(said.contains("created rcs-relay-kek") && said.contains("created handle-1.key, sealed"), "{said}");
+    let run_until_ready = || {
+        let mut child = proxy(&[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let ready = line.contains("push proxy ready");
+            lines.push(line);
+            if ready || lines.len() > 200 {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines.join("\n")
+    };
+    let log = run_until_ready();
+    assert!(log.contains("push proxy ready"), "{log}");
+    assert!(log.contains("key.unseal") && log.contains("handle-1.key"), "{log}");
+    let keys = data.join("keys");
+    assert!(keys.join("handle-1.key.sealed").exists());
+    assert!(!keys.join("handle-1.key").exists(), "a handle key in the clear");
+    let sealed = std::fs::read(keys.join("handle-1.key.sealed")).unwrap();
+    // A second start unseals the same key.
+    assert!(run_until_ready().contains("push proxy ready"));
+    assert_eq!(std::fs::read(keys.join("handle-1.key.sealed")).unwrap(), sealed);
+
+    let wrong = dir.path().join("wrong-pin");
+    std::fs::write(&wrong, "1111\n").unwrap();
+    write(&hsm.keys_toml().replace(&hsm.pin_file.display().to_string(), &wrong.display().to_string()));
+    let out = proxy(&[]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the PIN for token \"push\" is wrong") && !stderr.contains("1111"), "{stderr}");
+}
