@@ -9,7 +9,8 @@
 //! | `POST /admin/devices/revoke?address=&device=` (or `rid=`) | the device's credential, KeyPackages, push handle and queue go; its open long-polls end with 401 |
 //! | `POST /admin/addresses/suspend?address=`, `…/unsuspend` | the address may not register or send |
 //! | `GET /admin/devices/registered?since_ms=&until_ms=&key=` | registrations in the window (from the audit log), by rid, optionally by provisioning key |
-//! | `POST /admin/keys/reload` | re-reads the provisioning keys' states; each change audited, then a checkpoint |
+//! | `POST /admin/keys/reload` | re-reads the provisioning keys' states and the outbox key ring; each change audited, then a checkpoint |
+//! | `POST /admin/keys/retire?key=outbox:<v>` | retires an outbox key version; refused (409) while queued entries are sealed under it |
 
 use std::collections::HashMap;
 
@@ -26,12 +27,20 @@ use storage::switch::{KEYPACKAGE_UPLOAD, PUSH, REGISTRATION};
 use crate::api::AppState;
 
 pub(crate) fn routes(state: AppState, checkpointer: std::sync::Arc<crate::audit::Checkpointer>) -> Router {
-    let reload = move |State(state): State<AppState>| {
+    let reload = {
         let checkpointer = std::sync::Arc::clone(&checkpointer);
-        async move { reload_keys(&state, &checkpointer).await }
+        move |State(state): State<AppState>| {
+            let checkpointer = std::sync::Arc::clone(&checkpointer);
+            async move { reload_keys(&state, &checkpointer).await }
+        }
+    };
+    let retire = move |State(state): State<AppState>, Query(q): Query<HashMap<String, String>>| {
+        let checkpointer = std::sync::Arc::clone(&checkpointer);
+        async move { retire_outbox_key(&state, &checkpointer, q.get("key").map_or("", String::as_str)).await }
     };
     Router::new()
         .route("/admin/keys/reload", post(reload))
+        .route("/admin/keys/retire", post(retire))
         .route("/admin/switches", get(list_switches))
         .route("/admin/switches/{name}/{state}", post(set_switch))
         .route("/admin/devices/revoke", post(revoke))
@@ -59,6 +68,21 @@ async fn reload_keys(state: &AppState, checkpointer: &crate::audit::Checkpointer
             changed.push(detail);
         }
     }
+    let outbox = match state.reload_outbox_keys() {
+        Ok(Some((old, new, loaded))) => {
+            if old != new {
+                let detail = format!("outbox version={new} state=active");
+                if let Err(e) = state.store().audit_append("key.state", detail.clone(), now_ms()).await {
+                    return failed(&e);
+                }
+                tracing::warn!(version = new, "outbox key rotated");
+                changed.push(detail);
+            }
+            format!("; outbox key version {new} seals, versions {loaded:?} open")
+        }
+        Ok(None) => String::new(),
+        Err(e) => return answer(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    };
     if !changed.is_empty()
         && let Err(e) = checkpointer.checkpoint_now().await
     {
@@ -66,8 +90,53 @@ async fn reload_keys(state: &AppState, checkpointer: &crate::audit::Checkpointer
     }
     answer(
         StatusCode::OK,
-        format!("{} provisioning keys, {} changed", new.len(), changed.len()),
+        format!("{} provisioning keys, {} changed{outbox}", new.len(), changed.len()),
     )
+}
+
+/// Retires an outbox key version unless queued entries are still sealed under it (they
+/// would no longer open: an acknowledged envelope would be lost).
+async fn retire_outbox_key(state: &AppState, checkpointer: &crate::audit::Checkpointer, key: &str) -> Response {
+    let v = match crate::keys_cli::outbox_version(key) {
+        Ok(v) => v,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let Some(ic) = state.interconnect() else {
+        return answer(
+            StatusCode::CONFLICT,
+            "no interconnect is configured: there is no outbox key",
+        );
+    };
+    if ic.sealer().current() == v {
+        return answer(
+            StatusCode::CONFLICT,
+            format!("outbox:{v} is the current key: rotate first"),
+        );
+    }
+    let queued = match ic.outbox_key_versions().await {
+        Ok(versions) => versions.get(&v).copied().unwrap_or(0),
+        Err(e) => return failed(&e),
+    };
+    if queued > 0 {
+        return answer(
+            StatusCode::CONFLICT,
+            format!("outbox:{v} still seals {queued} queued entries: retire it once they are delivered"),
+        );
+    }
+    if let Err(e) = state.key_provider().retire_outbox_key(v) {
+        return answer(StatusCode::CONFLICT, format!("{e:#}"));
+    }
+    if let Err(e) = state.reload_outbox_keys() {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    }
+    let detail = format!("outbox version={v} state=retired");
+    if let Err(e) = state.store().audit_append("key.state", detail, now_ms()).await {
+        return failed(&e);
+    }
+    if let Err(e) = checkpointer.checkpoint_now().await {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    }
+    answer(StatusCode::OK, format!("outbox:{v} retired"))
 }
 
 fn answer(status: StatusCode, text: impl Into<String>) -> Response {

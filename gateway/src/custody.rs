@@ -27,6 +27,7 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         let (class, public) = match name.as_str() {
             "rid.key" => ("K_rid (recipient hashes)", None),
             "outbox.key" => ("interconnect outbox sealing", None),
+            n if n.starts_with("outbox-") && n.ends_with(".key") => ("interconnect outbox sealing", None),
             "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
             n if n.starts_with("provisioning-") && n.ends_with(".pk8") => ("provisioning signing", None),
             "audit.key" => ("audit signing", Some("audit.vkey")),
@@ -48,10 +49,24 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         } else {
             "file (0600)".to_owned()
         };
-        keys.push(serde_json::json!({
+        let mut entry = serde_json::json!({
             "name": name, "class": class, "held_by": held_by,
             "fingerprint": fingerprint, "modified_ms": modified_ms(&e)?,
-        }));
+        });
+        if name.starts_with("outbox") {
+            let ring = relay_keys::ring::states(&dir, interconnect::record::KEY_RING)?;
+            let v: u8 = name
+                .strip_prefix("outbox-")
+                .and_then(|n| n.strip_suffix(".key")?.parse().ok())
+                .unwrap_or(0);
+            if let Some(s) = ring.versions.get(&v) {
+                entry["version"] = v.into();
+                entry["state"] = s.state.clone().into();
+                entry["created_ms"] = s.created_ms.into();
+                entry["current"] = (ring.current == v).into();
+            }
+        }
+        keys.push(entry);
     }
     if let Some(token) = provider.token() {
         for (label, class) in [

@@ -21,12 +21,17 @@ pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>>;
     /// Deletes a retired or compromised provisioning key (a dual-control call).
     fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()>;
+    /// The interconnect outbox key ring as it is now on disk.
+    fn outbox_ring(&self) -> anyhow::Result<relay_keys::ring::Ring>;
+    /// Retires version `v` of the outbox key ring on disk.
+    fn retire_outbox_key(&self, v: u8) -> anyhow::Result<()>;
 }
 
 /// The gateway's keys in its key directory, held by a [`relay_keys::Provider`].
 #[derive(Debug)]
 pub struct ProviderKeys {
     rid_key: RidKey,
+    provider: relay_keys::Provider,
     dir: PathBuf,
     /// `registration.provisioning_public_key`: the operator signs elsewhere with this one key.
     external_provisioning_key: Option<Vec<u8>>,
@@ -55,6 +60,7 @@ impl ProviderKeys {
         };
         Ok(Self {
             rid_key: RidKey::from_bytes(*rid_key),
+            provider: provider.clone(),
             dir: dir.to_path_buf(),
             external_provisioning_key,
         })
@@ -62,6 +68,19 @@ impl ProviderKeys {
 }
 
 impl KeyProvider for ProviderKeys {
+    fn outbox_ring(&self) -> anyhow::Result<relay_keys::ring::Ring> {
+        Ok(self.provider.ring(&self.dir, interconnect::record::KEY_RING)?)
+    }
+
+    fn retire_outbox_key(&self, v: u8) -> anyhow::Result<()> {
+        Ok(relay_keys::ring::set_state(
+            &self.dir,
+            interconnect::record::KEY_RING,
+            v,
+            relay_keys::ring::RETIRED,
+        )?)
+    }
+
     fn rid_key(&self) -> RidKey {
         self.rid_key.clone()
     }

@@ -19,13 +19,16 @@ pub enum KeysAction {
     /// A new provisioning signing key; the current one keeps verifying (retiring) until it
     /// is retired.
     Rotate {
-        /// Only `provisioning` rotates this way for now.
+        /// `provisioning` or `outbox` (the interconnect outbox sealing key).
         name: String,
     },
     /// Stop accepting a provisioning key's tokens (`provisioning:<id>`).
+    /// An outbox key version (`outbox:<v>`) is retired by the running gateway, which refuses
+    /// while queued entries are still sealed under it.
     Retire { name: String },
     /// Mark a provisioning key compromised (`provisioning:<id>`): its tokens are refused;
-    /// the key is kept as evidence.
+    /// the key is kept as evidence. An outbox key version (`outbox:<v>`, not the current
+    /// one) never seals again but still opens what is queued under it.
     MarkCompromised { name: String },
     /// Delete a retired or compromised provisioning key (`provisioning:<id>`). Dual control:
     /// another operator must first `gateway approve keys.destroy:provisioning:<id>`.
@@ -39,9 +42,11 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
     use relay_core::provisioning::KeyState;
     let dir = crate::keys::key_dir(&settings.config.data_dir);
     let provisioning_id = |name: &str| -> anyhow::Result<String> {
-        name.strip_prefix("provisioning:")
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("name the key as provisioning:<id> (see `gateway keys list`)"))
+        name.strip_prefix("provisioning:").map(str::to_owned).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown key {name:?}: name it as provisioning:<id> or outbox:<version> (see `gateway keys list`)"
+            )
+        })
     };
     let provisioning = || crate::provisioning_keys::ProvisioningKeys::open(&dir, relay_net::clock::now_ms());
     match action {
@@ -76,17 +81,51 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
             }
             return Ok(());
         }
-        KeysAction::Rotate { name } => {
-            anyhow::ensure!(name == "provisioning", "only `provisioning` rotates this way for now");
+        KeysAction::Rotate { name } if name == "provisioning" => {
             let id = provisioning()?.rotate(relay_net::clock::now_ms())?;
             writeln!(
                 std::io::stdout(),
                 "provisioning:{id} active; the previous key is retiring"
             )?;
         }
-        KeysAction::Retire { name } => provisioning()?.set_state(&provisioning_id(&name)?, KeyState::Retired)?,
+        KeysAction::Rotate { name } if name == "outbox" => {
+            let provider = relay_keys::Provider::open(&settings.config.keys)?;
+            let v = provider.rotate_ring(&dir, interconnect::record::KEY_RING, relay_net::clock::now_ms())?;
+            writeln!(std::io::stdout(), "outbox:{v} active; the previous version is retiring")?;
+        }
+        KeysAction::Rotate { name } => {
+            anyhow::bail!(
+                "{name:?} does not rotate this way: name a class, `provisioning` or `outbox` (a version such as provisioning:<id> is not rotated, its class is)"
+            )
+        }
+        KeysAction::Retire { name } if name.starts_with("outbox:") => {
+            let (status, body) = admin_request(
+                settings.config.admin_listen,
+                "POST",
+                &format!("/admin/keys/retire?key={}", crate::admin_client::query_value(&name)),
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("retiring an outbox key needs the running gateway (it checks the queue): {e:#}")
+            })?;
+            std::io::stdout().write_all(&body)?;
+            anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+            return Ok(());
+        }
+        KeysAction::MarkCompromised { name } if name.starts_with("outbox:") => {
+            relay_keys::ring::set_state(
+                &dir,
+                interconnect::record::KEY_RING,
+                outbox_version(&name)?,
+                relay_keys::ring::COMPROMISED,
+            )?;
+        }
+        KeysAction::Retire { name } => {
+            let id = provisioning_id(&name)?;
+            provisioning()?.set_state(&id, KeyState::Retired)?;
+        }
         KeysAction::MarkCompromised { name } => {
-            provisioning()?.set_state(&provisioning_id(&name)?, KeyState::Compromised)?
+            let id = provisioning_id(&name)?;
+            provisioning()?.set_state(&id, KeyState::Compromised)?;
         }
         KeysAction::Destroy { .. } => unreachable!("a dual-control call, made by the running gateway"),
     }
@@ -101,4 +140,11 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
         )?,
     }
     Ok(())
+}
+
+/// The version in `outbox:<v>`.
+pub fn outbox_version(name: &str) -> anyhow::Result<u8> {
+    name.strip_prefix("outbox:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("name an outbox key as outbox:<version> (0-255; see `gateway keys list`)"))
 }

@@ -70,7 +70,8 @@ pub struct Interconnect {
     generation: watch::Sender<u64>,
     store: Storage,
     rid_key: RidKey,
-    sealer: Sealer,
+    /// The outbox key ring, swapped when a rotation is reloaded.
+    sealer: RwLock<Arc<Sealer>>,
     /// Wakes the dispatcher (a delivery finished, the table changed).
     wake: Notify,
     limits: Limits,
@@ -98,7 +99,7 @@ impl Interconnect {
         let table = Table::build(&cfg, &identity, None)?;
         Ok(Arc::new(Self {
             identity,
-            sealer: Sealer::open_or_create(keys.0, keys.1)?,
+            sealer: RwLock::new(Arc::new(Sealer::open_or_create(keys.0, keys.1)?)),
             table: RwLock::new(Arc::new(table)),
             generation: watch::channel(0).0,
             store,
@@ -107,6 +108,29 @@ impl Interconnect {
             limits,
             cfg,
         }))
+    }
+
+    /// The outbox key ring in use.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        Arc::clone(&self.sealer.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Uses a new outbox key ring (after a rotation or a retirement was reloaded).
+    pub fn set_sealer(&self, sealer: Sealer) {
+        *self.sealer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sealer);
+    }
+
+    /// How many queued outbox entries (every peer in the table) each key version sealed.
+    pub async fn outbox_key_versions(&self) -> Result<std::collections::BTreeMap<u8, u64>, storage::StoreError> {
+        use storage::prelude::*;
+        let sealer = self.sealer();
+        let mut versions = std::collections::BTreeMap::new();
+        for peer in &self.table().peers {
+            for entry in self.store.outbox_due(&peer.cfg.name, u64::MAX, usize::MAX).await? {
+                *versions.entry(sealer.version_of(&entry.record)).or_default() += 1;
+            }
+        }
+        Ok(versions)
     }
 
     pub fn table(&self) -> Arc<Table> {

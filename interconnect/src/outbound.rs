@@ -114,7 +114,7 @@ impl Interconnect {
 
     async fn deliver(&self, peer: &Peer, entry: OutboxEntry, backoff: Backoff) {
         let name = peer.cfg.name.as_str();
-        let Some(part) = self.sealer.open(&entry.record) else {
+        let Some(part) = self.sealer().open(&entry.record) else {
             let _ = self
                 .store
                 .outbox_dead_letter(name, entry.seq, "outbox record does not open".into(), now_ms())

@@ -108,11 +108,12 @@ impl Interconnect {
     /// each naming the sending device, which gets a delivery report if the part is
     /// dead-lettered.
     pub fn hand_over(&self, plan: &Plan, message: &Bytes, urgent: bool, sender: (Rid, DeviceId)) -> Vec<OutboxItem> {
+        let sealer = self.sealer();
         plan.remote
             .iter()
             .map(|part| OutboxItem {
                 peer: part.peer.clone(),
-                record: Bytes::from(self.sealer.seal(&RemotePart {
+                record: Bytes::from(sealer.seal(&RemotePart {
                     recipients: part.addresses.clone(),
                     message: message.clone(),
                     urgent,

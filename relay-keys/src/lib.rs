@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod files;
+pub mod ring;
 pub mod token;
 
 use std::path::{Path, PathBuf};

@@ -192,6 +192,28 @@ impl AppState {
         Ok((old, new))
     }
 
+    /// Re-reads the outbox key ring and hands it to the interconnect; returns the (old, new)
+    /// current versions and the versions loaded, or `None` without an interconnect.
+    pub fn reload_outbox_keys(&self) -> anyhow::Result<Option<(u8, u8, Vec<u8>)>> {
+        let Some(ic) = self.interconnect() else {
+            return Ok(None);
+        };
+        let ring = self.inner.key_provider.outbox_ring()?;
+        let old = ic.sealer();
+        let new = interconnect::record::Sealer::from_ring(&ring);
+        let (old_current, new_current) = (old.current(), new.current());
+        ic.set_sealer(new);
+        Ok(Some((
+            old_current,
+            new_current,
+            ring.keys.iter().map(|(v, _)| *v).collect(),
+        )))
+    }
+
+    pub fn key_provider(&self) -> &dyn crate::keys::KeyProvider {
+        self.inner.key_provider.as_ref()
+    }
+
     pub fn rid_key(&self) -> &RidKey {
         &self.inner.rid_key
     }

@@ -315,6 +315,33 @@ fn bad_token_settings_are_clear_errors_that_change_nothing() {
     // The file provider has nothing to initialise.
     with("");
     fails(&cli(&data, &hsm, 1, &["keys", "init"]), "provider = \"pkcs11\"");
+    // Unknown key names, a version where a class is rotated, a version that does not exist.
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "rotate", "nonsense"]),
+        "does not rotate this way",
+    );
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "rotate", "outbox:0"]),
+        "does not rotate this way",
+    );
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "retire", "nonsense"]),
+        "unknown key \"nonsense\"",
+    );
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "mark-compromised", "outbox:7"]),
+        "no version 7 of outbox",
+    );
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "mark-compromised", "outbox:x"]),
+        "outbox:<version>",
+    );
+    // Retiring an outbox key needs the running gateway, which checks the queue.
+    fails(
+        &cli(&data, &hsm, 1, &["keys", "retire", "outbox:0"]),
+        "needs the running gateway",
+    );
+    assert!(!data.exists(), "a refused key command wrote nothing");
     // A wrong PIN, a missing module, a missing token.
     let wrong_pin = dir.path().join("wrong-pin");
     std::fs::write(&wrong_pin, "9999\n").unwrap();

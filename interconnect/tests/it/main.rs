@@ -15,6 +15,7 @@
 mod delivery;
 mod early_errors;
 mod mtls;
+mod outbox_keys;
 mod reports;
 mod rotation;
 mod switches;

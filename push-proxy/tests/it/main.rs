@@ -420,7 +420,10 @@ fn handle_keys_sealed_by_a_token() {
     let init = proxy(&["--init-keys"]).output().unwrap();
     let said = String::from_utf8_lossy(&init.stdout).into_owned();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    assert!(said.contains("created rcs-relay-kek") && said.contains("created handle-1.key, sealed"), "{said}");
+    assert!(
+        said.contains("created rcs-relay-kek") && said.contains("created handle-1.key, sealed"),
+        "{said}"
+    );
     let run_until_ready = || {
         let mut child = proxy(&[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut lines = Vec::new();
@@ -449,9 +452,15 @@ fn handle_keys_sealed_by_a_token() {
 
     let wrong = dir.path().join("wrong-pin");
     std::fs::write(&wrong, "1111\n").unwrap();
-    write(&hsm.keys_toml().replace(&hsm.pin_file.display().to_string(), &wrong.display().to_string()));
+    write(
+        &hsm.keys_toml()
+            .replace(&hsm.pin_file.display().to_string(), &wrong.display().to_string()),
+    );
     let out = proxy(&[]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("the PIN for token \"push\" is wrong") && !stderr.contains("1111"), "{stderr}");
+    assert!(
+        stderr.contains("the PIN for token \"push\" is wrong") && !stderr.contains("1111"),
+        "{stderr}"
+    );
 }
