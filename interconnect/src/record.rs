@@ -95,11 +95,13 @@ impl Sealer {
 
     /// The key version a sealed record was sealed under.
     pub fn version_of(&self, sealed: &[u8]) -> u8 {
+        // A legacy record may start with the marker by chance: only if the versioned reading
+        // opens is it versioned.
         match sealed {
-            [VERSIONED, v, rest @ ..] if rest.len() >= NONCE_LEN + AES_256_GCM.tag_len() => {
-                // A legacy record may start with these bytes by chance: only if the versioned
-                // reading opens is it versioned.
-                if self.open_versioned(*v, rest).is_some() { *v } else { 0 }
+            [VERSIONED, v, rest @ ..]
+                if rest.len() >= NONCE_LEN + AES_256_GCM.tag_len() && self.open_versioned(*v, rest).is_some() =>
+            {
+                *v
             }
             _ => 0,
         }
