@@ -253,7 +253,7 @@ async fn key_material(
                     .map(|c| RemoteKeyPackage {
                         address: by_rid.get(&c.rid).cloned().unwrap_or_default(),
                         device_id: c.device.0,
-                        key_package: B64.encode(&c.bytes),
+                        key_package: B64.encode(ic.at_rest.open_key_package(&c.rid, &c.bytes).unwrap_or_default()),
                         last_resort: c.last_resort,
                     })
                     .collect(),

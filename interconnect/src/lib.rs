@@ -70,6 +70,8 @@ pub struct Interconnect {
     generation: watch::Sender<u64>,
     store: Storage,
     rid_key: RidKey,
+    /// Opens the KeyPackages a peer claims (sealed at rest).
+    at_rest: relay_core::atrest::AtRest,
     /// The outbox key ring, swapped when a rotation is reloaded.
     sealer: RwLock<Arc<Sealer>>,
     /// Wakes the dispatcher (a delivery finished, the table changed).
@@ -103,6 +105,7 @@ impl Interconnect {
             table: RwLock::new(Arc::new(table)),
             generation: watch::channel(0).0,
             store,
+            at_rest: relay_core::atrest::AtRest::new(&rid_key),
             rid_key,
             wake: Notify::new(),
             limits,

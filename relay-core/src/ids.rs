@@ -17,6 +17,12 @@ impl RidKey {
         Self(bytes)
     }
 
+    /// A subkey of K_rid for `context` (BLAKE3 key derivation): keys for records that are
+    /// sealed per rid ([`crate::atrest`]).
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+
     /// `rid = BLAKE3-keyed(K_rid, canonical address)`.
     pub fn rid(&self, address: &Address) -> Rid {
         Rid(*blake3::keyed_hash(&self.0, address.as_str().as_bytes()).as_bytes())

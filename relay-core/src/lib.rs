@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod atrest;
 pub mod auditlog;
 pub mod credential;
 pub mod envelope;

@@ -43,11 +43,11 @@ pub(super) async fn put_info(
         ));
     }
     let key = crate::mls::group_key(&group_id);
-    state
-        .inner
-        .store
-        .set_group_info(key, envelope.into_ciphertext().into_bytes())
-        .await?;
+    // With the ratchet tree it names every member: sealed at rest (relay_core::atrest).
+    let sealed = state
+        .at_rest()
+        .seal_group_info(&group_id, &envelope.into_ciphertext().into_bytes());
+    state.inner.store.set_group_info(key, sealed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -60,7 +60,13 @@ pub(super) async fn get_info(
     authenticate(&state, &headers).await?;
     let group_id = group_id_from_path(&group)?;
     match state.inner.store.group_info(crate::mls::group_key(&group_id)).await? {
-        Some(bytes) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, MESSAGE_MLS)], bytes).into_response()),
+        Some(stored) => {
+            let bytes = state
+                .at_rest()
+                .open_group_info(&group_id, &stored)
+                .ok_or_else(|| ApiError::internal(&"a stored GroupInfo does not open under this gateway's key"))?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, MESSAGE_MLS)], bytes).into_response())
+        }
         None => Err(ApiError::new(
             ErrorCode::UnknownGroup,
             "no GroupInfo was published for this group",

@@ -54,8 +54,11 @@ pub(super) async fn upload(State(state): State<AppState>, req: Request) -> Resul
         .iter()
         .enumerate()
         .map(|(index, bytes)| {
-            crate::mls::validate_key_package(bytes, &device.rid, &state.inner.rid_key, mls, now)
-                .map_err(|e| ApiError::from(e).about(format_args!("KeyPackage {index}")))
+            let mut kp = crate::mls::validate_key_package(bytes, &device.rid, &state.inner.rid_key, mls, now)
+                .map_err(|e| ApiError::from(e).about(format_args!("KeyPackage {index}")))?;
+            // Its credential names the address: sealed at rest (relay_core::atrest).
+            kp.bytes = state.at_rest().seal_key_package(&device.rid, &kp.bytes);
+            Ok::<_, ApiError>(kp)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let stored = state
@@ -109,7 +112,7 @@ pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result
         claimed.into_iter().map(|c| v1::ClaimedKeyPackage {
             address: by_rid.get(&c.rid).cloned().unwrap_or_default(),
             device_id: c.device.0,
-            key_package: c.bytes,
+            key_package: state.at_rest().open_key_package(&c.rid, &c.bytes).unwrap_or_default(),
             last_resort: c.last_resort,
         }),
     );

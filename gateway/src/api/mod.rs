@@ -85,6 +85,7 @@ impl Abuse {
 struct Inner {
     store: Storage,
     rid_key: RidKey,
+    at_rest: relay_core::atrest::AtRest,
     /// The keys that verify provisioning tokens (replaced on `/admin/keys/reload`).
     provisioning_keys: std::sync::RwLock<Vec<relay_core::provisioning::VerifyingKey>>,
     key_provider: Arc<dyn crate::keys::KeyProvider>,
@@ -132,6 +133,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 store: c.store,
+                at_rest: relay_core::atrest::AtRest::new(&c.rid_key),
                 rid_key: c.rid_key,
                 provisioning_keys: std::sync::RwLock::new(provisioning_keys),
                 key_provider: c.key_provider,
@@ -208,6 +210,11 @@ impl AppState {
             new_current,
             ring.keys.iter().map(|(v, _)| *v).collect(),
         )))
+    }
+
+    /// Seals and opens the records that name addresses (KeyPackages, GroupInfo).
+    pub fn at_rest(&self) -> &relay_core::atrest::AtRest {
+        &self.inner.at_rest
     }
 
     pub fn key_provider(&self) -> &dyn crate::keys::KeyProvider {

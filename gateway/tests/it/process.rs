@@ -291,8 +291,10 @@ impl Drop for KeepOnPanic {
 }
 
 /// After a run with recognisable addresses and credentials, none of them appears in
-/// the data directory or the logs (debug level), while the stored ciphertext does
-/// (so the scan is known to read what sled wrote).
+/// the data directory, the logs (debug level) or the metrics, while the stored ciphertext
+/// does (so the scan is known to read what sled wrote). KeyPackages whose credential
+/// identity is the address are uploaded and claimed, and a GroupInfo naming the member is
+/// published and fetched: those records are sealed at rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_no_identifiers_at_rest_or_in_logs() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,6 +324,25 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
     }
     let page = b.receive(0, 10, 0).await.unwrap();
     b.ack(&[page.envelopes[0].server_id.clone()], None).await.unwrap();
+    // KeyPackages and a GroupInfo whose credentials are Alice's address.
+    let mut member = test_support::mls::Member::new(alice_addr);
+    a.upload_key_packages(&[member.key_package_bytes(), member.last_resort_key_package_bytes()])
+        .await
+        .unwrap();
+    let claimed = b.claim_key_packages(&[alice_addr]).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    member.verify_key_package(&claimed[0].key_package);
+    member.create_group();
+    let group_info = member.group_info();
+    assert!(
+        test_support::contains(&group_info, alice_addr.as_bytes()),
+        "the GroupInfo names Alice"
+    );
+    a.put_group_info(&member.group_id(), group_info.clone()).await.unwrap();
+    assert_eq!(b.group_info(&member.group_id()).await.unwrap(), group_info);
+    let metrics = test_support::admin_request(([127, 0, 0, 1], p.admin).into(), "GET", "/metrics")
+        .await
+        .unwrap();
     let wrong = p.client().with_credential("rc1.wrong").receive(0, 1, 0).await;
     assert!(
         matches!(&wrong, Err(relay_client::ClientError::Api { status: 401, code, .. }) if code == "unauthorized"),
@@ -348,7 +369,12 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
         assert!(hits.is_empty(), "{what} found at rest in {hits:?}");
         let logs = std::fs::read(&log).unwrap();
         assert!(!test_support::contains(&logs, needle), "{what} found in the logs");
+        assert!(
+            !test_support::contains(metrics.as_bytes(), needle),
+            "{what} found in the metrics"
+        );
     }
+    assert!(metrics.contains("relay_key_packages_claimed_total"), "metrics control");
     assert!(
         !test_support::files_containing(&data.join("sled"), marker).is_empty(),
         "scan control: ciphertext is stored"
