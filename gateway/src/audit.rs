@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct Checkpointer {
     store: Storage,
-    signer: AuditSigner,
+    /// The current audit key, replaced at a rotation's handover.
+    signer: std::sync::RwLock<Arc<AuditSigner>>,
+    /// Where the audit keys are, to complete a rotation ([`crate::audit_keys`]).
+    keys: (std::path::PathBuf, relay_keys::Provider),
     every: u64,
     /// The size of the last checkpoint stored (0: none yet).
     last: AtomicU64,
@@ -35,7 +38,7 @@ pub struct Checkpointer {
 impl Checkpointer {
     pub async fn new(
         store: Storage,
-        signer: AuditSigner,
+        (signer, key_dir, provider): (AuditSigner, std::path::PathBuf, relay_keys::Provider),
         every: u64,
         retention: Option<Duration>,
     ) -> Result<Arc<Self>, storage::StoreError> {
@@ -48,7 +51,8 @@ impl Checkpointer {
             .unwrap_or(0);
         Ok(Arc::new(Self {
             store,
-            signer,
+            signer: std::sync::RwLock::new(Arc::new(signer)),
+            keys: (key_dir, provider),
             every: every.max(1),
             retention,
             last: AtomicU64::new(last),
@@ -56,12 +60,47 @@ impl Checkpointer {
         }))
     }
 
+    fn signer(&self) -> Arc<AuditSigner> {
+        Arc::clone(&self.signer.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Completes an audit-key rotation ([`crate::audit_keys::rotate`]) if one is due: records
+    /// `key.rotate`, signs a checkpoint with both the outgoing and the incoming key, and signs
+    /// with the incoming one from then on. Returns the new version.
+    pub async fn hand_over_if_due(&self) -> anyhow::Result<Option<u32>> {
+        let (dir, provider) = &self.keys;
+        let Some((from, old, to, new)) = crate::audit_keys::pending_handover(dir, provider)? else {
+            return Ok(None);
+        };
+        let _one = self.signing.lock().await;
+        self.store
+            .audit_append(
+                "key.rotate",
+                format!("audit from={from} to={to}"),
+                relay_net::clock::now_ms(),
+            )
+            .await?;
+        let head = self.store.audit_head().await?;
+        let note = old.handover(&new, head.size, head.root)?;
+        self.store.audit_add_checkpoint(head.size, note).await?;
+        self.last.store(head.size, Ordering::Relaxed);
+        *self.signer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        crate::audit_keys::handover_done(dir)?;
+        tracing::warn!(
+            from,
+            to,
+            size = head.size,
+            "audit key rotated: handover checkpoint signed by both keys"
+        );
+        Ok(Some(to))
+    }
+
     /// Signs and stores a checkpoint of the log as it is now, unless the last one already
     /// covers every record; returns the signed note of the current head.
     pub async fn checkpoint_now(&self) -> anyhow::Result<String> {
         let _one = self.signing.lock().await;
         let head = self.store.audit_head().await?;
-        let note = self.signer.checkpoint(head.size, head.root)?;
+        let note = self.signer().checkpoint(head.size, head.root)?;
         if head.size > self.last.load(Ordering::Relaxed) {
             self.store.audit_add_checkpoint(head.size, note.clone()).await?;
             self.last.store(head.size, Ordering::Relaxed);
@@ -90,7 +129,7 @@ impl Checkpointer {
         for r in records.iter().take_while(|r| r.seq <= upto) {
             frontier.push(relay_core::auditlog::leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
         }
-        let note = self.signer.checkpoint(upto, frontier.root())?;
+        let note = self.signer().checkpoint(upto, frontier.root())?;
         self.store.audit_add_checkpoint(upto, note).await?;
         if self.store.audit_prune(upto).await?.is_some() {
             let detail = format!(

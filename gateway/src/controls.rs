@@ -68,6 +68,11 @@ async fn reload_keys(state: &AppState, checkpointer: &crate::audit::Checkpointer
             changed.push(detail);
         }
     }
+    match checkpointer.hand_over_if_due().await {
+        Ok(Some(v)) => changed.push(format!("audit version={v} state=active")),
+        Ok(None) => {}
+        Err(e) => return answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
     let outbox = match state.reload_outbox_keys() {
         Ok(Some((old, new, loaded))) => {
             if old != new {
@@ -90,7 +95,16 @@ async fn reload_keys(state: &AppState, checkpointer: &crate::audit::Checkpointer
     }
     answer(
         StatusCode::OK,
-        format!("{} provisioning keys, {} changed{outbox}", new.len(), changed.len()),
+        format!(
+            "{} provisioning keys, {} changed{outbox}{}",
+            new.len(),
+            changed.len(),
+            if changed.is_empty() {
+                String::new()
+            } else {
+                format!("; changed: {}", changed.join(", "))
+            }
+        ),
     )
 }
 

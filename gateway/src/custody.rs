@@ -30,7 +30,8 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
             n if n.starts_with("outbox-") && n.ends_with(".key") => ("interconnect outbox sealing", None),
             "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
             n if n.starts_with("provisioning-") && n.ends_with(".pk8") => ("provisioning signing", None),
-            "audit.key" => ("audit signing", Some("audit.vkey")),
+            "audit.key" => ("audit signing", None),
+            n if n.starts_with("audit-") && n.ends_with(".key") => ("audit signing", None),
             "acme-account.json" => ("ACME account", None),
             _ => continue,
         };
@@ -69,19 +70,27 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         keys.push(entry);
     }
     if let Some(token) = provider.token() {
-        for (label, class) in [
-            (KEK, "key-encryption key (seals the symmetric keys)"),
-            (AUDIT, "audit signing"),
-        ] {
-            let custody = token.custody(label)?;
-            let fingerprint = match label {
-                AUDIT if custody.is_some() => Some(relay_keys::fingerprint(&token.signer(label)?.public_key())),
+        let audit = crate::audit_keys::states(&dir)?;
+        let mut labels = vec![(KEK.to_owned(), "key-encryption key (seals the symmetric keys)", None)];
+        for (v, s) in &audit.versions {
+            labels.push((crate::audit_keys::token_label(*v), "audit signing", Some((*v, s))));
+        }
+        for (label, class, version) in labels {
+            let custody = token.custody(&label)?;
+            let fingerprint = match version {
+                Some(_) if custody.is_some() => Some(relay_keys::fingerprint(&token.signer(&label)?.public_key())),
                 _ => None,
             };
-            keys.push(serde_json::json!({
+            let mut entry = serde_json::json!({
                 "name": label, "class": class, "held_by": format!("PKCS#11 token {:?}", token.label()),
                 "fingerprint": fingerprint, "custody": custody,
-            }));
+            });
+            if let Some((v, s)) = version {
+                entry["version"] = v.into();
+                entry["state"] = s.state.clone().into();
+                entry["created_ms"] = s.created_ms.into();
+            }
+            keys.push(entry);
         }
     }
     Ok(serde_json::json!({ "provider": provider.kind(), "keys": keys }))
@@ -134,7 +143,15 @@ pub fn prove(config: &Config) -> anyhow::Result<Vec<String>> {
         .token()
         .context("the file provider keeps its keys in files: there is no token to prove custody with")?;
     let mut lines = Vec::new();
-    for label in [KEK, AUDIT] {
+    let dir = crate::keys::key_dir(&config.data_dir);
+    let mut labels = vec![KEK.to_owned()];
+    labels.extend(
+        crate::audit_keys::states(&dir)?
+            .versions
+            .keys()
+            .map(|&v| crate::audit_keys::token_label(v)),
+    );
+    for label in &labels {
         match token.try_wrap_out(label) {
             Ok(wrapped) => anyhow::bail!(
                 "{label} LEFT the token {:?}: it wrapped out as {} bytes; the key is not held (see `gateway keys list`)",

@@ -12,7 +12,7 @@ use rand::RngCore as _;
 use relay_core::RidKey;
 use ring::signature::Ed25519KeyPair;
 
-pub(crate) use crate::keyfile::{create_private_dir, write_durable, write_private};
+pub(crate) use crate::keyfile::{create_private_dir, write_private};
 
 /// Source of the gateway's secret keys.
 pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
@@ -112,64 +112,11 @@ pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
     crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?.signer()
 }
 
-/// The audit signing key: under a PKCS#11 provider the token's Ed25519 key
-/// ([`relay_keys::token::AUDIT`], created by `gateway keys init`), otherwise `dir/audit.key`.
-/// Either way `dir/audit.vkey` holds its verifier key, whose name is the log's origin.
+/// The current audit signing key (see [`crate::audit_keys`]): under a PKCS#11 provider an
+/// Ed25519 key in the token (created by `gateway keys init`), otherwise `dir/audit.key`
+/// (created at first start). `dir/audit.vkey` lists its verifier key.
 pub fn audit_signer(dir: &Path, provider: &relay_keys::Provider) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
-    match provider.token() {
-        None => audit_file_signer(dir),
-        Some(token) => {
-            let file = dir.join("audit.key");
-            anyhow::ensure!(
-                !file.exists(),
-                "{} is a file audit key while the provider is pkcs11: the log's signer cannot change silently (keep the file provider, or start a new data directory on the token)",
-                file.display()
-            );
-            let signer = token.signer(relay_keys::token::AUDIT)?;
-            let public_key = signer.public_key();
-            let vkey_path = dir.join("audit.vkey");
-            let origin = match std::fs::read_to_string(&vkey_path) {
-                Ok(vkey) => {
-                    let origin = vkey.split('+').next().unwrap_or_default().to_owned();
-                    anyhow::ensure!(
-                        relay_core::auditlog::verifier_key(&origin, &public_key) == vkey.trim(),
-                        "{} does not match the audit key in token {:?}: another token, or the key was replaced",
-                        vkey_path.display(),
-                        token.label()
-                    );
-                    origin
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let origin = format!("rcs-relay/audit/{:08x}", rand::rng().next_u32());
-                    let vkey = relay_core::auditlog::verifier_key(&origin, &public_key);
-                    write_durable(&vkey_path, format!("{vkey}\n").as_bytes())?;
-                    origin
-                }
-                Err(e) => return Err(e).with_context(|| format!("reading {}", vkey_path.display())),
-            };
-            let sign: relay_core::auditlog::SignFn =
-                std::sync::Arc::new(move |msg: &[u8]| signer.sign(msg).map_err(|e| e.to_string()));
-            Ok(relay_core::auditlog::AuditSigner::external(&origin, &public_key, sign))
-        }
-    }
-}
-
-fn audit_file_signer(dir: &Path) -> anyhow::Result<relay_core::auditlog::AuditSigner> {
-    create_private_dir(dir)?;
-    let path = dir.join("audit.key");
-    let skey = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let origin = format!("rcs-relay/audit/{:08x}", rand::rng().next_u32());
-            let (skey, vkey) = relay_core::auditlog::generate_key(&origin);
-            // The verifier key first: a power cut between the two leaves no signer without it.
-            write_durable(&dir.join("audit.vkey"), format!("{vkey}\n").as_bytes())?;
-            write_private(&path, skey.as_bytes())?;
-            skey
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    relay_core::auditlog::AuditSigner::new(&skey).with_context(|| format!("loading {}", path.display()))
+    crate::audit_keys::current(dir, provider)
 }
 
 /// A provisioning token for `address`, valid for `valid_for` seconds, signed with the newest

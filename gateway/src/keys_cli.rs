@@ -19,7 +19,8 @@ pub enum KeysAction {
     /// A new provisioning signing key; the current one keeps verifying (retiring) until it
     /// is retired.
     Rotate {
-        /// `provisioning` or `outbox` (the interconnect outbox sealing key).
+        /// `provisioning`, `outbox` (the interconnect outbox sealing key) or `audit` (the
+        /// handover checkpoint is signed by the old and the new key).
         name: String,
     },
     /// Stop accepting a provisioning key's tokens (`provisioning:<id>`).
@@ -88,6 +89,14 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
                 "provisioning:{id} active; the previous key is retiring"
             )?;
         }
+        KeysAction::Rotate { name } if name == "audit" => {
+            let provider = relay_keys::Provider::open(&settings.config.keys)?;
+            let v = crate::audit_keys::rotate(&dir, &provider, relay_net::clock::now_ms())?;
+            writeln!(
+                std::io::stdout(),
+                "audit:{v} active; the running gateway signs the handover checkpoint with both keys"
+            )?;
+        }
         KeysAction::Rotate { name } if name == "outbox" => {
             let provider = relay_keys::Provider::open(&settings.config.keys)?;
             let v = provider.rotate_ring(&dir, interconnect::record::KEY_RING, relay_net::clock::now_ms())?;
@@ -95,7 +104,7 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
         }
         KeysAction::Rotate { name } => {
             anyhow::bail!(
-                "{name:?} does not rotate this way: name a class, `provisioning` or `outbox` (a version such as provisioning:<id> is not rotated, its class is)"
+                "{name:?} does not rotate this way: name a class, `provisioning`, `outbox` or `audit` (a version such as provisioning:<id> is not rotated, its class is)"
             )
         }
         KeysAction::Retire { name } if name.starts_with("outbox:") => {

@@ -35,6 +35,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod api;
 pub mod audit;
+pub mod audit_keys;
 pub mod background;
 pub mod config;
 pub mod controls;

@@ -251,12 +251,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     audit_unseals(&store, &provider).await?;
     let checkpointer = crate::audit::Checkpointer::new(
         store.clone(),
-        signer,
+        (signer, key_dir(data_dir), provider.clone()),
         config.audit.checkpoint_every,
         (config.audit.retention_secs > 0).then(|| Duration::from_secs(config.audit.retention_secs)),
     )
     .await
     .context("reading the audit log's checkpoints")?;
+    checkpointer
+        .hand_over_if_due()
+        .await
+        .context("completing the audit key's rotation")?;
     tracker.spawn(Arc::clone(&checkpointer).run(shutdown.clone()));
     let operators = match (&config.admin.operator_listen, &config.admin.operator_ca) {
         (Some(addr), Some(ca)) => {

@@ -224,6 +224,24 @@ impl AuditSigner {
         self.sign_bytes(text.as_bytes())
     }
 
+    /// The handover checkpoint of an audit-key rotation: signed by this (outgoing) key and
+    /// by `next`, so whoever trusts one learns the other from the log itself.
+    pub fn handover(&self, next: &Self, size: u64, root: [u8; 32]) -> Result<String, AuditKeyError> {
+        if next.origin != self.origin {
+            return Err(AuditKeyError::Sign(format!(
+                "the new key names another log ({}, not {})",
+                next.origin, self.origin
+            )));
+        }
+        let text = Checkpoint::new(&self.origin, size, Hash(root), "")
+            .map_err(|e| AuditKeyError::Sign(e.to_string()))?
+            .to_bytes();
+        let mut note = Note::new(&text, &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        note.add_sigs(&[self.key(), next.key()])
+            .map_err(|e| AuditKeyError::Sign(e.to_string()))?;
+        String::from_utf8(note.to_bytes()).map_err(|e| AuditKeyError::Sign(e.to_string()))
+    }
+
     fn sign_bytes(&self, text: &[u8]) -> Result<String, AuditKeyError> {
         let mut note = Note::new(text, &[]).map_err(|e| AuditKeyError::Sign(e.to_string()))?;
         note.add_sigs(&[self.key()])
@@ -232,11 +250,40 @@ impl AuditSigner {
     }
 }
 
+/// The verifiers of `vkeys`: one signed-note verifier key per line (every audit key the log
+/// has had, after rotations), all naming the same log. Returns them and the log's origin.
+fn verifiers(vkeys: &str) -> Result<(VerifierList, String), String> {
+    let mut list: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+    let mut origin: Option<String> = None;
+    for line in vkeys.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let v = StandardVerifier::new(line).map_err(|e| format!("the verifier key is malformed: {e}"))?;
+        let name = signed_note::Verifier::name(&v).to_owned();
+        match &origin {
+            Some(o) if *o != name => return Err(format!("verifier keys of two logs ({o}, {name})")),
+            Some(_) => {}
+            None => origin = Some(name),
+        }
+        list.push(Box::new(v));
+    }
+    let origin = origin.ok_or("no verifier key")?;
+    Ok((VerifierList::new(list), origin))
+}
+
+/// How many of the audit keys in `vkeys` (one per line) signed `note`.
+pub fn signers(note: &str, vkeys: &str) -> Result<usize, String> {
+    let (list, _) = verifiers(vkeys)?;
+    let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("not a signed note: {e}"))?;
+    let (verified, _) = note
+        .verify(&list)
+        .map_err(|e| format!("not signed by an audit key ({e})"))?;
+    Ok(verified.len())
+}
+
 /// The text of a note signed by the audit key `vkey` (an error if it is not).
 pub fn open_note(note: &str, vkey: &str) -> Result<String, String> {
-    let verifier = StandardVerifier::new(vkey.trim()).map_err(|e| format!("the verifier key is malformed: {e}"))?;
+    let (list, _) = verifiers(vkey)?;
     let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("not a signed note: {e}"))?;
-    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+    note.verify(&list)
         .map_err(|e| format!("not signed by the audit key ({e})"))?;
     String::from_utf8(note.text().to_vec()).map_err(|_| "not text".to_owned())
 }
@@ -251,8 +298,7 @@ pub struct Opened {
 
 /// Opens a signed checkpoint with the audit verifier key `vkey`.
 pub fn open_checkpoint(note: &str, vkey: &str) -> Result<Opened, String> {
-    let verifier = StandardVerifier::new(vkey.trim()).map_err(|e| format!("the verifier key is malformed: {e}"))?;
-    let origin = signed_note::Verifier::name(&verifier).to_owned();
+    let (_, origin) = verifiers(vkey)?;
     let text = open_note(note, vkey)?;
     let cp = Checkpoint::from_bytes(text.as_bytes()).map_err(|e| format!("not a checkpoint: {e}"))?;
     if cp.origin() != origin {

@@ -154,3 +154,80 @@ async fn old_records_are_pruned_behind_a_checkpoint() {
     let out = audit(&data, p.admin, &["verify", "--file", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("were pruned, but no checkpoint"));
 }
+
+/// Rotating the audit key: the running gateway signs a handover checkpoint with the old and
+/// the new key, then signs with the new one only; an auditor holding only the old verifier
+/// key can check the handover (and learns the new key from `audit.vkey`), the full export
+/// verifies with both, also against a checkpoint kept before the rotation, and after a
+/// restart the new key keeps signing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_key_rotation_is_handed_over_by_both_keys() {
+    use relay_core::auditlog::signers;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("gateway.log"));
+    let p = crate::process::spawn_gateway_with(&data, &log, &[], "").await;
+    let client = p.client();
+    for n in 0..3 {
+        let token = test_support::provision_token(&data, &format!("tel:+1555011600{n}"), 3_600_000);
+        client.register(&token).await.unwrap();
+    }
+    let kept = dir.path().join("kept");
+    std::fs::write(&kept, ok(&audit(&data, p.admin, &["checkpoint"]))).unwrap();
+    let old_vkey = std::fs::read_to_string(data.join("keys/audit.vkey")).unwrap();
+    assert_eq!(old_vkey.lines().count(), 1);
+
+    let rotated = ok(&gateway_cli(&data, p.admin, &["keys", "rotate", "audit"]));
+    assert!(
+        rotated.contains("audit:1 active") && rotated.contains("audit version=1"),
+        "{rotated}"
+    );
+    let vkeys = std::fs::read_to_string(data.join("keys/audit.vkey")).unwrap();
+    assert_eq!(vkeys.lines().count(), 2, "{vkeys}");
+    assert!(vkeys.starts_with(&old_vkey), "the old key stays listed");
+    let after = ok(&audit(&data, p.admin, &["checkpoint"]));
+
+    let export = ok(&audit(&data, p.admin, &["export"]));
+    let checkpoints: Vec<String> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "checkpoint")
+        .map(|v| v["note"].as_str().unwrap().to_owned())
+        .collect();
+    let both: Vec<&String> = checkpoints.iter().filter(|n| signers(n, &vkeys) == Ok(2)).collect();
+    assert_eq!(
+        both.len(),
+        1,
+        "one handover checkpoint, signed by both keys: {checkpoints:?}"
+    );
+    assert_eq!(
+        signers(both[0], &old_vkey),
+        Ok(1),
+        "the old key's holder can check the handover"
+    );
+    assert!(signers(&after, &old_vkey).is_err(), "after it, only the new key signs");
+    assert_eq!(signers(&after, &vkeys), Ok(1));
+    assert!(export.contains("audit from=0 to=1"), "the rotation is a record");
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    ok(&audit(
+        &data,
+        p.admin,
+        &[
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--against",
+            kept.to_str().unwrap(),
+        ],
+    ));
+
+    // A restart signs with the new key; no second handover.
+    assert!(p.terminate().success());
+    let p = crate::process::spawn_gateway_with(&data, &log, &[], "").await;
+    let again = ok(&audit(&data, p.admin, &["checkpoint"]));
+    assert_eq!(signers(&again, &vkeys), Ok(1));
+    assert!(signers(&again, &old_vkey).is_err());
+    ok(&audit(&data, p.admin, &["verify", "--against", kept.to_str().unwrap()]));
+    let shown = ok(&audit(&data, p.admin, &["show"]));
+    assert_eq!(shown.matches("audit from=0 to=1").count(), 1, "{shown}");
+}

@@ -300,6 +300,29 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
             .count();
         assert_eq!(unsealed, 1, "the restart's unseal of {name} is audited: {audit}");
     }
+
+    // The audit key rotates inside the token: a new Ed25519 key there, the handover signed by
+    // both, and the log still verifies.
+    let rotated = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "rotate", "audit"]));
+    assert!(rotated.contains("audit version=1 state=active"), "{rotated}");
+    assert!(hsm_a.objects().contains("rcs-relay-audit-1"), "{}", hsm_a.objects());
+    let export = ok(&cli(&data_a, &hsm_a, a.admin, &["audit", "export"]));
+    let vkeys = std::fs::read_to_string(data_a.join("keys/audit.vkey")).unwrap();
+    let handovers = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "checkpoint")
+        .filter(|v| relay_core::auditlog::signers(v["note"].as_str().unwrap(), &vkeys) == Ok(2))
+        .count();
+    assert_eq!(handovers, 1);
+    ok(&cli(
+        &data_a,
+        &hsm_a,
+        a.admin,
+        &["audit", "verify", "--against", checkpoint.to_str().unwrap()],
+    ));
+    let proof = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "prove-custody"]));
+    assert_eq!(proof.matches("the token refused to wrap it out").count(), 3, "{proof}");
     let _ = b;
 }
 
