@@ -75,6 +75,7 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         for (v, s) in &audit.versions {
             labels.push((crate::audit_keys::token_label(*v), "audit signing", Some((*v, s))));
         }
+        let provisioning_labels = provisioning_token_labels(&dir);
         for (label, class, version) in labels {
             let custody = token.custody(&label)?;
             let fingerprint = match version {
@@ -91,6 +92,14 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
                 entry["created_ms"] = s.created_ms.into();
             }
             keys.push(entry);
+        }
+        for label in provisioning_labels {
+            keys.push(serde_json::json!({
+                "name": label, "class": "provisioning signing",
+                "held_by": format!("PKCS#11 token {:?}", token.label()),
+                "fingerprint": relay_keys::fingerprint(&token.signer(&label)?.public_key()),
+                "custody": token.custody(&label)?,
+            }));
         }
     }
     Ok(serde_json::json!({ "provider": provider.kind(), "keys": keys }))
@@ -122,6 +131,19 @@ pub fn init(config: &Config) -> anyhow::Result<Vec<String>> {
     crate::keys::create_private_dir(&dir)?;
     let names: Vec<String> = crate::keys::SYMMETRIC_KEYS.iter().map(|&n| n.to_owned()).collect();
     let mut done = provider.init(&dir, &[AUDIT], &names)?;
+    if config.registration.provisioning_public_key.is_none() {
+        let now = relay_net::clock::now_ms();
+        let had = std::fs::read_to_string(dir.join("provisioning-keys.json")).unwrap_or_default();
+        let keys = crate::provisioning_keys::ProvisioningKeys::open(&dir, &provider, now)?;
+        if keys.signer_is_a_file()? {
+            let id = keys.rotate(now)?;
+            done.push(format!(
+                "provisioning:{id} created in the token and active; the file key is retiring (retire it once its tokens are used)"
+            ));
+        } else if had.is_empty() {
+            done.push("created rcs-relay-provisioning-0 in the token (provisioning signing)".to_owned());
+        }
+    }
     if !dir.join("audit.vkey").exists() {
         crate::keys::audit_signer(&dir, &provider)?;
         done.push(format!("wrote {}", dir.join("audit.vkey").display()));
@@ -151,6 +173,7 @@ pub fn prove(config: &Config) -> anyhow::Result<Vec<String>> {
             .keys()
             .map(|&v| crate::audit_keys::token_label(v)),
     );
+    labels.extend(provisioning_token_labels(&dir));
     for label in &labels {
         match token.try_wrap_out(label) {
             Ok(wrapped) => anyhow::bail!(
@@ -168,4 +191,17 @@ pub fn prove(config: &Config) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(lines)
+}
+
+/// The labels of the provisioning keys held in the token (`provisioning-keys.json`).
+fn provisioning_token_labels(dir: &std::path::Path) -> Vec<String> {
+    let states: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("provisioning-keys.json")).unwrap_or_default())
+            .unwrap_or_default();
+    states
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, e)| e["file"].as_str()?.strip_prefix("token:").map(str::to_owned))
+        .collect()
 }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use rand::RngCore as _;
 use relay_core::RidKey;
-use ring::signature::Ed25519KeyPair;
 
 pub(crate) use crate::keyfile::{create_private_dir, write_private};
 
@@ -54,7 +53,7 @@ impl ProviderKeys {
         let external_provisioning_key = match provisioning_public_key {
             Some(p) => Some(read_public_key(p)?),
             None => {
-                crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?;
+                crate::provisioning_keys::ProvisioningKeys::open(dir, provider, relay_net::clock::now_ms())?;
                 None
             }
         };
@@ -92,7 +91,8 @@ impl KeyProvider for ProviderKeys {
                 state: relay_core::provisioning::KeyState::Active,
             }]),
             None => {
-                crate::provisioning_keys::ProvisioningKeys::open(&self.dir, relay_net::clock::now_ms())?.verifying()
+                crate::provisioning_keys::ProvisioningKeys::open(&self.dir, &self.provider, relay_net::clock::now_ms())?
+                    .verifying()
             }
         }
     }
@@ -102,14 +102,18 @@ impl KeyProvider for ProviderKeys {
             self.external_provisioning_key.is_none(),
             "the provisioning key is kept outside this gateway (registration.provisioning_public_key)"
         );
-        crate::provisioning_keys::ProvisioningKeys::open(&self.dir, relay_net::clock::now_ms())?.destroy(id)
+        crate::provisioning_keys::ProvisioningKeys::open(&self.dir, &self.provider, relay_net::clock::now_ms())?
+            .destroy(id)
     }
 }
 
-/// The operator's provisioning signing key in `dir`: the newest active one (the first,
-/// `provisioning.pk8`, is generated if missing). See [`crate::provisioning_keys`].
-pub fn provisioning_keypair(dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    crate::provisioning_keys::ProvisioningKeys::open(dir, relay_net::clock::now_ms())?.signer()
+/// The operator's provisioning signing key in `dir`: the newest active one (the first is
+/// generated if missing). See [`crate::provisioning_keys`].
+pub fn provisioning_signer(
+    dir: &Path,
+    provider: &relay_keys::Provider,
+) -> anyhow::Result<crate::provisioning_keys::Signer> {
+    crate::provisioning_keys::ProvisioningKeys::open(dir, provider, relay_net::clock::now_ms())?.signer()
 }
 
 /// The current audit signing key (see [`crate::audit_keys`]): under a PKCS#11 provider an
@@ -121,9 +125,15 @@ pub fn audit_signer(dir: &Path, provider: &relay_keys::Provider) -> anyhow::Resu
 
 /// A provisioning token for `address`, valid for `valid_for` seconds, signed with the newest
 /// active provisioning key in `dir` (`gateway provision`).
-pub fn provisioning_token(dir: &Path, address: &str, valid_for: u64, now_ms: u64) -> anyhow::Result<String> {
+pub fn provisioning_token(
+    dir: &Path,
+    provider: &relay_keys::Provider,
+    address: &str,
+    valid_for: u64,
+    now_ms: u64,
+) -> anyhow::Result<String> {
     let address = relay_core::Address::parse(address).map_err(|e| anyhow::anyhow!("invalid address: {e}"))?;
-    let key = provisioning_keypair(dir)?;
+    let key = provisioning_signer(dir, provider)?;
     let mut nonce = [0u8; 16];
     rand::rng().fill_bytes(&mut nonce);
     let claims = relay_core::provisioning::ProvisioningClaims {
@@ -131,7 +141,7 @@ pub fn provisioning_token(dir: &Path, address: &str, valid_for: u64, now_ms: u64
         expires_at_ms: now_ms + valid_for.saturating_mul(1000),
         nonce,
     };
-    Ok(relay_core::provisioning::sign(&key, &claims))
+    key.sign(&claims)
 }
 
 /// Directory of the provider keys under a data directory.

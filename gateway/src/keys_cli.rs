@@ -49,7 +49,10 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
             )
         })
     };
-    let provisioning = || crate::provisioning_keys::ProvisioningKeys::open(&dir, relay_net::clock::now_ms());
+    let provisioning = || {
+        let provider = relay_keys::Provider::open(&settings.config.keys)?;
+        crate::provisioning_keys::ProvisioningKeys::open(&dir, &provider, relay_net::clock::now_ms())
+    };
     match action {
         KeysAction::List => {
             let keys = provisioning()?;

@@ -423,7 +423,8 @@ fn evidence(settings: &gateway::Settings, config_file: Option<&Path>, action: Ev
 
 fn provision(settings: &gateway::Settings, address: &str, valid_for: u64) -> anyhow::Result<()> {
     let key_dir = gateway::keys::key_dir(&settings.config.data_dir);
-    let token = gateway::keys::provisioning_token(&key_dir, address, valid_for, relay_net::clock::now_ms())?;
+    let provider = relay_keys::Provider::open(&settings.config.keys)?;
+    let token = gateway::keys::provisioning_token(&key_dir, &provider, address, valid_for, relay_net::clock::now_ms())?;
     writeln!(std::io::stdout(), "{token}")?;
     Ok(())
 }

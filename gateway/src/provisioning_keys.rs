@@ -3,7 +3,9 @@
 //! retired or compromised key's tokens are refused.
 //!
 //! `keys/provisioning.pk8` is the first key (created at first start); a rotation adds
-//! `keys/provisioning-<id>.pk8` and makes it the signing key, the previous one retiring;
+//! `keys/provisioning-<id>.pk8` and makes it the signing key, the previous one retiring.
+//! Under a PKCS#11 provider the keys are Ed25519 keys in the token instead
+//! (`rcs-relay-provisioning-<n>`, non-extractable; `gateway provision` has the token sign);
 //! `keys/provisioning-keys.json` holds each key's state and creation time. Every active or
 //! retiring key verifies; the newest active one signs (`gateway provision`). A compromised
 //! key is kept, not deleted (evidence). The running gateway re-reads the states on
@@ -37,10 +39,54 @@ pub struct KeyInfo {
     pub public_key: Vec<u8>,
 }
 
-/// The provisioning keys in a key directory.
+/// The provisioning keys in a key directory (and, under a PKCS#11 provider, in its token).
 #[derive(Debug)]
 pub struct ProvisioningKeys {
     dir: PathBuf,
+    token: Option<std::sync::Arc<relay_keys::Token>>,
+}
+
+/// Entries whose key is in the token: `token:<label>`.
+const IN_TOKEN: &str = "token:";
+
+fn token_label(n: usize) -> String {
+    format!("rcs-relay-provisioning-{n}")
+}
+
+/// The key that signs new tokens.
+#[derive(Debug)]
+pub enum Signer {
+    File(Ed25519KeyPair),
+    Token(relay_keys::TokenSigner),
+}
+
+impl Signer {
+    pub fn public_key(&self) -> Vec<u8> {
+        match self {
+            Self::File(k) => k.public_key().as_ref().to_vec(),
+            Self::Token(k) => k.public_key().to_vec(),
+        }
+    }
+
+    /// A provisioning token for `claims`.
+    pub fn sign(&self, claims: &relay_core::provisioning::ProvisioningClaims) -> anyhow::Result<String> {
+        match self {
+            Self::File(k) => Ok(relay_core::provisioning::sign(k, claims)),
+            Self::Token(k) => {
+                let mut failed = None;
+                let token = relay_core::provisioning::sign_with(&k.public_key(), claims, |payload| {
+                    k.sign(payload).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        Vec::new()
+                    })
+                });
+                match failed {
+                    Some(e) => Err(e.into()),
+                    None => Ok(token),
+                }
+            }
+        }
+    }
 }
 
 fn hex_id(public_key: &[u8]) -> String {
@@ -48,23 +94,64 @@ fn hex_id(public_key: &[u8]) -> String {
 }
 
 impl ProvisioningKeys {
-    /// Opens the keys in `dir`, creating the first key (and the state file) if missing.
-    pub fn open(dir: &Path, now_ms: u64) -> anyhow::Result<Self> {
+    /// Opens the keys in `dir` held by `provider`, creating the first key (and the state
+    /// file) if there is none.
+    pub fn open(dir: &Path, provider: &relay_keys::Provider, now_ms: u64) -> anyhow::Result<Self> {
         crate::keyfile::create_private_dir(dir)?;
-        let keys = Self { dir: dir.to_path_buf() };
-        let first = crate::keyfile::provisioning_keypair_at(&dir.join(FIRST))?;
+        let keys = Self {
+            dir: dir.to_path_buf(),
+            token: provider.token().cloned(),
+        };
         let mut states = keys.states()?;
-        let id = hex_id(first.public_key().as_ref());
-        if let std::collections::btree_map::Entry::Vacant(v) = states.entry(id) {
-            v.insert(Entry {
-                state: KeyState::Active.as_str().into(),
-                created_ms: now_ms,
-                file: FIRST.into(),
-            });
-            keys.save(&states)?;
+        if states.is_empty() || keys.token.is_none() {
+            let (file, public_key) = match &keys.token {
+                None => {
+                    let first = crate::keyfile::provisioning_keypair_at(&dir.join(FIRST))?;
+                    (FIRST.to_owned(), first.public_key().as_ref().to_vec())
+                }
+                Some(token) => {
+                    let label = token_label(0);
+                    token.init(&[&label])?;
+                    (
+                        format!("{IN_TOKEN}{label}"),
+                        token.signer(&label)?.public_key().to_vec(),
+                    )
+                }
+            };
+            if let std::collections::btree_map::Entry::Vacant(v) = states.entry(hex_id(&public_key)) {
+                v.insert(Entry {
+                    state: KeyState::Active.as_str().into(),
+                    created_ms: now_ms,
+                    file,
+                });
+                keys.save(&states)?;
+                crate::keyfile::write_durable(&dir.join("provisioning.pub"), &public_key)?;
+            }
         }
-        crate::keyfile::write_durable(&dir.join("provisioning.pub"), first.public_key().as_ref())?;
         Ok(keys)
+    }
+
+    fn public_key(&self, e: &Entry) -> anyhow::Result<Vec<u8>> {
+        match e.file.strip_prefix(IN_TOKEN) {
+            Some(label) => Ok(self.token_for(label)?.signer(label)?.public_key().to_vec()),
+            None => Ok(crate::keyfile::provisioning_keypair_at(&self.dir.join(&e.file))?
+                .public_key()
+                .as_ref()
+                .to_vec()),
+        }
+    }
+
+    fn token_for(&self, label: &str) -> anyhow::Result<&std::sync::Arc<relay_keys::Token>> {
+        self.token.as_ref().with_context(|| {
+            format!("provisioning key {label} is in a PKCS#11 token: configure [keys] provider = \"pkcs11\"")
+        })
+    }
+
+    /// Whether the newest active key is a file (`keys init` then rotates into the token).
+    pub fn signer_is_a_file(&self) -> anyhow::Result<bool> {
+        let states = self.states()?;
+        let newest = self.list()?.into_iter().rev().find(|k| k.state == KeyState::Active);
+        Ok(newest.is_some_and(|k| !states[&k.id].file.starts_with(IN_TOKEN)))
     }
 
     fn states(&self) -> anyhow::Result<BTreeMap<String, Entry>> {
@@ -85,13 +172,12 @@ impl ProvisioningKeys {
     pub fn list(&self) -> anyhow::Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for (id, e) in self.states()? {
-            let pair = crate::keyfile::provisioning_keypair_at(&self.dir.join(&e.file))?;
             let state = KeyState::parse(&e.state).with_context(|| format!("key {id}: unknown state {:?}", e.state))?;
             out.push(KeyInfo {
+                public_key: self.public_key(&e)?,
                 id,
                 state,
                 created_ms: e.created_ms,
-                public_key: pair.public_key().as_ref().to_vec(),
             });
         }
         out.sort_by_key(|k| k.created_ms);
@@ -112,7 +198,7 @@ impl ProvisioningKeys {
     }
 
     /// The signing key: the newest active one.
-    pub fn signer(&self) -> anyhow::Result<Ed25519KeyPair> {
+    pub fn signer(&self) -> anyhow::Result<Signer> {
         let states = self.states()?;
         let newest = self
             .list()?
@@ -120,18 +206,44 @@ impl ProvisioningKeys {
             .rev()
             .find(|k| k.state == KeyState::Active)
             .context("no active provisioning key: rotate one in (`gateway keys rotate provisioning`)")?;
-        crate::keyfile::provisioning_keypair_at(&self.dir.join(&states[&newest.id].file))
+        let file = &states[&newest.id].file;
+        match file.strip_prefix(IN_TOKEN) {
+            Some(label) => Ok(Signer::Token(self.token_for(label)?.signer(label)?)),
+            None => Ok(Signer::File(crate::keyfile::provisioning_keypair_at(
+                &self.dir.join(file),
+            )?)),
+        }
     }
 
     /// A new signing key; the active ones become retiring (their tokens still verify).
     pub fn rotate(&self, now_ms: u64) -> anyhow::Result<String> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-            .map_err(|_| anyhow::anyhow!("generating a provisioning key"))?;
-        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow::anyhow!("a generated key"))?;
-        let id = hex_id(pair.public_key().as_ref());
-        let file = format!("provisioning-{id}.pk8");
-        crate::keyfile::write_private(&self.dir.join(&file), doc.as_ref())?;
         let mut states = self.states()?;
+        let (id, file) = match &self.token {
+            None => {
+                let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                    .map_err(|_| anyhow::anyhow!("generating a provisioning key"))?;
+                let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow::anyhow!("a generated key"))?;
+                let id = hex_id(pair.public_key().as_ref());
+                let file = format!("provisioning-{id}.pk8");
+                crate::keyfile::write_private(&self.dir.join(&file), doc.as_ref())?;
+                (id, file)
+            }
+            Some(token) => {
+                let n = (0..)
+                    .find(|n| {
+                        !states
+                            .values()
+                            .any(|e| e.file == format!("{IN_TOKEN}{}", token_label(*n)))
+                    })
+                    .unwrap_or(0);
+                let label = token_label(n);
+                token.init(&[&label])?;
+                (
+                    hex_id(&token.signer(&label)?.public_key()),
+                    format!("{IN_TOKEN}{label}"),
+                )
+            }
+        };
         for e in states.values_mut() {
             if e.state == KeyState::Active.as_str() {
                 e.state = KeyState::Retiring.as_str().into();
@@ -165,10 +277,16 @@ impl ProvisioningKeys {
         if entry.file == FIRST {
             bail!("key {id} is the first key ({FIRST}), which the key directory is built around; it stays retired");
         }
-        let file = self.dir.join(&entry.file);
+        let file = entry.file.clone();
         states.remove(id);
         self.save(&states)?;
-        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+        match file.strip_prefix(IN_TOKEN) {
+            Some(label) => Ok(self.token_for(label)?.destroy(label)?),
+            None => {
+                let file = self.dir.join(file);
+                std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+            }
+        }
     }
 
     /// Retires a key or marks it compromised (its tokens are refused from then on).

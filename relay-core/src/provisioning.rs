@@ -92,12 +92,19 @@ pub enum ProvisioningError {
 
 /// Signs claims with the operator's provisioning key (a `pt2` token naming the key).
 pub fn sign(key: &Ed25519KeyPair, claims: &ProvisioningClaims) -> String {
-    let payload = encode_claims(claims, key_id(key.public_key().as_ref()));
-    let sig = key.sign(&payload);
+    sign_with(key.public_key().as_ref(), claims, |payload| {
+        key.sign(payload).as_ref().to_vec()
+    })
+}
+
+/// A token signed by the Ed25519 key with `public_key` through `sign` (a key held in an HSM).
+pub fn sign_with(public_key: &[u8], claims: &ProvisioningClaims, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    let payload = encode_claims(claims, key_id(public_key));
+    let sig = sign(&payload);
     format!(
         "{PREFIX}{}.{}",
         URL_SAFE_NO_PAD.encode(&payload),
-        URL_SAFE_NO_PAD.encode(sig.as_ref())
+        URL_SAFE_NO_PAD.encode(&sig)
     )
 }
 

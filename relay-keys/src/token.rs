@@ -391,6 +391,21 @@ impl Token {
         })
     }
 
+    /// Destroys the key pair (or secret key) `label`: a retired key's material, gone.
+    pub fn destroy(&self, label: &str) -> Result<(), KeyError> {
+        let session = self.session();
+        for class in [
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+            ObjectClass::SECRET_KEY,
+        ] {
+            if let Some(key) = Self::find(&session, class, label)? {
+                session.destroy_object(key).map_err(ck("C_DestroyObject"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Tries to take the key `label` out of the token, wrapped under a fresh session key
     /// (`CKM_AES_KEY_WRAP_PAD`): what an attacker with the PIN would try. A held key refuses
     /// (`CKR_KEY_UNEXTRACTABLE`); this returns the token's answer.

@@ -226,7 +226,8 @@ pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Option
 
 /// Signs a provisioning token with the key in `data_dir/keys/`.
 pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> String {
-    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
+    let key =
+        gateway::keys::provisioning_signer(&gateway::keys::key_dir(data_dir), &relay_keys::Provider::files()).unwrap();
     let mut nonce = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
     let claims = relay_core::provisioning::ProvisioningClaims {
@@ -234,18 +235,19 @@ pub fn provision_token(data_dir: &Path, address: &str, valid_for_ms: u64) -> Str
         expires_at_ms: relay_net::clock::now_ms().saturating_add(valid_for_ms),
         nonce,
     };
-    relay_core::provisioning::sign(&key, &claims)
+    key.sign(&claims).unwrap()
 }
 
 /// A token that expired a minute ago.
 pub fn expired_token(data_dir: &Path, address: &str) -> String {
-    let key = gateway::keys::provisioning_keypair(&gateway::keys::key_dir(data_dir)).unwrap();
+    let key =
+        gateway::keys::provisioning_signer(&gateway::keys::key_dir(data_dir), &relay_keys::Provider::files()).unwrap();
     let claims = relay_core::provisioning::ProvisioningClaims {
         address: relay_core::Address::parse(address).unwrap(),
         expires_at_ms: relay_net::clock::now_ms() - 60_000,
         nonce: [1; 16],
     };
-    relay_core::provisioning::sign(&key, &claims)
+    key.sign(&claims).unwrap()
 }
 
 /// A distinct, well-formed MLS PrivateMessage carrying `tag` as its ciphertext.

@@ -128,9 +128,11 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
     let b = crate::process::spawn_gateway_with(&data_b, &log_b, &env_b, &toml_b).await;
 
     let (alice_addr, carol_addr, bob_addr) = ("tel:+15550117001", "tel:+15550117002", "tel:+447700917003");
+    // Provisioning tokens are signed by the token (`gateway provision`).
     let register = async |gw: &test_support::process::Proc, data: &Path, address: &str| {
-        let t = test_support::provision_token(data, address, 3_600_000);
-        gw.client().register(&t).await.unwrap().credential
+        let hsm = if data == data_a.as_path() { &hsm_a } else { &hsm_b };
+        let t = ok(&cli(data, hsm, gw.admin, &["provision", address]));
+        gw.client().register(t.trim()).await.unwrap().credential
     };
     let alice_credential = register(&a, &data_a, alice_addr).await;
     let alice = a.client().with_credential(alice_credential.clone());
@@ -219,7 +221,7 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
     let inventory = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "list"]));
     let json: serde_json::Value = serde_json::from_str(&inventory[..inventory.rfind('}').unwrap() + 1]).unwrap();
     assert_eq!(json["provider"], "pkcs11");
-    for label in ["rcs-relay-kek", "rcs-relay-audit"] {
+    for label in ["rcs-relay-kek", "rcs-relay-audit", "rcs-relay-provisioning-0"] {
         let key = json["keys"]
             .as_array()
             .unwrap()
@@ -246,7 +248,7 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
         .unwrap();
     assert_eq!(rid_entry["held_by"], "sealed under rcs-relay-kek");
     let proof = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "prove-custody"]));
-    assert_eq!(proof.matches("the token refused to wrap it out").count(), 2, "{proof}");
+    assert_eq!(proof.matches("the token refused to wrap it out").count(), 3, "{proof}");
     assert!(
         proof.contains("KeyUnextractable") || proof.contains("unextractable"),
         "{proof}"
@@ -322,7 +324,41 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
         &["audit", "verify", "--against", checkpoint.to_str().unwrap()],
     ));
     let proof = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "prove-custody"]));
-    assert_eq!(proof.matches("the token refused to wrap it out").count(), 3, "{proof}");
+    assert_eq!(proof.matches("the token refused to wrap it out").count(), 4, "{proof}");
+
+    // The provisioning key rotates inside the token with an overlap window: a token of the
+    // old key registers until the old key is retired, then it is refused.
+    let provision = |address: &str| {
+        ok(&cli(&data_a, &hsm_a, a.admin, &["provision", address]))
+            .trim()
+            .to_owned()
+    };
+    let (old_1, old_2) = (provision("tel:+15550117011"), provision("tel:+15550117012"));
+    let old_id = gateway::api::provisioning_key_id(&std::fs::read(data_a.join("keys/provisioning.pub")).unwrap());
+    let rotated = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "rotate", "provisioning"]));
+    assert!(rotated.contains("active; the previous key is retiring"), "{rotated}");
+    assert!(
+        hsm_a.objects().contains("rcs-relay-provisioning-1"),
+        "{}",
+        hsm_a.objects()
+    );
+    a.client()
+        .register(&old_1)
+        .await
+        .expect("the old key's token in the overlap window");
+    let new = provision("tel:+15550117013");
+    a.client().register(&new).await.expect("the new key's token");
+    ok(&cli(
+        &data_a,
+        &hsm_a,
+        a.admin,
+        &["keys", "retire", &format!("provisioning:{old_id}")],
+    ));
+    let refused = a.client().register(&old_2).await;
+    assert!(
+        matches!(&refused, Err(relay_client::ClientError::Api { status: 401, code, .. }) if code == "provisioning_key_revoked"),
+        "{refused:?}"
+    );
     let _ = b;
 }
 
