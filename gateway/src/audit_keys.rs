@@ -89,7 +89,7 @@ fn append_vkey(dir: &Path, vkey: &str) -> anyhow::Result<()> {
 
 /// The signer of version `v`, created if it is version 0 and missing (first start).
 pub fn signer(dir: &Path, provider: &relay_keys::Provider, v: u32) -> anyhow::Result<AuditSigner> {
-    crate::keys::create_private_dir(dir)?;
+    crate::keyfile::create_private_dir(dir)?;
     let Some(token) = provider.token() else {
         let path = dir.join(file_name(v));
         return match std::fs::read_to_string(&path) {

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use relay_keys::token::{AUDIT, KEK};
+use storage::prelude::*;
 
 use crate::config::Config;
 
@@ -204,4 +205,25 @@ fn provisioning_token_labels(dir: &std::path::Path) -> Vec<String> {
         .flatten()
         .filter_map(|(_, e)| e["file"].as_str()?.strip_prefix("token:").map(str::to_owned))
         .collect()
+}
+
+/// Records in the audit log each sealed key the provider created or unsealed at start
+/// (`key.create`, `key.unseal`).
+pub(crate) async fn audit_key_events(store: &storage::Storage, provider: &relay_keys::Provider) -> anyhow::Result<()> {
+    let Some(token) = provider.token() else {
+        return Ok(());
+    };
+    for e in provider.take_events() {
+        let detail = format!(
+            "key={} provider=pkcs11 token={} fingerprint={}",
+            e.name,
+            token.label(),
+            e.fingerprint
+        );
+        store
+            .audit_append(e.kind, detail, relay_net::clock::now_ms())
+            .await
+            .context("recording a key unseal in the audit log")?;
+    }
+    Ok(())
 }

@@ -248,7 +248,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tracker.clone(),
     ));
     let signer = crate::keys::audit_signer(&key_dir(data_dir), &provider).context("loading the audit key")?;
-    audit_unseals(&store, &provider).await?;
+    crate::custody::audit_key_events(&store, &provider).await?;
     let checkpointer = crate::audit::Checkpointer::new(
         store.clone(),
         (signer, key_dir(data_dir), provider.clone()),
@@ -511,25 +511,4 @@ async fn serve_connection(
             }
         }
     }
-}
-
-/// Records in the audit log each sealed key the provider created or unsealed at start
-/// (`key.create`, `key.unseal`).
-async fn audit_unseals(store: &Storage, provider: &relay_keys::Provider) -> anyhow::Result<()> {
-    let Some(token) = provider.token() else {
-        return Ok(());
-    };
-    for e in provider.take_events() {
-        let detail = format!(
-            "key={} provider=pkcs11 token={} fingerprint={}",
-            e.name,
-            token.label(),
-            e.fingerprint
-        );
-        store
-            .audit_append(e.kind, detail, relay_net::clock::now_ms())
-            .await
-            .context("recording a key unseal in the audit log")?;
-    }
-    Ok(())
 }
