@@ -54,5 +54,6 @@ pub(crate) async fn sweeper(state: AppState, every: Duration, shutdown: Cancella
         state.retain_recent_limits();
         metrics::gauge!("relay_storage_disk_bytes").set(state.store().size_on_disk() as f64);
         metrics::gauge!("relay_live_receivers").set(state.store().watchers().len() as f64);
+        crate::custody::set_key_ages(state.key_provider().key_dir(), relay_net::clock::now_ms());
     }
 }

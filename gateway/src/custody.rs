@@ -227,3 +227,56 @@ pub(crate) async fn audit_key_events(store: &storage::Storage, provider: &relay_
     }
     Ok(())
 }
+
+/// When each class's current key was created (ms since the Unix epoch), from the key
+/// directory's state files (a key from before they existed: its file's modification time).
+pub fn key_created(dir: &std::path::Path) -> Vec<(&'static str, u64)> {
+    let mtime = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+    };
+    let mut out = Vec::new();
+    if let Some(t) = mtime("rid.key").or_else(|| mtime("rid.key.sealed")) {
+        out.push(("rid", t));
+    }
+    if let Ok(ring) = relay_keys::ring::states(dir, interconnect::record::KEY_RING) {
+        let file = relay_keys::ring::file_name(interconnect::record::KEY_RING, ring.current);
+        let created = ring.versions.get(&ring.current).map_or(0, |v| v.created_ms);
+        if let Some(t) = Some(created)
+            .filter(|&c| c > 0)
+            .or_else(|| mtime(&file).or_else(|| mtime(&format!("{file}.sealed"))))
+        {
+            out.push(("outbox", t));
+        }
+    }
+    if let Ok(audit) = crate::audit_keys::states(dir) {
+        let created = audit.versions.get(&audit.current).map_or(0, |v| v.created_ms);
+        if let Some(t) = Some(created).filter(|&c| c > 0).or_else(|| mtime("audit.vkey")) {
+            out.push(("audit", t));
+        }
+    }
+    let provisioning: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("provisioning-keys.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let newest_active = provisioning
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| e["state"] == "active")
+        .filter_map(|(_, e)| e["created_ms"].as_u64())
+        .max();
+    if let Some(t) = newest_active {
+        out.push(("provisioning", t));
+    }
+    out
+}
+
+/// `relay_key_age_seconds{class}`: how old each class's current key is (rotation cadence).
+pub fn set_key_ages(dir: &std::path::Path, now_ms: u64) {
+    for (class, created) in key_created(dir) {
+        metrics::gauge!("relay_key_age_seconds", "class" => class).set(now_ms.saturating_sub(created) as f64 / 1000.0);
+    }
+}

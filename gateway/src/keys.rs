@@ -20,6 +20,8 @@ pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>>;
     /// Deletes a retired or compromised provisioning key (a dual-control call).
     fn destroy_provisioning_key(&self, id: &str) -> anyhow::Result<()>;
+    /// The key directory.
+    fn key_dir(&self) -> &Path;
     /// The interconnect outbox key ring as it is now on disk.
     fn outbox_ring(&self) -> anyhow::Result<relay_keys::ring::Ring>;
     /// Retires version `v` of the outbox key ring on disk.
@@ -67,6 +69,10 @@ impl ProviderKeys {
 }
 
 impl KeyProvider for ProviderKeys {
+    fn key_dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn outbox_ring(&self) -> anyhow::Result<relay_keys::ring::Ring> {
         Ok(self.provider.ring(&self.dir, interconnect::record::KEY_RING)?)
     }

@@ -249,6 +249,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     ));
     let signer = crate::keys::audit_signer(&key_dir(data_dir), &provider).context("loading the audit key")?;
     crate::custody::audit_key_events(&store, &provider).await?;
+    crate::custody::set_key_ages(&key_dir(data_dir), relay_net::clock::now_ms());
     let checkpointer = crate::audit::Checkpointer::new(
         store.clone(),
         (signer, key_dir(data_dir), provider.clone()),
