@@ -166,6 +166,13 @@ async fn run(name: &str, blocks: &[Block]) {
 /// What each walkthrough's servers must have said in their logs.
 const SAYS: &[(&str, &[&str])] = &[
     (
+        "hsm",
+        &[
+            "under the key-encryption key of PKCS#11 token",
+            "audit key rotated: handover checkpoint signed by both keys",
+        ],
+    ),
+    (
         "quickstart",
         &[
             "gateway listening",
@@ -200,7 +207,7 @@ async fn every_readme_walkthrough_runs_as_written() {
             names.push(b.walkthrough.clone());
         }
     }
-    for wanted in ["quickstart", "push", "peering", "loadtest"] {
+    for wanted in ["quickstart", "push", "peering", "loadtest", "hsm"] {
         assert!(
             names.iter().any(|n| n == wanted),
             "the README has no {wanted} walkthrough"
