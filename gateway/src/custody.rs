@@ -76,7 +76,7 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         for (v, s) in &audit.versions {
             labels.push((crate::audit_keys::token_label(*v), "audit signing", Some((*v, s))));
         }
-        let provisioning_labels = provisioning_token_labels(&dir);
+        let provisioning_labels = provisioning_in_token(&dir);
         for (label, class, version) in labels {
             let custody = token.custody(&label)?;
             let fingerprint = match version {
@@ -90,17 +90,34 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
             if let Some((v, s)) = version {
                 entry["version"] = v.into();
                 entry["state"] = s.state.clone().into();
-                entry["created_ms"] = s.created_ms.into();
+                entry["created_ms"] = created_or(s.created_ms, &dir.join("audit.vkey")).into();
             }
             keys.push(entry);
         }
-        for label in provisioning_labels {
+        for (label, created_ms) in provisioning_labels {
             keys.push(serde_json::json!({
                 "name": label, "class": "provisioning signing",
                 "held_by": format!("PKCS#11 token {:?}", token.label()),
                 "fingerprint": relay_keys::fingerprint(&token.signer(&label)?.public_key()),
-                "custody": token.custody(&label)?,
+                "custody": token.custody(&label)?, "created_ms": created_ms,
             }));
+        }
+    }
+    keys.extend(certificate_keys(config));
+    for k in &mut keys {
+        let class = k["class"].as_str().unwrap_or_default();
+        let cadence_days: Option<u64> = match class {
+            c if c.starts_with("provisioning") => Some(90),
+            c if c.starts_with("interconnect outbox") => Some(180),
+            c if c.starts_with("audit") => Some(365),
+            _ => None,
+        };
+        let created = k["created_ms"]
+            .as_u64()
+            .filter(|&c| c > 0)
+            .or_else(|| k["modified_ms"].as_u64());
+        if let (Some(days), Some(created), None) = (cadence_days, created, k.get("rotate_by_ms")) {
+            k["rotate_by_ms"] = (created + days * 86_400_000).into();
         }
     }
     Ok(serde_json::json!({ "provider": provider.kind(), "keys": keys }))
@@ -196,6 +213,11 @@ pub fn prove(config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// The labels of the provisioning keys held in the token (`provisioning-keys.json`).
 fn provisioning_token_labels(dir: &std::path::Path) -> Vec<String> {
+    provisioning_in_token(dir).into_iter().map(|(label, _)| label).collect()
+}
+
+/// The provisioning keys held in the token, with their creation times.
+fn provisioning_in_token(dir: &std::path::Path) -> Vec<(String, u64)> {
     let states: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("provisioning-keys.json")).unwrap_or_default())
             .unwrap_or_default();
@@ -203,8 +225,24 @@ fn provisioning_token_labels(dir: &std::path::Path) -> Vec<String> {
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(_, e)| e["file"].as_str()?.strip_prefix("token:").map(str::to_owned))
+        .filter_map(|(_, e)| {
+            let label = e["file"].as_str()?.strip_prefix("token:")?.to_owned();
+            Some((label, e["created_ms"].as_u64().unwrap_or(0)))
+        })
         .collect()
+}
+
+/// `created_ms`, or where it is unknown (0: a key from before versions were recorded) the
+/// modification time of `file`.
+fn created_or(created_ms: u64, file: &std::path::Path) -> u64 {
+    if created_ms > 0 {
+        return created_ms;
+    }
+    std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Records in the audit log each sealed key the provider created or unsealed at start
@@ -279,4 +317,45 @@ pub fn set_key_ages(dir: &std::path::Path, now_ms: u64) {
     for (class, created) in key_created(dir) {
         metrics::gauge!("relay_key_age_seconds", "class" => class).set(now_ms.saturating_sub(created) as f64 / 1000.0);
     }
+}
+
+/// The TLS and interconnect certificates' keys: where they are, the certificate's SHA-256
+/// (their fingerprint), when it was issued and when it must be replaced (notAfter).
+fn certificate_keys(config: &Config) -> Vec<serde_json::Value> {
+    let dev = (
+        config.data_dir.join("tls/dev-cert.pem"),
+        config.data_dir.join("tls/dev-key.pem"),
+    );
+    let mut pairs = vec![(
+        "TLS certificate key (client listener)",
+        match (&config.tls.cert, &config.tls.key, &config.acme) {
+            (Some(c), Some(k), _) => (c.clone(), k.clone()),
+            (_, _, Some(_)) => {
+                let acme = crate::tls::acme_dir(&config.data_dir);
+                (acme.join("cert.pem"), acme.join("key.pem"))
+            }
+            _ => dev,
+        },
+    )];
+    if let Some(ic) = &config.interconnect {
+        pairs.push((
+            "interconnect certificate key (mutual TLS)",
+            (ic.cert.clone(), ic.key.clone()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (class, (cert, key)) in pairs {
+        let Ok(chain) = relay_net::pem::load_certs(&cert) else {
+            continue;
+        };
+        let Some(leaf) = chain.first() else { continue };
+        let info = relay_net::acme::cert_info(leaf);
+        out.push(serde_json::json!({
+            "name": key.display().to_string(), "class": class, "held_by": "file (PEM)",
+            "fingerprint": relay_core::hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref())[..32].to_owned(),
+            "created_ms": info.as_ref().map(|i| i.not_before.max(0) as u64 * 1000),
+            "rotate_by_ms": info.as_ref().map(|i| i.not_after.max(0) as u64 * 1000),
+        }));
+    }
+    out
 }

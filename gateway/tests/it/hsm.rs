@@ -240,6 +240,30 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
             "{key}"
         );
     }
+    // Every class is in the inventory, with a rotate-by where there is a cadence.
+    let classes: Vec<&str> = json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["class"].as_str().unwrap())
+        .collect();
+    for class in [
+        "K_rid (recipient hashes)",
+        "interconnect outbox sealing",
+        "audit signing",
+        "provisioning signing",
+        "key-encryption key (seals the symmetric keys)",
+        "TLS certificate key (client listener)",
+        "interconnect certificate key (mutual TLS)",
+    ] {
+        assert!(classes.contains(&class), "{class} missing from {classes:?}");
+    }
+    for k in json["keys"].as_array().unwrap() {
+        let class = k["class"].as_str().unwrap();
+        if class.starts_with("provisioning") || class.starts_with("audit") || class.contains("certificate") {
+            assert!(k["rotate_by_ms"].as_u64().is_some(), "{k}");
+        }
+    }
     let rid_entry = json["keys"]
         .as_array()
         .unwrap()
