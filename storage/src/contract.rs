@@ -236,6 +236,34 @@ pub trait Controls: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
+/// Re-keys a rid's records with the new K_rid's packages: given the stored bytes of a
+/// KeyPackage sealed for the old rid, the bytes sealed for the new one (`None`: it does not
+/// open, which fails the re-key).
+pub type Reseal = Box<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
+/// K_rid rotation by lazy re-key: at the rotation every rid (an address, under the previous
+/// K_rid) is marked; a request naming the address moves the rid's records to its rid under
+/// the new K_rid. Only the marks and the moves are stored, never which rid became which.
+pub trait Rekey: Send + Sync + 'static {
+    /// Marks every rid that ever registered a device as still under the previous key
+    /// (audited: `key.rotate rid marked=N`). Refused while an earlier re-key has marks left.
+    fn rekey_begin(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The rids still marked.
+    fn rekey_marked(&self) -> impl Future<Output = Result<Vec<Rid>, StoreError>> + Send;
+
+    /// Moves every record of the marked rid `old` to `new` in one write: devices and
+    /// their credentials, the device counter, KeyPackages (through `reseal`) and their
+    /// Welcome routes, push handles, queued envelopes (their blob records re-addressed),
+    /// gaps, idempotency records, a suspension; then drops the mark. `false` if `old` was
+    /// not marked (already moved, or never registered).
+    fn rekey(&self, old: Rid, new: Rid, reseal: Reseal) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Drops every mark left (a forced retirement of the previous key; audited
+    /// `key.retire rid forced unmigrated=N`). Returns how many there were.
+    fn rekey_abandon(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
 /// Expiry, statistics and lifecycle.
 pub trait Maintenance: Send + Sync + 'static {
     /// Deletes everything whose time to live has passed, in bounded chunks.
@@ -259,11 +287,11 @@ pub trait Maintenance: Send + Sync + 'static {
 
 /// The whole contract.
 pub trait Store:
-    Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Maintenance
+    Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Rekey + Maintenance
 {
 }
 
 impl<T> Store for T where
-    T: Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Maintenance
+    T: Devices + Mailboxes + KeyPackages + Groups + PushHandles + Outbox + Audit + Controls + Rekey + Maintenance
 {
 }

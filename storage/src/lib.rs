@@ -42,7 +42,9 @@ pub mod model;
 mod sled;
 pub mod watch;
 
-pub use contract::{Audit, Controls, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Store};
+pub use contract::{
+    Audit, Controls, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Rekey, Reseal, Store,
+};
 pub use journal::Recovery;
 pub use model::*;
 pub use sled::{SledConfig, SledStore};
@@ -51,7 +53,7 @@ pub use sled::{SledConfig, SledStore};
 pub mod prelude {
     pub use crate::contract::{
         Audit as _, Controls as _, Devices as _, Groups as _, KeyPackages as _, Mailboxes as _, Maintenance as _,
-        Outbox as _, PushHandles as _,
+        Outbox as _, PushHandles as _, Rekey as _,
     };
 }
 
@@ -84,6 +86,8 @@ struct Inner {
 struct ControlState {
     switches_off: std::collections::BTreeSet<String>,
     suspended: std::collections::HashSet<Rid>,
+    /// The rids still under the previous K_rid ([`Rekey`]); empty outside a rotation.
+    rekey_marked: std::collections::HashSet<Rid>,
 }
 
 #[derive(Debug)]
@@ -97,7 +101,7 @@ impl Storage {
         let backend = match config {
             StorageConfig::Sled(c) => Backend::Sled(SledStore::open(c)?),
         };
-        let (switches_off, suspended) = match &backend {
+        let (switches_off, suspended, rekey_marked) = match &backend {
             Backend::Sled(b) => b.controls_now()?,
         };
         Ok(Self {
@@ -108,6 +112,7 @@ impl Storage {
                 controls: std::sync::RwLock::new(ControlState {
                     switches_off: switches_off.into_iter().collect(),
                     suspended: suspended.into_iter().collect(),
+                    rekey_marked: rekey_marked.into_iter().collect(),
                 }),
             }),
         })
@@ -388,5 +393,47 @@ impl Maintenance for Storage {
 
     fn close(&self) {
         on_backend!(self, b => b.close());
+    }
+}
+
+impl Storage {
+    /// Whether `rid` is still under the previous K_rid (a rotation's re-key is due).
+    pub fn is_rekey_marked(&self, rid: &Rid) -> bool {
+        let c = self.controls();
+        !c.rekey_marked.is_empty() && c.rekey_marked.contains(rid)
+    }
+
+    /// How many rids are still under the previous K_rid.
+    pub fn rekey_left(&self) -> usize {
+        self.controls().rekey_marked.len()
+    }
+}
+
+impl Rekey for Storage {
+    async fn rekey_begin(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let marked = on_backend!(self, b => b.rekey_begin(now_ms).await)?;
+        let all = on_backend!(self, b => b.rekey_marked().await)?;
+        self.controls_mut().rekey_marked = all.into_iter().collect();
+        Ok(marked)
+    }
+
+    async fn rekey_marked(&self) -> Result<Vec<Rid>, StoreError> {
+        on_backend!(self, b => b.rekey_marked().await)
+    }
+
+    async fn rekey(&self, old: Rid, new: Rid, reseal: Reseal) -> Result<bool, StoreError> {
+        let moved = on_backend!(self, b => b.rekey(old, new, reseal).await)?;
+        let mut c = self.controls_mut();
+        c.rekey_marked.remove(&old);
+        if moved && c.suspended.remove(&old) {
+            c.suspended.insert(new);
+        }
+        Ok(moved)
+    }
+
+    async fn rekey_abandon(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let left = on_backend!(self, b => b.rekey_abandon(now_ms).await)?;
+        self.controls_mut().rekey_marked.clear();
+        Ok(left)
     }
 }

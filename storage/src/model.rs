@@ -259,6 +259,9 @@ pub enum StoreError {
     /// to start rather than skip acknowledged data. The text names the file and offset.
     #[error("storage recovery refused: {0}")]
     Recovery(String),
+    /// The operation does not apply in the store's state (the text says why).
+    #[error("{0}")]
+    Refused(String),
 }
 
 #[derive(Debug, thiserror::Error)]

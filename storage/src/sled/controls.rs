@@ -93,7 +93,11 @@ impl super::Inner {
 
 impl SledStore {
     /// The switches that are off and the suspended addresses, read at open (blocking).
-    pub(crate) fn controls_now(&self) -> Result<(Vec<String>, Vec<Rid>), StoreError> {
-        Ok((self.inner.switches_off()?, self.inner.suspended()?))
+    pub(crate) fn controls_now(&self) -> Result<(Vec<String>, Vec<Rid>, Vec<Rid>), StoreError> {
+        Ok((
+            self.inner.switches_off()?,
+            self.inner.suspended()?,
+            self.inner.rekey_marked()?,
+        ))
     }
 }

@@ -22,6 +22,7 @@
 //! B/                           -> {size:8}{chain:32}{frontier}  audit base after pruning
 //! S/{name}                     -> {since:8}                   a kill switch that is off
 //! U/{rid:32}                   -> {since:8}                   a suspended address
+//! O/{rid:32}                   -> {since:8}                   a rid under the previous K_rid, to re-key
 //! I/                           -> reserved id (u64)           ids below it may have been used
 //! V/                           -> layout version (u8)         2 since the journal
 //! ```
@@ -57,6 +58,7 @@ pub(super) const AUDIT_CHECKPOINT: &[u8; 2] = b"C/";
 pub(super) const AUDIT_BASE: &[u8; 2] = b"B/";
 pub(super) const SWITCH_OFF: &[u8; 2] = b"S/";
 pub(super) const SUSPENDED: &[u8; 2] = b"U/";
+pub(super) const REKEY: &[u8; 2] = b"O/";
 
 /// Offset of the device id in a `{prefix:2}{rid:32}{dev:4}` key, and of what follows it.
 pub(super) const DEV_AT: std::ops::Range<usize> = 34..38;

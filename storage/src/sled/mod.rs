@@ -43,6 +43,7 @@ mod migrate;
 mod outbox;
 mod push;
 mod records;
+mod rekey;
 mod sweep;
 mod writer;
 mod writeset;

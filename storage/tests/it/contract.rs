@@ -4,6 +4,7 @@ use storage::model::flags;
 use storage::*;
 
 use crate::Harness;
+pub(crate) use crate::rekey::a_marked_rid_moves_with_everything_it_holds;
 
 const NOW: u64 = 1_800_000_000_000;
 const TTL: u64 = 30 * 24 * 3600 * 1000;

@@ -8,6 +8,7 @@
 mod contract;
 mod journal;
 mod migrate;
+mod rekey;
 
 use storage::prelude::*;
 use storage::{SledConfig, Storage, StorageConfig, StoreError};
@@ -110,6 +111,7 @@ macro_rules! contract_tests {
             audit_log_is_a_merkle_tree_with_checkpoints,
             audit_log_prunes_behind_a_base,
             ack_needs_the_whole_server_id,
+            a_marked_rid_moves_with_everything_it_holds,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {

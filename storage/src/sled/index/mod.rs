@@ -192,6 +192,16 @@ impl Index {
         (page, empty)
     }
 
+    /// Moves `from`'s mailbox to `to` (a re-keyed rid); returns the seqs of its envelopes.
+    pub(super) fn rename(&mut self, from: Key, to: Key) -> Vec<(u64, Slot)> {
+        let Some(b) = self.boxes.remove(&from) else {
+            return Vec::new();
+        };
+        let slots = b.slots.iter().map(|(s, x)| (*s, *x)).collect();
+        self.boxes.insert(to, b);
+        slots
+    }
+
     /// Whether `key` still holds the slot at `seq`.
     pub(super) fn holds(&self, key: &Key, seq: u64) -> bool {
         self.boxes.get(key).is_some_and(|b| b.slots.contains_key(&seq))
