@@ -7,6 +7,9 @@ use super::{SledStore, lock};
 use crate::contract::Controls;
 use crate::{DeviceId, Rid, StoreError};
 
+/// What [`SledStore::controls_now`] reads at open.
+pub(crate) type ControlsNow = (Vec<String>, Vec<Rid>, Vec<Rid>);
+
 impl Controls for SledStore {
     async fn set_switch(&self, name: &str, off: bool, now_ms: u64) -> Result<(), StoreError> {
         let name = name.to_owned();
@@ -93,7 +96,8 @@ impl super::Inner {
 
 impl SledStore {
     /// The switches that are off and the suspended addresses, read at open (blocking).
-    pub(crate) fn controls_now(&self) -> Result<(Vec<String>, Vec<Rid>, Vec<Rid>), StoreError> {
+    /// The switches that are off, the suspended rids and the rids marked for re-key.
+    pub(crate) fn controls_now(&self) -> Result<ControlsNow, StoreError> {
         Ok((
             self.inner.switches_off()?,
             self.inner.suspended()?,
