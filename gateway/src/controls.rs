@@ -36,11 +36,19 @@ pub(crate) fn routes(state: AppState, checkpointer: std::sync::Arc<crate::audit:
     };
     let retire = move |State(state): State<AppState>, Query(q): Query<HashMap<String, String>>| {
         let checkpointer = std::sync::Arc::clone(&checkpointer);
-        async move { retire_outbox_key(&state, &checkpointer, q.get("key").map_or("", String::as_str)).await }
+        async move {
+            let key = q.get("key").map_or("", String::as_str);
+            match key.strip_prefix("rid:").map(str::parse::<u8>) {
+                Some(Ok(v)) => crate::rid_rotation::retire(&state, &checkpointer, v, q.contains_key("force")).await,
+                Some(Err(_)) => answer(StatusCode::BAD_REQUEST, "name K_rid's version as rid:<version>"),
+                None => retire_outbox_key(&state, &checkpointer, key).await,
+            }
+        }
     };
     Router::new()
         .route("/admin/keys/reload", post(reload))
         .route("/admin/keys/retire", post(retire))
+        .route("/admin/keys/rid/migrate", post(crate::rid_rotation::migrate))
         .route("/admin/switches", get(list_switches))
         .route("/admin/switches/{name}/{state}", post(set_switch))
         .route("/admin/devices/revoke", post(revoke))
@@ -199,7 +207,7 @@ async fn set_switch(State(state): State<AppState>, Path((name, to)): Path<(Strin
 }
 
 /// The `address` query parameter, hashed: the address itself goes no further.
-fn rid_of(state: &AppState, q: &HashMap<String, String>) -> Result<relay_core::Rid, String> {
+async fn rid_of(state: &AppState, q: &HashMap<String, String>) -> Result<relay_core::Rid, String> {
     // The rid itself, as `registered` lists it.
     if let Some(rid) = q.get("rid") {
         let bytes = relay_core::hex::decode(rid).ok_or("rid= is 64 hex digits")?;
@@ -207,11 +215,17 @@ fn rid_of(state: &AppState, q: &HashMap<String, String>) -> Result<relay_core::R
     }
     let address = q.get("address").ok_or("address= or rid= is required")?;
     let address = Address::parse(address).map_err(|e| e.to_string())?;
+    // During a K_rid rotation the address's records move to its new rid first.
+    state
+        .store()
+        .rekey_address(state.rid_keys(), &address)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(state.rid_key().rid(&address))
 }
 
 async fn revoke(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let rid = match rid_of(&state, &q) {
+    let rid = match rid_of(&state, &q).await {
         Ok(r) => r,
         Err(e) => return answer(StatusCode::BAD_REQUEST, e),
     };
@@ -242,7 +256,7 @@ async fn suspend(
         "unsuspend" => false,
         _ => return answer(StatusCode::NOT_FOUND, "suspend or unsuspend"),
     };
-    let rid = match rid_of(&state, &q) {
+    let rid = match rid_of(&state, &q).await {
         Ok(r) => r,
         Err(e) => return answer(StatusCode::BAD_REQUEST, e),
     };

@@ -27,6 +27,7 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
         };
         let (class, public) = match name.as_str() {
             "rid.key" => ("K_rid (recipient hashes)", None),
+            n if n.starts_with("rid-") && n.ends_with(".key") => ("K_rid (recipient hashes)", None),
             "outbox.key" => ("interconnect outbox sealing", None),
             n if n.starts_with("outbox-") && n.ends_with(".key") => ("interconnect outbox sealing", None),
             "provisioning.pk8" => ("provisioning signing (first key)", Some("provisioning.pub")),
@@ -55,10 +56,13 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
             "name": name, "class": class, "held_by": held_by,
             "fingerprint": fingerprint, "modified_ms": modified_ms(&e)?,
         });
-        if name.starts_with("outbox") {
-            let ring = relay_keys::ring::states(&dir, interconnect::record::KEY_RING)?;
+        let ring_base = [interconnect::record::KEY_RING, crate::keys::RID_RING]
+            .into_iter()
+            .find(|b| name == format!("{b}.key") || name.starts_with(&format!("{b}-")));
+        if let Some(base) = ring_base {
+            let ring = relay_keys::ring::states(&dir, base)?;
             let v: u8 = name
-                .strip_prefix("outbox-")
+                .strip_prefix(&format!("{base}-"))
                 .and_then(|n| n.strip_suffix(".key")?.parse().ok())
                 .unwrap_or(0);
             if let Some(s) = ring.versions.get(&v) {

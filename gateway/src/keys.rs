@@ -16,6 +16,8 @@ pub(crate) use crate::keyfile::{create_private_dir, write_private};
 /// Source of the gateway's secret keys.
 pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
     fn rid_key(&self) -> RidKey;
+    /// K_rid's current version and, while a rotation's re-key runs, the previous one.
+    fn rid_keys(&self) -> relay_core::RidKeys;
     /// The keys that verify provisioning tokens, with their states (read again on reload).
     fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>>;
     /// Deletes a retired or compromised provisioning key (a dual-control call).
@@ -31,12 +33,17 @@ pub trait KeyProvider: std::fmt::Debug + Send + Sync + 'static {
 /// The gateway's keys in its key directory, held by a [`relay_keys::Provider`].
 #[derive(Debug)]
 pub struct ProviderKeys {
-    rid_key: RidKey,
+    rid_keys: relay_core::RidKeys,
+    /// K_rid's current version (0 before any rotation).
+    rid_version: u8,
     provider: relay_keys::Provider,
     dir: PathBuf,
     /// `registration.provisioning_public_key`: the operator signs elsewhere with this one key.
     external_provisioning_key: Option<Vec<u8>>,
 }
+
+/// K_rid's key ring in the key directory (`rid.key`, `rid-<v>.key`).
+pub const RID_RING: &str = "rid";
 
 /// The symmetric keys the gateway holds (sealed by `keys init` under a PKCS#11 provider).
 pub const SYMMETRIC_KEYS: [&str; 2] = ["rid.key", "outbox.key"];
@@ -51,7 +58,18 @@ impl ProviderKeys {
         provisioning_public_key: Option<&Path>,
     ) -> anyhow::Result<Self> {
         create_private_dir(dir)?;
-        let rid_key = provider.secret(dir, "rid.key", true)?.context("created when missing")?;
+        // K_rid is a key ring (`rid.key`, `rid-<v>.key`): the current version, and the
+        // previous one (retiring) while the rids made with it are re-keyed.
+        let ring = provider.ring(dir, RID_RING)?;
+        let key = |v: u8| ring.key(v).map(|k| RidKey::from_bytes(**k));
+        let current = key(ring.current).context("the current K_rid is missing")?;
+        let previous = ring
+            .keys
+            .iter()
+            .map(|(v, _)| *v)
+            .filter(|v| *v < ring.current)
+            .max()
+            .and_then(key);
         let external_provisioning_key = match provisioning_public_key {
             Some(p) => Some(read_public_key(p)?),
             None => {
@@ -60,11 +78,19 @@ impl ProviderKeys {
             }
         };
         Ok(Self {
-            rid_key: RidKey::from_bytes(*rid_key),
+            rid_keys: relay_core::RidKeys { current, previous },
+            rid_version: ring.current,
             provider: provider.clone(),
             dir: dir.to_path_buf(),
             external_provisioning_key,
         })
+    }
+}
+
+impl ProviderKeys {
+    /// K_rid's current version (0 before any rotation).
+    pub fn rid_version(&self) -> u8 {
+        self.rid_version
     }
 }
 
@@ -87,7 +113,11 @@ impl KeyProvider for ProviderKeys {
     }
 
     fn rid_key(&self) -> RidKey {
-        self.rid_key.clone()
+        self.rid_keys.current.clone()
+    }
+
+    fn rid_keys(&self) -> relay_core::RidKeys {
+        self.rid_keys.clone()
     }
 
     fn provisioning_keys(&self) -> anyhow::Result<Vec<relay_core::provisioning::VerifyingKey>> {

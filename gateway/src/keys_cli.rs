@@ -26,7 +26,24 @@ pub enum KeysAction {
     /// Stop accepting a provisioning key's tokens (`provisioning:<id>`).
     /// An outbox key version (`outbox:<v>`) is retired by the running gateway, which refuses
     /// while queued entries are still sealed under it.
-    Retire { name: String },
+    Retire {
+        name: String,
+        /// K_rid only: retire although addresses are still under it (they become
+        /// unreachable; audited).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-key, in the background, every address of a number range still under K_rid's
+    /// previous version (after `keys rotate rid` and a restart); `relay_rid_rekey_remaining`
+    /// shows the progress.
+    MigrateRid {
+        /// First number of the range (`tel:+…`).
+        #[arg(long)]
+        from: String,
+        /// Last number of the range, as long as the first.
+        #[arg(long)]
+        to: String,
+    },
     /// Mark a provisioning key compromised (`provisioning:<id>`): its tokens are refused;
     /// the key is kept as evidence. An outbox key version (`outbox:<v>`, not the current
     /// one) never seals again but still opens what is queued under it.
@@ -100,6 +117,36 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
                 "audit:{v} active; the running gateway signs the handover checkpoint with both keys"
             )?;
         }
+        KeysAction::Rotate { name } if name == "rid" => {
+            let states = relay_keys::ring::states(&dir, crate::keys::RID_RING)?;
+            if let Some((v, _)) = states
+                .versions
+                .iter()
+                .find(|(v, s)| **v != states.current && s.state != relay_keys::ring::RETIRED)
+            {
+                anyhow::bail!(
+                    "rid:{v} is not retired yet: the previous rotation's re-key must finish first (`gateway keys retire rid:{v}`)"
+                );
+            }
+            let provider = relay_keys::Provider::open(&settings.config.keys)?;
+            let v = provider.rotate_ring(&dir, crate::keys::RID_RING, relay_net::clock::now_ms())?;
+            writeln!(
+                std::io::stdout(),
+                "rid:{v} created; restart the gateway: it then re-keys every address when it is next named (and `gateway keys migrate-rid` re-keys a number range)"
+            )?;
+            return Ok(());
+        }
+        KeysAction::MigrateRid { from, to } => {
+            let path = format!(
+                "/admin/keys/rid/migrate?from={}&to={}",
+                crate::admin_client::query_value(&from),
+                crate::admin_client::query_value(&to)
+            );
+            let (status, body) = admin_request(settings.config.admin_listen, "POST", &path)?;
+            std::io::stdout().write_all(&body)?;
+            anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+            return Ok(());
+        }
         KeysAction::Rotate { name } if name == "outbox" => {
             let provider = relay_keys::Provider::open(&settings.config.keys)?;
             let v = provider.rotate_ring(&dir, interconnect::record::KEY_RING, relay_net::clock::now_ms())?;
@@ -107,17 +154,23 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
         }
         KeysAction::Rotate { name } => {
             anyhow::bail!(
-                "{name:?} does not rotate this way: name a class, `provisioning`, `outbox` or `audit` (a version such as provisioning:<id> is not rotated, its class is)"
+                "{name:?} does not rotate this way: name a class, `provisioning`, `outbox`, `audit` or `rid` (a version such as provisioning:<id> is not rotated, its class is)"
             )
         }
-        KeysAction::Retire { name } if name.starts_with("outbox:") => {
+        KeysAction::Retire { name, force } if name.starts_with("outbox:") || name.starts_with("rid:") => {
             let (status, body) = admin_request(
                 settings.config.admin_listen,
                 "POST",
-                &format!("/admin/keys/retire?key={}", crate::admin_client::query_value(&name)),
+                &format!(
+                    "/admin/keys/retire?key={}{}",
+                    crate::admin_client::query_value(&name),
+                    if force { "&force=true" } else { "" }
+                ),
             )
             .map_err(|e| {
-                anyhow::anyhow!("retiring an outbox key needs the running gateway (it checks the queue): {e:#}")
+                anyhow::anyhow!(
+                    "retiring an outbox or K_rid version needs the running gateway (it checks what is still under it): {e:#}"
+                )
             })?;
             std::io::stdout().write_all(&body)?;
             anyhow::ensure!(status.is_success(), "the gateway answered {status}");
@@ -131,7 +184,7 @@ pub fn run(settings: &crate::Settings, action: KeysAction) -> anyhow::Result<()>
                 relay_keys::ring::COMPROMISED,
             )?;
         }
-        KeysAction::Retire { name } => {
+        KeysAction::Retire { name, .. } => {
             let id = provisioning_id(&name)?;
             provisioning()?.set_state(&id, KeyState::Retired)?;
         }

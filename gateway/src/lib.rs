@@ -51,6 +51,7 @@ pub mod mls;
 pub mod operators;
 pub mod provisioning_keys;
 pub mod push;
+pub mod rid_rotation;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

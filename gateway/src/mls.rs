@@ -6,7 +6,7 @@ use openmls::prelude::tls_codec::DeserializeBytes as _;
 use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use relay_core::envelope::MessageContentType;
-use relay_core::{Address, Envelope, RidKey};
+use relay_core::{Address, Envelope};
 use storage::{GroupOrdering, NewKeyPackage, OrderingKind};
 
 use crate::config::MlsConfig;
@@ -34,7 +34,7 @@ pub enum KeyPackageRejection {
 pub fn validate_key_package(
     bytes: &[u8],
     device_rid: &relay_core::Rid,
-    rid_key: &RidKey,
+    rid_keys: &relay_core::RidKeys,
     config: &MlsConfig,
     now_ms: u64,
 ) -> Result<NewKeyPackage, KeyPackageRejection> {
@@ -60,7 +60,7 @@ pub fn validate_key_package(
             .ok()
             .and_then(|s| Address::parse(s).ok())
             .ok_or(KeyPackageRejection::Identity)?;
-        if rid_key.rid(&address) != *device_rid {
+        if !rid_keys.is_rid_of(&address, device_rid) {
             return Err(KeyPackageRejection::Identity);
         }
     }

@@ -136,7 +136,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             interconnect::Interconnect::new(
                 ic_config.clone(),
                 store.clone(),
-                keys.rid_key(),
+                keys.rid_keys(),
                 (&provider, &key_dir(data_dir)),
                 settings.limits.clone(),
             )
@@ -147,7 +147,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let rate = &config.rate_limit;
     let state = AppState::new(ApiConfig {
         store: store.clone(),
-        rid_key: keys.rid_key(),
+        rid_keys: keys.rid_keys(),
         key_provider: Arc::clone(&keys) as Arc<dyn crate::keys::KeyProvider>,
         limits: settings.limits.clone(),
         timeouts: settings.timeouts,
@@ -250,6 +250,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let signer = crate::keys::audit_signer(&key_dir(data_dir), &provider).context("loading the audit key")?;
     crate::custody::audit_key_events(&store, &provider).await?;
     crate::custody::set_key_ages(&key_dir(data_dir), relay_net::clock::now_ms());
+    crate::rid_rotation::begin_if_due(&store, &key_dir(data_dir), keys.rid_version()).await?;
     let checkpointer = crate::audit::Checkpointer::new(
         store.clone(),
         (signer, key_dir(data_dir), provider.clone()),

@@ -140,6 +140,13 @@ async fn notify(
         count("misrouted");
         return err(StatusCode::MISDIRECTED_REQUEST, "not_served_here");
     }
+    // During a K_rid rotation, the recipients' records move to their new rids first.
+    for r in &resolved {
+        if let Err(e) = ic.store.rekey_address(&ic.rid_keys, &r.address).await {
+            tracing::error!(cause = %e, "re-keying a recipient");
+            return err(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+        }
+    }
     let mut digest = blake3::Hasher::new();
     digest.update(envelope.ciphertext().as_bytes());
     for r in &body.recipients {
@@ -230,6 +237,12 @@ async fn key_material(
     };
     if targets.iter().any(|t| table.routing.route(&t.address) != Route::Local) {
         return err(StatusCode::MISDIRECTED_REQUEST, "not_served_here");
+    }
+    for t in &targets {
+        if let Err(e) = ic.store.rekey_address(&ic.rid_keys, &t.address).await {
+            tracing::error!(cause = %e, "re-keying a claim target");
+            return err(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+        }
     }
     let requester_rid = ic.rid_key.rid(&requester);
     if targets

@@ -70,6 +70,8 @@ pub struct Interconnect {
     generation: watch::Sender<u64>,
     store: Storage,
     rid_key: RidKey,
+    /// K_rid with, during a rotation, its previous version (for the lazy re-key).
+    rid_keys: relay_core::RidKeys,
     /// Opens the KeyPackages a peer claims (sealed at rest).
     at_rest: relay_core::atrest::AtRest,
     /// The outbox key ring, swapped when a rotation is reloaded.
@@ -92,7 +94,7 @@ impl Interconnect {
     pub fn new(
         cfg: InterconnectConfig,
         store: Storage,
-        rid_key: RidKey,
+        rid_keys: relay_core::RidKeys,
         keys: (&relay_keys::Provider, &std::path::Path),
         limits: Limits,
     ) -> Result<Arc<Self>, SetupError> {
@@ -105,8 +107,9 @@ impl Interconnect {
             table: RwLock::new(Arc::new(table)),
             generation: watch::channel(0).0,
             store,
-            at_rest: relay_core::atrest::AtRest::new(&rid_key),
-            rid_key,
+            at_rest: relay_core::atrest::AtRest::new(&rid_keys.current),
+            rid_key: rid_keys.current.clone(),
+            rid_keys,
             wake: Notify::new(),
             limits,
             cfg,

@@ -29,6 +29,34 @@ impl RidKey {
     }
 }
 
+/// K_rid during a rotation: the current key, and the previous one while the rids made with
+/// it are re-keyed (lazily: a request naming an address moves its records).
+#[derive(Clone, Debug)]
+pub struct RidKeys {
+    pub current: RidKey,
+    pub previous: Option<RidKey>,
+}
+
+impl RidKeys {
+    /// No rotation under way.
+    pub fn single(current: RidKey) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    /// The address's rid under the current key.
+    pub fn rid(&self, address: &Address) -> Rid {
+        self.current.rid(address)
+    }
+
+    /// Whether `rid` is the address's rid under the current or the previous key.
+    pub fn is_rid_of(&self, address: &Address, rid: &Rid) -> bool {
+        self.current.rid(address) == *rid || self.previous.as_ref().is_some_and(|p| p.rid(address) == *rid)
+    }
+}
+
 impl fmt::Debug for RidKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RidKey(<secret>)")

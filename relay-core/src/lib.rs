@@ -48,5 +48,5 @@ pub mod wire;
 pub use address::{Address, AddressError};
 pub use envelope::{Ciphertext, Envelope, EnvelopeError, GroupHeader};
 pub use error_code::ErrorCode;
-pub use ids::{ClientMessageId, DeviceId, Rid, RidKey, ServerId};
+pub use ids::{ClientMessageId, DeviceId, Rid, RidKey, RidKeys, ServerId};
 pub use limits::Limits;

@@ -49,6 +49,7 @@ pub(super) async fn register(State(state): State<AppState>, req: Request) -> Res
     let credential = DeviceCredential::from_random(random);
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
+    state.rekey(vec![address.clone()]).await?;
     let rid = state.inner.rid_key.rid(&address);
     if state.inner.store.is_suspended(&rid) {
         return Err(ApiError::new(ErrorCode::AddressSuspended, "this address is suspended"));

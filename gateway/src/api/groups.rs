@@ -64,6 +64,7 @@ pub(super) async fn get_info(
             let bytes = state
                 .at_rest()
                 .open_group_info(&group_id, &stored)
+                .or_else(|| state.previous_at_rest()?.open_group_info(&group_id, &stored))
                 .ok_or_else(|| ApiError::internal(&"a stored GroupInfo does not open under this gateway's key"))?;
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, MESSAGE_MLS)], bytes).into_response())
         }

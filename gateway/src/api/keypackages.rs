@@ -54,10 +54,10 @@ pub(super) async fn upload(State(state): State<AppState>, req: Request) -> Resul
         .iter()
         .enumerate()
         .map(|(index, bytes)| {
-            let mut kp = crate::mls::validate_key_package(bytes, &device.rid, &state.inner.rid_key, mls, now)
+            let mut kp = crate::mls::validate_key_package(bytes, &device.rid, state.rid_keys(), mls, now)
                 .map_err(|e| ApiError::from(e).about(format_args!("KeyPackage {index}")))?;
             // Its credential names the address: sealed at rest (relay_core::atrest).
-            kp.bytes = state.at_rest().seal_key_package(&device.rid, &kp.bytes);
+            kp.bytes = state.at_rest_for(&device.rid).seal_key_package(&device.rid, &kp.bytes);
             Ok::<_, ApiError>(kp)
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -88,6 +88,7 @@ pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result
         body.addresses.iter().map(String::as_str),
         Duplicates::Refuse,
     )?;
+    state.rekey(targets.iter().map(|t| t.address.clone()).collect()).await?;
     // Rate limit per (requester, target), checked for all before any package is handed out.
     for t in &targets {
         if let Err(not_until) = state.inner.claim_limiter.check_key(&(device.rid, t.rid)) {
@@ -142,7 +143,7 @@ async fn claim_remote(
     // checks that against the credential.
     let requester = Address::parse(requester)
         .ok()
-        .filter(|a| state.inner.rid_key.rid(a) == device.rid)
+        .filter(|a| state.rid_keys().is_rid_of(a, &device.rid))
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidAddress,

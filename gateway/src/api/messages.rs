@@ -90,6 +90,9 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         body.recipients.iter().map(|r| r.address.as_str()),
         Duplicates::Refuse,
     )?;
+    state
+        .rekey(recipients.iter().map(|r| r.address.clone()).collect())
+        .await?;
     check_send_limits(&state, sender.rid, &recipients, body.message.len())?;
     // The digest only tells a retry from a reused client message id: without an id there is
     // nothing to compare it with.

@@ -85,7 +85,10 @@ impl Abuse {
 struct Inner {
     store: Storage,
     rid_key: RidKey,
+    rid_keys: relay_core::RidKeys,
     at_rest: relay_core::atrest::AtRest,
+    /// Opens what was sealed under the previous K_rid (during a rotation).
+    previous_at_rest: Option<relay_core::atrest::AtRest>,
     /// The keys that verify provisioning tokens (replaced on `/admin/keys/reload`).
     provisioning_keys: std::sync::RwLock<Vec<relay_core::provisioning::VerifyingKey>>,
     key_provider: Arc<dyn crate::keys::KeyProvider>,
@@ -106,7 +109,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct ApiConfig {
     pub store: Storage,
-    pub rid_key: RidKey,
+    /// K_rid: the current key, and the previous one during a rotation's re-key.
+    pub rid_keys: relay_core::RidKeys,
     pub key_provider: Arc<dyn crate::keys::KeyProvider>,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -133,8 +137,10 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 store: c.store,
-                at_rest: relay_core::atrest::AtRest::new(&c.rid_key),
-                rid_key: c.rid_key,
+                at_rest: relay_core::atrest::AtRest::new(&c.rid_keys.current),
+                previous_at_rest: c.rid_keys.previous.as_ref().map(relay_core::atrest::AtRest::new),
+                rid_key: c.rid_keys.current.clone(),
+                rid_keys: c.rid_keys,
                 provisioning_keys: std::sync::RwLock::new(provisioning_keys),
                 key_provider: c.key_provider,
                 limits: c.limits,
@@ -215,6 +221,36 @@ impl AppState {
     /// Seals and opens the records that name addresses (KeyPackages, GroupInfo).
     pub fn at_rest(&self) -> &relay_core::atrest::AtRest {
         &self.inner.at_rest
+    }
+
+    /// The sealing for records of `rid`: under the previous K_rid while `rid` still is.
+    pub fn at_rest_for(&self, rid: &Rid) -> &relay_core::atrest::AtRest {
+        match &self.inner.previous_at_rest {
+            Some(previous) if self.inner.store.is_rekey_marked(rid) => previous,
+            _ => &self.inner.at_rest,
+        }
+    }
+
+    /// The sealing under the previous K_rid, during a rotation.
+    pub fn previous_at_rest(&self) -> Option<&relay_core::atrest::AtRest> {
+        self.inner.previous_at_rest.as_ref()
+    }
+
+    /// K_rid, current and (during a rotation) previous.
+    pub fn rid_keys(&self) -> &relay_core::RidKeys {
+        &self.inner.rid_keys
+    }
+
+    /// Moves the records of `addresses` to their rids under the current K_rid if a rotation
+    /// left them under the previous one (nothing to do outside a rotation).
+    pub async fn rekey(&self, addresses: Vec<relay_core::Address>) -> Result<(), ApiError> {
+        if self.inner.rid_keys.previous.is_none() || self.inner.store.rekey_left() == 0 {
+            return Ok(());
+        }
+        for a in &addresses {
+            self.inner.store.rekey_address(&self.inner.rid_keys, a).await?;
+        }
+        Ok(())
     }
 
     pub fn key_provider(&self) -> &dyn crate::keys::KeyProvider {

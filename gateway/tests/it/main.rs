@@ -40,6 +40,7 @@ mod operators;
 mod power_loss;
 mod process;
 mod readme;
+mod rid_rotation;
 mod roundtrip;
 mod tidy;
 
