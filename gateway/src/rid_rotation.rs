@@ -65,7 +65,8 @@ fn answer(status: StatusCode, text: impl Into<String>) -> Response {
 /// address of the number range still under the previous K_rid.
 pub(crate) async fn migrate(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let number = |k: &str| -> Result<(usize, u64), String> {
-        let a = relay_core::Address::parse(q.get(k).ok_or(format!("{k}= is required"))?).map_err(|e| e.to_string())?;
+        let a = relay_core::Address::parse(q.get(k).ok_or_else(|| format!("{k}= is required"))?)
+            .map_err(|e| e.to_string())?;
         let digits = a.as_str().trim_start_matches("tel:+");
         Ok((
             digits.len(),
