@@ -144,4 +144,30 @@ async fn a_k_rid_rotation_rekeys_every_address_and_loses_nothing() {
         !std::fs::read_to_string(&log).unwrap().contains("1555012"),
         "no address in the log"
     );
+
+    // A forced retirement: a second rotation, one address re-keyed, the rest given up
+    // (audited); a given-up address is then unknown under the new key.
+    ok(&gateway_cli(&data, p.admin, &["keys", "rotate", "rid"]));
+    assert!(p.terminate().success());
+    let p = crate::process::spawn_gateway_with(&data, &log, &[], "").await;
+    assert_eq!(metric(p.admin, "relay_rid_rekey_remaining").await, 100.0);
+    let m = test_support::framed_message(b"re-keyed");
+    as_device(&p, 1)
+        .send(&[Recipient::address(address(7))], m.clone(), None, false)
+        .await
+        .unwrap();
+    let forced = ok(&gateway_cli(&data, p.admin, &["keys", "retire", "rid:1", "--force"]));
+    assert!(forced.contains("rid:1 retired"), "{forced}");
+    assert_eq!(metric(p.admin, "relay_rid_rekey_remaining").await, 0.0);
+    let audit = ok(&gateway_cli(&data, p.admin, &["audit", "show"]));
+    assert!(audit.contains("rid forced unmigrated=99"), "{audit}");
+    assert!(audit.contains("rid version=1 state=retired forced=true"), "{audit}");
+    assert!(messages(&as_device(&p, 7)).await.contains(&m));
+    let lost = as_device(&p, 1)
+        .send(&[Recipient::address(address(8))], m, None, false)
+        .await;
+    assert!(
+        matches!(&lost, Err(relay_client::ClientError::Api { status: 404, code, .. }) if code == "unknown_recipient"),
+        "{lost:?}"
+    );
 }
