@@ -56,6 +56,19 @@ pub fn inventory(config: &Config) -> anyhow::Result<serde_json::Value> {
             "name": name, "class": class, "held_by": held_by,
             "fingerprint": fingerprint, "modified_ms": modified_ms(&e)?,
         });
+        if name == "audit.key" || name.starts_with("audit-") {
+            let audit = crate::audit_keys::states(&dir)?;
+            let v: u32 = name
+                .strip_prefix("audit-")
+                .and_then(|n| n.strip_suffix(".key")?.parse().ok())
+                .unwrap_or(0);
+            if let Some(s) = audit.versions.get(&v) {
+                entry["version"] = v.into();
+                entry["state"] = s.state.clone().into();
+                entry["created_ms"] = created_or(s.created_ms, &e.path()).into();
+                entry["current"] = (audit.current == v).into();
+            }
+        }
         let ring_base = [interconnect::record::KEY_RING, crate::keys::RID_RING]
             .into_iter()
             .find(|b| name == format!("{b}.key") || name.starts_with(&format!("{b}-")));

@@ -183,6 +183,19 @@ async fn an_audit_key_rotation_is_handed_over_by_both_keys() {
     );
     let vkeys = std::fs::read_to_string(data.join("keys/audit.vkey")).unwrap();
     assert_eq!(vkeys.lines().count(), 2, "{vkeys}");
+    let listed = ok(&gateway_cli(&data, p.admin, &["keys", "list"]));
+    let inventory: serde_json::Value = serde_json::from_str(&listed[..listed.rfind('}').unwrap() + 1]).unwrap();
+    let state = |name: &str| {
+        let keys = inventory["keys"].as_array().unwrap();
+        let k = keys.iter().find(|k| k["name"] == name).unwrap();
+        (
+            k["version"].as_u64(),
+            k["state"].as_str().map(str::to_owned),
+            k["rotate_by_ms"].is_u64(),
+        )
+    };
+    assert_eq!(state("audit.key"), (Some(0), Some("retiring".into()), true));
+    assert_eq!(state("audit-1.key"), (Some(1), Some("active".into()), true));
     assert!(vkeys.starts_with(&old_vkey), "the old key stays listed");
     let after = ok(&audit(&data, p.admin, &["checkpoint"]));
 
