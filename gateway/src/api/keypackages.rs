@@ -88,7 +88,6 @@ pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result
         body.addresses.iter().map(String::as_str),
         Duplicates::Refuse,
     )?;
-    state.rekey(targets.iter().map(|t| t.address.clone()).collect()).await?;
     // Rate limit per (requester, target), checked for all before any package is handed out.
     for t in &targets {
         if let Err(not_until) = state.inner.claim_limiter.check_key(&(device.rid, t.rid)) {
@@ -99,6 +98,8 @@ pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result
             ));
         }
     }
+    // During a K_rid rotation the targets' records move to their new rids first.
+    state.rekey(targets.iter().map(|t| t.address.clone()).collect()).await?;
     let (local, mut key_packages) = claim_remote(&state, device, &body.requester, targets).await?;
     let by_rid: HashMap<Rid, String> = local.iter().map(|t| (t.rid, t.address.as_str().to_owned())).collect();
     let claimed = if local.is_empty() {

@@ -90,10 +90,11 @@ pub(super) async fn send(State(state): State<AppState>, req: Request) -> Result<
         body.recipients.iter().map(|r| r.address.as_str()),
         Duplicates::Refuse,
     )?;
+    check_send_limits(&state, sender.rid, &recipients, body.message.len())?;
+    // During a K_rid rotation the recipients' records move to their new rids first.
     state
         .rekey(recipients.iter().map(|r| r.address.clone()).collect())
         .await?;
-    check_send_limits(&state, sender.rid, &recipients, body.message.len())?;
     // The digest only tells a retry from a reused client message id: without an id there is
     // nothing to compare it with.
     let digest = match checked.client_message_id {

@@ -291,7 +291,7 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
         .unwrap();
     a.terminate();
     let a = crate::process::spawn_gateway_with(&data_a, &log_a, &env_a, &toml_a).await;
-    let alice = a.client().with_credential(alice_credential);
+    let alice = a.client().with_credential(alice_credential.clone());
     let got = alice.receive(0, 10, 5).await.unwrap().envelopes;
     assert!(
         got.iter()
@@ -382,6 +382,51 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
     assert!(
         matches!(&refused, Err(relay_client::ClientError::Api { status: 401, code, .. }) if code == "provisioning_key_revoked"),
         "{refused:?}"
+    );
+
+    // K_rid rotates under the token too: the new version exists only sealed; after a restart
+    // a delivery from carrier B (the interconnect's inbound path) re-keys Alice first.
+    let rotated = ok(&cli(&data_a, &hsm_a, a.admin, &["keys", "rotate", "rid"]));
+    assert!(rotated.contains("rid:1 created"), "{rotated}");
+    assert!(data_a.join("keys/rid-1.key.sealed").exists() && !data_a.join("keys/rid-1.key").exists());
+    a.terminate();
+    let a = crate::process::spawn_gateway_with(&data_a, &log_a, &env_a, &toml_a).await;
+    let remaining = || async {
+        test_support::admin_request(([127, 0, 0, 1], a.admin).into(), "GET", "/metrics")
+            .await
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("relay_rid_rekey_remaining ")?.trim().parse::<f64>().ok())
+    };
+    let before = remaining().await.unwrap();
+    assert!(before >= 3.0, "every registered address is marked: {before}");
+    let alice = a.client().with_credential(alice_credential.clone());
+    let m = test_support::framed_message(b"after the K_rid rotation");
+    bob.send(&[Recipient::address(alice_addr)], m.clone(), None, false)
+        .await
+        .unwrap();
+    test_support::eventually(
+        "alice receives across the interconnect after the rotation",
+        Duration::from_secs(20),
+        async || {
+            alice
+                .receive(0, 10, 1)
+                .await
+                .is_ok_and(|r| r.envelopes.iter().any(|e| e.message == m))
+        },
+    )
+    .await;
+    assert_eq!(
+        remaining().await,
+        Some(before - 1.0),
+        "the peer's delivery re-keyed alice"
+    );
+    let audit = ok(&cli(&data_a, &hsm_a, a.admin, &["audit", "show"]));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"key.unseal\"") && l.contains("key=rid-1.key")),
+        "the new K_rid's unseal is audited"
     );
     let _ = b;
 }
