@@ -39,6 +39,8 @@ use tokio::sync::Notify;
 pub mod contract;
 pub mod journal;
 pub mod model;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod sled;
 pub mod watch;
 

@@ -12,6 +12,7 @@ pub mod mls;
 pub mod mlsrs;
 pub mod pebble;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod push_sinks;
 pub mod softhsm;

@@ -1,0 +1,128 @@
+//! A real PostgreSQL 15 server per test (Debian `postgresql`): `initdb` in the test's
+//! temporary directory, a free loopback port, `fsync` and `synchronous_commit` on, stopped
+//! (immediately) on drop. As root the server runs as the `postgres` user, which owns the
+//! cluster's directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+#[derive(Debug)]
+pub struct Postgres {
+    pub dir: PathBuf,
+    pub port: u16,
+    stopped: bool,
+}
+
+fn as_owner(program: &str) -> Command {
+    let path = format!("{BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[track_caller]
+fn run(mut c: Command, what: &str) {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (Debian: apt-get install postgresql)"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Postgres {
+    /// Initialises and starts a server with its cluster in `dir` (created).
+    pub fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        if is_root() {
+            // The server's user must reach its directory through the test's temporary one.
+            for d in dir
+                .ancestors()
+                .take_while(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(d).unwrap().permissions().mode();
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+            }
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(dir);
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        let mut init = as_owner("initdb");
+        init.args(["-A", "trust", "-U", "postgres", "--no-instructions", "-D"])
+            .arg(&data);
+        run(init, "initdb");
+        let port = crate::process::free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = on\nsynchronous_commit = on\n",
+            dir.display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let mut start = as_owner("pg_ctl");
+        start
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(dir.join("server.log"))
+            .arg("start");
+        run(start, "pg_ctl start");
+        Self {
+            dir: dir.to_path_buf(),
+            port,
+            stopped: false,
+        }
+    }
+
+    /// A connection string for database `postgres`.
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    /// Stops the server at once (no shutdown checkpoint: what a crash leaves).
+    pub fn kill(&mut self) {
+        if !self.stopped {
+            let mut stop = as_owner("pg_ctl");
+            stop.args(["-D"])
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "stop"]);
+            let _ = stop.output();
+            self.stopped = true;
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
