@@ -226,7 +226,8 @@ impl Provider {
 
 const FINGERPRINT_CONTEXT: &str = "rcs-relay 2026-12 key fingerprint v1";
 
-pub(crate) fn fingerprint_bytes(key: &[u8]) -> [u8; 16] {
+/// [`fingerprint`] as bytes (what a sealed key carries in the clear).
+pub fn fingerprint_bytes(key: &[u8]) -> [u8; 16] {
     let mut fp = [0u8; 16];
     fp.copy_from_slice(&blake3::derive_key(FINGERPRINT_CONTEXT, key)[..16]);
     fp

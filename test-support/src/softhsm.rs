@@ -94,3 +94,29 @@ impl SoftHsm {
         String::from_utf8_lossy(&self.tool(&["--list-objects"]).stdout).into_owned()
     }
 }
+
+/// A file under `dir` holding, anywhere in it, the key sealed in `sealed` (found by its
+/// fingerprint, which the sealed file carries in the clear): what a key in the clear would be.
+pub fn key_in_clear(dir: &Path, sealed: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(sealed).unwrap();
+    let fp = relay_keys::token::sealed_fingerprint(&bytes).expect("a sealed key");
+    let mut want = [0u8; 16];
+    for (i, b) in want.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&fp[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let data = std::fs::read(&p).unwrap_or_default();
+            if data.windows(32).any(|w| relay_keys::fingerprint_bytes(w) == want) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}

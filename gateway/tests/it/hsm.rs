@@ -193,6 +193,14 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
         None,
         "K_rid in the clear"
     );
+    // Nor any other copy of a sealed key: every 32 bytes checked against its fingerprint.
+    for sealed in ["rid.key.sealed", "outbox.key.sealed"] {
+        assert_eq!(
+            test_support::softhsm::key_in_clear(&data_a, &keys.join(sealed)),
+            None,
+            "{sealed}'s key in the clear"
+        );
+    }
     for name in ["rid.key", "outbox.key"] {
         let created = audit
             .lines()

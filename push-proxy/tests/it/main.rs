@@ -445,6 +445,11 @@ fn handle_keys_sealed_by_a_token() {
     let keys = data.join("keys");
     assert!(keys.join("handle-1.key.sealed").exists());
     assert!(!keys.join("handle-1.key").exists(), "a handle key in the clear");
+    assert_eq!(
+        test_support::softhsm::key_in_clear(&data, &keys.join("handle-1.key.sealed")),
+        None,
+        "the handle key's bytes anywhere in the data directory"
+    );
     let sealed = std::fs::read(keys.join("handle-1.key.sealed")).unwrap();
     // A second start unseals the same key.
     assert!(run_until_ready().contains("push proxy ready"));
