@@ -168,7 +168,42 @@ fn generated() -> Vec<(&'static str, String, Vec<u8>)> {
         "key-material",
         br#"{"requester":"tel:+15550100001","targets":["tel:+447700900001"]}"#.to_vec(),
     );
+
+    // at_rest: a sealed KeyPackage and GroupInfo, a record from before sealing, a sealed
+    // key file's header, and outbox records under a rotated ring (current and previous).
+    let at_rest = relay_core::atrest::AtRest::new(&relay_core::RidKey::from_bytes(checks::AT_REST_KEY));
+    let rid = relay_core::Rid(checks::AT_REST_RID);
+    add(
+        "at_rest",
+        "key-package",
+        at_rest.seal_key_package(&rid, b"\x00\x01kp").to_vec(),
+    );
+    add(
+        "at_rest",
+        "group-info",
+        at_rest.seal_group_info(checks::AT_REST_GROUP, b"\x00\x01gi").to_vec(),
+    );
+    add("at_rest", "legacy", b"\x00\x01 stored before sealing".to_vec());
+    let mut key_file = b"RKS1".to_vec();
+    key_file.extend_from_slice(&relay_keys::fingerprint_bytes(&[9; 32]));
+    key_file.extend_from_slice(&[0; 60]);
+    add("at_rest", "sealed-key-file", key_file);
+    add("at_rest", "outbox-v1", checks::outbox_ring().seal(&part_for_ring()));
+    add(
+        "at_rest",
+        "outbox-v0",
+        interconnect::record::Sealer::new(&checks::OUTBOX_KEY).seal(&part_for_ring()),
+    );
     out
+}
+
+fn part_for_ring() -> interconnect::record::RemotePart {
+    interconnect::record::RemotePart {
+        recipients: vec!["tel:+447700900002".into()],
+        message: bytes::Bytes::from_static(b"mls"),
+        urgent: false,
+        origin: None,
+    }
 }
 
 /// Every file in `dir` (none if it does not exist).
@@ -237,4 +272,19 @@ fn the_seeds_reach_the_accepting_paths() {
     let sealer = interconnect::record::Sealer::new(&checks::OUTBOX_KEY);
     assert!(sealer.open(&seed("interconnect", "outbox-record")).is_some());
     assert!(relay_core::interconnect::EntryState::decode(&seed("interconnect", "entry-state")).is_some());
+    let at_rest = relay_core::atrest::AtRest::new(&relay_core::RidKey::from_bytes(checks::AT_REST_KEY));
+    let kp = bytes::Bytes::from(seed("at_rest", "key-package"));
+    assert_eq!(
+        at_rest
+            .open_key_package(&relay_core::Rid(checks::AT_REST_RID), &kp)
+            .as_deref(),
+        Some(b"\x00\x01kp".as_slice())
+    );
+    assert!(relay_keys::token::sealed_fingerprint(&seed("at_rest", "sealed-key-file")).is_some());
+    let ring = checks::outbox_ring();
+    assert_eq!(ring.version_of(&seed("at_rest", "outbox-v1")), 1);
+    assert!(
+        ring.open(&seed("at_rest", "outbox-v0")).is_some(),
+        "the previous version opens"
+    );
 }
