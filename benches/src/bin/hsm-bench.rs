@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use ring::signature::Ed25519KeyPair;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -88,7 +88,6 @@ fn main() -> anyhow::Result<()> {
         .verify(&message, &sig)
         .ok()
         .context("the token's Ed25519 signature does not verify")?;
-    let _ = pair.public_key();
 
     println!("ops={n} (SoftHSM2 2.6, one logged-in session)");
     println!(

@@ -5,26 +5,14 @@
 //! across a restart. And each bad token setting is a clear error that changes nothing.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use relay_client::Recipient;
 use test_support::softhsm::SoftHsm;
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
-
 /// `gateway --config DATA.toml --data-dir DATA ARGS` seeing the token.
 fn cli(data: &Path, hsm: &SoftHsm, admin: u16, args: &[&str]) -> std::process::Output {
-    Command::new(GATEWAY)
-        .envs(hsm.env())
-        .arg("--config")
-        .arg(data.with_extension("toml"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(args)
-        .output()
-        .unwrap()
+    crate::process::gateway_cli_env(data, admin, hsm.env(), args)
 }
 
 fn ok(out: &std::process::Output) -> String {
@@ -399,14 +387,8 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
     assert!(data_a.join("keys/rid-1.key.sealed").exists() && !data_a.join("keys/rid-1.key").exists());
     a.terminate();
     let a = crate::process::spawn_gateway_with(&data_a, &log_a, &env_a, &toml_a).await;
-    let remaining = || async {
-        test_support::admin_request(([127, 0, 0, 1], a.admin).into(), "GET", "/metrics")
-            .await
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("relay_rid_rekey_remaining ")?.trim().parse::<f64>().ok())
-    };
-    let before = remaining().await.unwrap();
+    let remaining = || crate::interconnect_faults::metric(a.admin, "relay_rid_rekey_remaining");
+    let before = remaining().await;
     assert!(before >= 3.0, "every registered address is marked: {before}");
     let alice = a.client().with_credential(alice_credential.clone());
     let m = test_support::framed_message(b"after the K_rid rotation");
@@ -424,11 +406,7 @@ async fn a_gateway_on_a_token_relays_and_keeps_no_clear_key() {
         },
     )
     .await;
-    assert_eq!(
-        remaining().await,
-        Some(before - 1.0),
-        "the peer's delivery re-keyed alice"
-    );
+    assert_eq!(remaining().await, before - 1.0, "the peer's delivery re-keyed alice");
     let audit = ok(&cli(&data_a, &hsm_a, a.admin, &["audit", "show"]));
     assert!(
         audit

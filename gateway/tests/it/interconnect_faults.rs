@@ -38,7 +38,7 @@ pub(crate) fn peer_toml(name: &str, domain: &str, port: u16, ca: &std::path::Pat
 }
 
 /// A series of A's metrics (0 until it exists).
-async fn metric(admin: u16, series: &str) -> f64 {
+pub(crate) async fn metric(admin: u16, series: &str) -> f64 {
     test_support::admin_request(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
         .await
         .unwrap_or_default()

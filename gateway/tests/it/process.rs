@@ -32,7 +32,18 @@ pub(crate) async fn spawn_gateway_with(
 /// `gateway ARGS` for the gateway [`spawn_gateway_with`] started on `data`: its
 /// configuration file, data directory and admin port.
 pub(crate) fn gateway_cli(data: &Path, admin: u16, args: &[&str]) -> std::process::Output {
+    gateway_cli_env(data, admin, Vec::new(), args)
+}
+
+/// [`gateway_cli`] with extra environment variables (a SoftHSM2 token's configuration).
+pub(crate) fn gateway_cli_env(
+    data: &Path,
+    admin: u16,
+    env: Vec<(&str, String)>,
+    args: &[&str],
+) -> std::process::Output {
     Command::new(GATEWAY)
+        .envs(env)
         .arg("--config")
         .arg(data.with_extension("toml"))
         .arg("--data-dir")

@@ -9,19 +9,11 @@ use std::time::Duration;
 
 use relay_client::{Client, Recipient};
 
+use crate::interconnect_faults::metric;
 use crate::process::{gateway_cli, ok};
 
 fn address(n: u32) -> String {
     format!("tel:+1555012{n:04}")
-}
-
-async fn metric(admin: u16, series: &str) -> f64 {
-    test_support::admin_request(([127, 0, 0, 1], admin).into(), "GET", "/metrics")
-        .await
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(-1.0)
 }
 
 async fn messages(c: &Client) -> Vec<bytes::Bytes> {

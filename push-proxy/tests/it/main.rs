@@ -346,7 +346,6 @@ async fn fcm_refuses_an_assertion_signed_by_another_key() {
 /// ready, and lists the providers it can deliver to.
 #[test]
 fn start_up_says_which_providers_are_missing() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("push.toml");
     std::fs::write(
@@ -357,25 +356,12 @@ fn start_up_says_which_providers_are_missing() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_push-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let ready = line.contains("push proxy ready");
-        lines.push(line);
-        if ready || lines.len() > 200 {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = lines.join("\n");
+    let log = log_until_ready(
+        std::process::Command::new(env!("CARGO_BIN_EXE_push-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    );
     assert!(
         log.contains("push proxy ready") && log.contains("providers=\"webpush\""),
         "{log}"
@@ -392,7 +378,6 @@ fn start_up_says_which_providers_are_missing() {
 /// each start unseals it (and says so), and a wrong PIN stops the proxy with a clear error.
 #[test]
 fn handle_keys_sealed_by_a_token() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let hsm = test_support::softhsm::SoftHsm::new(&dir.path().join("hsm"), "push", "2468");
     let data = dir.path().join("data");
@@ -424,21 +409,7 @@ fn handle_keys_sealed_by_a_token() {
         said.contains("created rcs-relay-kek") && said.contains("created handle-1.key, sealed"),
         "{said}"
     );
-    let run_until_ready = || {
-        let mut child = proxy(&[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
-            let line = line.unwrap();
-            let ready = line.contains("push proxy ready");
-            lines.push(line);
-            if ready || lines.len() > 200 {
-                break;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        lines.join("\n")
-    };
+    let run_until_ready = || log_until_ready(&mut proxy(&[]));
     let log = run_until_ready();
     assert!(log.contains("push proxy ready"), "{log}");
     assert!(log.contains("key.unseal") && log.contains("handle-1.key"), "{log}");
@@ -468,4 +439,27 @@ fn handle_keys_sealed_by_a_token() {
         stderr.contains("the PIN for token \"push\" is wrong") && !stderr.contains("1111"),
         "{stderr}"
     );
+}
+
+/// Runs the push-proxy command `cmd` until it says it is ready (at most 200 lines), stops it,
+/// and returns what it logged.
+fn log_until_ready(cmd: &mut std::process::Command) -> String {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("push-proxy starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("log lines are UTF-8");
+        let ready = line.contains("push proxy ready");
+        lines.push(line);
+        if ready || lines.len() > 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.join("\n")
 }

@@ -6,15 +6,15 @@ use storage::*;
 use crate::Harness;
 pub(crate) use crate::rekey::a_marked_rid_moves_with_everything_it_holds;
 
-const NOW: u64 = 1_800_000_000_000;
+pub(crate) const NOW: u64 = 1_800_000_000_000;
 const TTL: u64 = 30 * 24 * 3600 * 1000;
 const QUOTA: u64 = 1 << 30;
 
-fn rid(n: u8) -> Rid {
+pub(crate) fn rid(n: u8) -> Rid {
     Rid([n; 32])
 }
 
-fn new_device(rid: Rid, seed: u8) -> (NewDevice, DeviceCredential) {
+pub(crate) fn new_device(rid: Rid, seed: u8) -> (NewDevice, DeviceCredential) {
     let mut random = [seed; 48];
     random[0] = rid.0[0];
     let cred = DeviceCredential::from_random(random);
@@ -40,11 +40,11 @@ async fn register<S: Store>(s: &S, rid: Rid, seed: u8) -> DeviceId {
     s.register_device(new_device(rid, seed).0).await.unwrap()
 }
 
-fn msg(tag: &str) -> Ciphertext {
+pub(crate) fn msg(tag: &str) -> Ciphertext {
     Ciphertext::from_stored(Bytes::from(format!("mls-bytes-{tag}")))
 }
 
-fn send_req(to: &[Rid], m: Ciphertext) -> SendRequest {
+pub(crate) fn send_req(to: &[Rid], m: Ciphertext) -> SendRequest {
     SendRequest {
         sender: (rid(200), DeviceId(1)),
         recipients: to.iter().map(|r| RecipientSpec { rid: *r, devices: None }).collect(),

@@ -3,48 +3,17 @@
 //! also after a restart.
 
 use bytes::Bytes;
-use relay_core::credential::DeviceCredential;
 use storage::*;
 
 use crate::Harness;
-
-const NOW: u64 = 1_800_000_000_000;
-
-fn rid(n: u8) -> Rid {
-    Rid([n; 32])
-}
-
-fn device(rid: Rid, seed: u8) -> (NewDevice, DeviceCredential) {
-    let mut random = [seed; 48];
-    random[0] = rid.0[0];
-    let cred = DeviceCredential::from_random(random);
-    let req = NewDevice {
-        rid,
-        credential_lookup: cred.lookup(),
-        credential_hash: cred.hash([seed; 16]),
-        provisioning_nonce: [rid.0[0], seed, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7],
-        provisioning_expires_at_ms: NOW + 60_000,
-        provisioning_key: "test".into(),
-        max_devices: 6,
-        now_ms: NOW,
-    };
-    (req, cred)
-}
+use crate::contract::{NOW, msg, new_device as device, rid, send_req};
 
 fn send(to: &[Rid], tag: &str, from: (Rid, DeviceId), cmid: Option<[u8; 16]>) -> SendRequest {
     SendRequest {
         sender: from,
-        recipients: to.iter().map(|r| RecipientSpec { rid: *r, devices: None }).collect(),
-        message: Ciphertext::from_stored(Bytes::from(format!("mls-{tag}"))),
         client_message_id: cmid.map(ClientMessageId),
         request_digest: [1; 32],
-        urgent: false,
-        report: false,
-        now_ms: NOW,
-        ttl_ms: 3_600_000,
-        max_queue_bytes: 1 << 30,
-        ordering: None,
-        outbox: Vec::new(),
+        ..send_req(to, msg(tag))
     }
 }
 
@@ -110,14 +79,14 @@ pub(crate) async fn a_marked_rid_moves_with_everything_it_holds<H: Harness>() {
         assert!(s.devices(old).await.unwrap().is_empty());
         assert_eq!(
             tags(s, new, a1).await,
-            vec!["mls-m2"],
+            vec!["mls-bytes-m2"],
             "what a1 acknowledged stays acknowledged"
         );
-        assert_eq!(tags(s, new, a2).await, vec!["mls-m1", "mls-m2"]);
+        assert_eq!(tags(s, new, a2).await, vec!["mls-bytes-m1", "mls-bytes-m2"]);
         assert!(tags(s, old, a2).await.is_empty());
         assert_eq!(
             tags(s, other, b).await,
-            vec!["mls-m1", "mls-idem"],
+            vec!["mls-bytes-m1", "mls-bytes-idem"],
             "others keep theirs"
         );
         assert_eq!(s.push_handle(new, a2).await.unwrap().as_deref(), Some("handle-a2"));
