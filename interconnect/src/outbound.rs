@@ -80,7 +80,7 @@ impl Interconnect {
         if free == 0 {
             return;
         }
-        let due = match self.store.outbox_due(&name, now_ms(), free + busy).await {
+        let due = match self.store.outbox_lease(&name, now_ms(), free).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(cause = %e, "reading the outbox");

@@ -12,6 +12,10 @@ CREATE TABLE devices (
     credential_salt bytea   NOT NULL,
     credential_hash bytea   NOT NULL,
     lookup          bytea   NOT NULL UNIQUE CHECK (length(lookup) = 16),
+    -- Bytes of the envelopes queued for the device (its quota; gaps count nothing). A send
+    -- locks the recipient devices' rows before it takes its seq, so each device's seqs
+    -- become visible in order.
+    queued          bigint  NOT NULL DEFAULT 0,
     PRIMARY KEY (rid, device)
 );
 -- Every rid that ever registered (device ids are never reused).
@@ -58,9 +62,12 @@ CREATE TABLE idempotency (
     cmid          bytea   NOT NULL CHECK (length(cmid) = 16),
     server_id     bytea   NOT NULL CHECK (length(server_id) = 16),
     digest        bytea   NOT NULL CHECK (length(digest) = 32),
+    accepted_epoch bigint,
     expires_at_ms bigint  NOT NULL,
     PRIMARY KEY (rid, device, cmid)
 );
+CREATE INDEX idempotency_expiry ON idempotency (expires_at_ms);
+CREATE INDEX gaps_expiry ON gaps (expires_at_ms);
 CREATE SEQUENCE send_seq;
 
 -- KeyPackages (claimed with FOR UPDATE SKIP LOCKED) and their Welcome routes.
@@ -73,6 +80,14 @@ CREATE TABLE key_packages (
     sealed       bytea   NOT NULL
 );
 CREATE INDEX key_packages_device ON key_packages (rid, device, last_resort);
+-- Welcome routing: which device uploaded a KeyPackage, kept after the claim until it expires.
+CREATE TABLE key_package_routes (
+    kp_ref       bytea   PRIMARY KEY,
+    rid          bytea   NOT NULL,
+    device       integer NOT NULL,
+    not_after_ms bigint  NOT NULL
+);
+CREATE INDEX key_package_routes_rid ON key_package_routes (rid);
 
 -- Groups: the epoch (commit ordering) and the latest GroupInfo, sealed.
 CREATE TABLE groups (
@@ -88,25 +103,18 @@ CREATE TABLE push_handles (
     PRIMARY KEY (rid, device)
 );
 
--- The interconnect outbox: one row per entry, leased by one node at a time.
+-- The interconnect outbox: one row per entry, leased by one node at a time (a node that
+-- dies leaves its lease to expire).
 CREATE TABLE outbox (
-    peer_key      bytea   NOT NULL CHECK (length(peer_key) = 16),
-    seq           bigint  NOT NULL,
-    envelope_id   bytea   NOT NULL CHECK (length(envelope_id) = 16),
-    state         bytea   NOT NULL,
-    record        bytea   NOT NULL,
-    created_at_ms bigint  NOT NULL,
-    leased_by     text,
-    lease_until_ms bigint,
-    PRIMARY KEY (peer_key, seq)
-);
-CREATE TABLE outbox_dead_letters (
-    peer_key    bytea  NOT NULL,
-    seq         bigint NOT NULL,
-    envelope_id bytea  NOT NULL,
-    reason      text   NOT NULL,
-    at_ms       bigint NOT NULL,
-    PRIMARY KEY (peer_key, seq)
+    peer            text    NOT NULL,
+    seq             bigint  NOT NULL,
+    envelope_id     bytea   NOT NULL CHECK (length(envelope_id) = 16),
+    created_at_ms   bigint  NOT NULL,
+    attempts        integer NOT NULL,
+    next_attempt_ms bigint  NOT NULL,
+    record          bytea   NOT NULL,
+    lease_until_ms  bigint  NOT NULL DEFAULT 0,
+    PRIMARY KEY (peer, seq)
 );
 
 -- The audit log: a hash chain and RFC 6962 Merkle frontier (one head row), checkpoints.
@@ -146,4 +154,21 @@ CREATE TABLE suspended (
 CREATE TABLE rekey_marks (
     rid      bytea  PRIMARY KEY CHECK (length(rid) = 32),
     since_ms bigint NOT NULL
+);
+
+-- Live receivers on every node (push decisions across nodes), leased: a node refreshes its
+-- rows while it runs, and the rows of a node that died expire.
+CREATE TABLE receivers (
+    rid      bytea   NOT NULL CHECK (length(rid) = 32),
+    device   integer NOT NULL,
+    node     text    NOT NULL,
+    until_ms bigint  NOT NULL,
+    PRIMARY KEY (rid, device, node)
+);
+
+-- Rate limits shared by the nodes (GCRA: the theoretical arrival time per key). Unlogged:
+-- losing them in a crash only forgets recent requests.
+CREATE UNLOGGED TABLE rate_limits (
+    key    bytea  PRIMARY KEY,
+    tat_ms bigint NOT NULL
 );

@@ -149,6 +149,17 @@ pub trait Outbox: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
 
+    /// The entries a dispatcher is about to deliver: as [`Outbox::outbox_due`], and where
+    /// several nodes share the store, leased to this node (no other node is handed them
+    /// until it records the attempt, or the lease expires because it died). A store of one
+    /// node returns what is due.
+    fn outbox_lease(
+        &self,
+        peer: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
     /// Entries queued for `peer` and the creation time of the oldest.
     fn outbox_depth(&self, peer: &str) -> impl Future<Output = Result<(u64, Option<u64>), StoreError>> + Send;
 

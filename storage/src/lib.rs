@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 pub mod contract;
 pub mod journal;
 pub mod model;
+mod nodes;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod sled;
@@ -49,6 +50,8 @@ pub use contract::{
 };
 pub use journal::Recovery;
 pub use model::*;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresConfig, PostgresStore};
 pub use sled::{SledConfig, SledStore};
 
 /// The contract's traits, for `use storage::prelude::*;`.
@@ -64,6 +67,9 @@ pub mod prelude {
 pub enum StorageConfig {
     /// The embedded default.
     Sled(SledConfig),
+    /// Several gateway nodes on one PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresConfig),
 }
 
 /// The store the services hold: a backend chosen at run time, and the watchers it wakes.
@@ -95,18 +101,32 @@ struct ControlState {
 #[derive(Debug)]
 enum Backend {
     Sled(SledStore),
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresStore),
 }
 
 impl Storage {
-    /// Opens the configured backend (blocking: run it off the async runtime).
-    pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+    /// Opens the configured backend (sled's recovery runs on the blocking pool; a database
+    /// backend connects and applies its migrations). On a database backend, the store also
+    /// listens for the other nodes' notifications from now on.
+    pub async fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         let backend = match config {
-            StorageConfig::Sled(c) => Backend::Sled(SledStore::open(c)?),
+            StorageConfig::Sled(c) => {
+                let c = c.clone();
+                let b = tokio::task::spawn_blocking(move || SledStore::open(&c))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("opening sled: {e}")))??;
+                Backend::Sled(b)
+            }
+            #[cfg(feature = "postgres")]
+            StorageConfig::Postgres(c) => Backend::Postgres(PostgresStore::open(c).await?),
         };
         let (switches_off, suspended, rekey_marked) = match &backend {
             Backend::Sled(b) => b.controls_now()?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.controls_now().await?,
         };
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 backend,
                 watchers: Arc::default(),
@@ -117,7 +137,12 @@ impl Storage {
                     rekey_marked: rekey_marked.into_iter().collect(),
                 }),
             }),
-        })
+        };
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(b) = &store.inner.backend {
+            nodes::share(&store, b.clone());
+        }
+        Ok(store)
     }
 
     /// Whether the kill switch `name` is off.
@@ -148,6 +173,8 @@ impl Storage {
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
             Backend::Sled(_) => "sled",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => "postgres",
         }
     }
 
@@ -168,6 +195,8 @@ macro_rules! on_backend {
     ($self:ident, $b:ident => $e:expr) => {
         match &$self.inner.backend {
             Backend::Sled($b) => $e,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres($b) => $e,
         }
     };
 }
@@ -288,6 +317,10 @@ impl PushHandles for Storage {
 impl Outbox for Storage {
     async fn outbox_due(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         on_backend!(self, b => b.outbox_due(peer, now_ms, limit).await)
+    }
+
+    async fn outbox_lease(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        on_backend!(self, b => b.outbox_lease(peer, now_ms, limit).await)
     }
 
     async fn outbox_depth(&self, peer: &str) -> Result<(u64, Option<u64>), StoreError> {

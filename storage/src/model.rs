@@ -262,6 +262,14 @@ pub enum StoreError {
     /// The operation does not apply in the store's state (the text says why).
     #[error("{0}")]
     Refused(String),
+    /// The database cannot be reached, timed out, or is read-only (a failover in progress);
+    /// the operation's outcome is unknown (a commit may have been in flight). Retry later.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    /// A concurrent operation conflicted (deadlock, serialization failure) and retrying
+    /// did not resolve it; nothing changed.
+    #[error("storage conflict: {0}")]
+    Conflict(String),
 }
 
 #[derive(Debug, thiserror::Error)]

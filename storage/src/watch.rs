@@ -76,6 +76,8 @@ pub fn events(queue: usize) -> (EventSink, Events) {
 pub struct Watchers {
     map: Mutex<HashMap<DeviceKey, Arc<Notify>>>,
     events: OnceLock<EventSink>,
+    /// Where the store shares presence with other nodes (a database backend).
+    shared: OnceLock<mpsc::UnboundedSender<Presence>>,
 }
 
 /// A registered watcher; dropping it unregisters.
@@ -92,14 +94,40 @@ impl Watchers {
         self.events.set(sink).is_ok()
     }
 
+    /// Also sends presence changes to `tx` (once; the store that shares them with other nodes).
+    pub(crate) fn share_presence(&self, tx: mpsc::UnboundedSender<Presence>) -> bool {
+        self.shared.set(tx).is_ok()
+    }
+
+    fn presence(&self, p: Presence) {
+        if let Some(e) = self.events.get() {
+            let _ = e.presence.send(p);
+        }
+        if let Some(s) = self.shared.get() {
+            let _ = s.send(p);
+        }
+    }
+
+    /// Wakes every watcher (after notifications may have been missed); they re-read.
+    pub fn wake_all(&self) {
+        for n in self.lock().values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// The devices watched now.
+    pub fn watched(&self) -> Vec<DeviceKey> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Watches `key`. Enable a `notified()` future *before* reading the mailbox.
     pub fn subscribe(self: &Arc<Self>, key: DeviceKey) -> Subscription {
         let mut map = self.lock();
         let first = !map.contains_key(&key);
         let notify = Arc::clone(map.entry(key).or_default());
         // Sent under the lock, so connect and disconnect events of a device stay in order.
-        if first && let Some(e) = self.events.get() {
-            let _ = e.presence.send(Presence::Connected(key));
+        if first {
+            self.presence(Presence::Connected(key));
         }
         drop(map);
         Subscription {
@@ -161,9 +189,7 @@ impl Drop for Subscription {
         // the map's own reference plus ours means we are the last watcher.
         if Arc::strong_count(&self.notify) == 2 {
             map.remove(&self.key);
-            if let Some(e) = self.watchers.events.get() {
-                let _ = e.presence.send(Presence::Disconnected(self.key));
-            }
+            self.watchers.presence(Presence::Disconnected(self.key));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A real PostgreSQL 15 server per test (Debian `postgresql`): `initdb` in the test's
 //! temporary directory, a free loopback port, `fsync` and `synchronous_commit` on, stopped
 //! (immediately) on drop. As root the server runs as the `postgres` user, which owns the
-//! cluster's directory.
+//! cluster's directory. Self-contained: the storage crate's contract suite includes this
+//! file too (storage cannot depend on this crate, which depends on it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,7 +79,7 @@ impl Postgres {
         init.args(["-A", "trust", "-U", "postgres", "--no-instructions", "-D"])
             .arg(&data);
         run(init, "initdb");
-        let port = crate::process::free_port();
+        let port = free_port();
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = on\nsynchronous_commit = on\n",
             dir.display()
@@ -103,6 +104,19 @@ impl Postgres {
         }
     }
 
+    /// Starts the server again after [`Postgres::kill`] (crash recovery replays its WAL).
+    pub fn restart(&mut self) {
+        let mut start = as_owner("pg_ctl");
+        start
+            .args(["-w", "-D"])
+            .arg(self.dir.join("data"))
+            .args(["-l"])
+            .arg(self.dir.join("server.log"))
+            .arg("start");
+        run(start, "pg_ctl start");
+        self.stopped = false;
+    }
+
     /// A connection string for database `postgres`.
     pub fn url(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
@@ -119,6 +133,13 @@ impl Postgres {
             self.stopped = true;
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl Drop for Postgres {

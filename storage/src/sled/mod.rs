@@ -113,7 +113,8 @@ struct Inner {
     idempotency: Stripes,
     groups: Stripes,
     mailboxes: Mutex<Mailboxes>,
-    outbox: Mutex<()>,
+    /// Guards outbox writes; holds the leases handed to the dispatcher: (peer, seq) → until.
+    outbox: Mutex<HashMap<(String, u64), u64>>,
     audit: Mutex<()>,
     checkpoint: checkpoint::Checkpointer,
     writer: writer::Writer,

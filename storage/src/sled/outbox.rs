@@ -10,6 +10,9 @@ use super::{SledStore, lock};
 use crate::contract::Outbox;
 use crate::{OutboxEntry, StoreError};
 
+/// How long an entry handed to the dispatcher stays its own.
+const LEASE_MS: u64 = 30_000;
+
 impl Outbox for SledStore {
     async fn outbox_due(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let peer = peer.to_owned();
@@ -19,6 +22,29 @@ impl Outbox for SledStore {
                 let (k, v) = item.map_err(backend)?;
                 let entry = decode_outbox(&k, &v)?;
                 if entry.state.due(now_ms) {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One process owns the store: the leases are kept in memory.
+    async fn outbox_lease(&self, peer: &str, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let owned = peer.to_owned();
+        self.blocking(move |s| {
+            let mut leases = lock(&s.outbox);
+            leases.retain(|_, until| *until > now_ms);
+            let mut out = Vec::new();
+            for item in s.tree.scan_prefix(outbox_prefix(&owned)) {
+                let (k, v) = item.map_err(backend)?;
+                let entry = decode_outbox(&k, &v)?;
+                if entry.state.due(now_ms) && !leases.contains_key(&(owned.clone(), entry.seq)) {
+                    leases.insert((owned.clone(), entry.seq), now_ms.saturating_add(LEASE_MS));
                     out.push(entry);
                     if out.len() >= limit {
                         break;
@@ -49,7 +75,8 @@ impl Outbox for SledStore {
     async fn outbox_retry(&self, peer: &str, seq: u64, state: EntryState) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.write(move |s| {
-            let _outbox = lock(&s.outbox);
+            let mut leases = lock(&s.outbox);
+            leases.remove(&(peer.clone(), seq));
             let key = outbox_key(&peer, seq);
             let mut ws = WriteSet::default();
             if let Some(v) = s.tree.get(&key).map_err(backend)? {
@@ -65,7 +92,8 @@ impl Outbox for SledStore {
     async fn outbox_delete(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.write(move |s| {
-            let _outbox = lock(&s.outbox);
+            let mut leases = lock(&s.outbox);
+            leases.remove(&(peer.clone(), seq));
             let mut ws = WriteSet::default();
             ws.del(&outbox_key(&peer, seq));
             Ok(((), s.commit(&ws)?))
@@ -76,7 +104,8 @@ impl Outbox for SledStore {
     async fn outbox_dead_letter(&self, peer: &str, seq: u64, detail: String, now_ms: u64) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.write(move |s| {
-            let _outbox = lock(&s.outbox);
+            let mut leases = lock(&s.outbox);
+            leases.remove(&(peer.clone(), seq));
             let _audit = lock(&s.audit);
             let mut ws = WriteSet::default();
             ws.del(&outbox_key(&peer, seq));

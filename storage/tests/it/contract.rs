@@ -866,3 +866,32 @@ pub(crate) async fn ack_needs_the_whole_server_id<H: Harness>() {
     assert_eq!(s.ack(rid(1), d, ack).await.unwrap(), 1);
     assert_eq!(s.stats().await.unwrap().blobs, 0);
 }
+
+pub(crate) async fn outbox_leases_hand_each_entry_out_once<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    for tag in ["a", "b", "c"] {
+        let mut req = send_req(&[], msg(tag));
+        req.outbox = vec![OutboxItem {
+            peer: "carrier-b".into(),
+            record: Bytes::from(tag.as_bytes().to_vec()),
+        }];
+        s.send(req).await.unwrap();
+    }
+    let first = s.outbox_lease("carrier-b", NOW, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = s.outbox_lease("carrier-b", NOW, 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "leased entries are not handed out again");
+    assert!(s.outbox_lease("carrier-b", NOW, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.outbox_due("carrier-b", NOW, 10).await.unwrap().len(),
+        3,
+        "reading what is due leases nothing"
+    );
+    // Recording an attempt ends the lease; a lease nobody ends expires.
+    s.outbox_retry("carrier-b", first[0].seq, first[0].state).await.unwrap();
+    let again = s.outbox_lease("carrier-b", NOW, 10).await.unwrap();
+    assert_eq!(again.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![first[0].seq]);
+    let expired = s.outbox_lease("carrier-b", NOW + 3_600_000, 10).await.unwrap();
+    assert_eq!(expired.len(), 3, "every lease expired after an hour");
+}

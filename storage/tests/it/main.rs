@@ -8,10 +8,16 @@
 mod contract;
 mod journal;
 mod migrate;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../test-support/src/postgres.rs"]
+mod pg_server;
+mod nodes;
 mod rekey;
 
+use std::future::Future;
+
 use storage::prelude::*;
-use storage::{SledConfig, Storage, StorageConfig, StoreError};
+use storage::{PostgresConfig, SledConfig, Storage, StorageConfig, StoreError};
 
 /// A fresh store of one backend, plus whatever keeps it alive.
 pub(crate) trait Harness: Sized + Send + Sync + 'static {
@@ -61,7 +67,7 @@ fn open(path: &std::path::Path) -> Storage {
         ..SledConfig::in_dir(path)
     });
     for _ in 0..100 {
-        match Storage::open(&config) {
+        match block_on(Storage::open(&config)) {
             Ok(s) => return s,
             Err(StoreError::InUse(_)) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -70,6 +76,56 @@ fn open(path: &std::path::Path) -> Storage {
         }
     }
     panic!("the sled directory stayed locked");
+}
+
+/// The PostgreSQL backend: a real server of its own per test (started here), through the
+/// same [`Storage`] handle; a reopen is a new store (a new pool) on the same database.
+pub(crate) struct Postgres {
+    pub(crate) server: pg_server::Postgres,
+    _dir: tempfile::TempDir,
+    store: Option<Storage>,
+}
+
+impl Postgres {
+    pub(crate) fn config(&self) -> StorageConfig {
+        StorageConfig::Postgres(PostgresConfig {
+            pool_size: 8,
+            ..PostgresConfig::new(self.server.url())
+        })
+    }
+}
+
+/// Runs `f` to completion from a synchronous harness method inside the test's runtime.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+impl Harness for Postgres {
+    type S = Storage;
+
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = pg_server::Postgres::start(&dir.path().join("pg"));
+        let mut h = Self {
+            server,
+            _dir: dir,
+            store: None,
+        };
+        h.store = Some(block_on(Storage::open(&h.config())).unwrap());
+        h
+    }
+
+    fn store(&self) -> &Storage {
+        self.store.as_ref().unwrap()
+    }
+
+    fn reopen(mut self) -> Self {
+        let store = self.store.take().unwrap();
+        store.close();
+        drop(store);
+        self.store = Some(block_on(Storage::open(&self.config())).unwrap());
+        self
+    }
 }
 
 macro_rules! backends {
@@ -112,6 +168,7 @@ macro_rules! contract_tests {
             audit_log_prunes_behind_a_base,
             ack_needs_the_whole_server_id,
             a_marked_rid_moves_with_everything_it_holds,
+            outbox_leases_hand_each_entry_out_once,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -126,4 +183,5 @@ macro_rules! contract_tests {
 
 backends! {
     sled => crate::Sled,
+    postgres => crate::Postgres,
 }

@@ -1,0 +1,1 @@
+//! PostgreSQL-only: several nodes on one database.
