@@ -160,9 +160,9 @@ impl PostgresStore {
         let tolerance = period.saturating_mul(i64::from(burst.max(1) - 1));
         let allowed = q01(
             &c,
-            "INSERT INTO rate_limits AS r (key, tat_ms) VALUES ($1, $2 + $3) \
-             ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(r.tat_ms, $2) + $3 \
-               WHERE GREATEST(r.tat_ms, $2) - $2 <= $4 \
+            "INSERT INTO rate_limits AS r (key, tat_ms) VALUES ($1::bytea, $2::bigint + $3::bigint) \
+             ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(r.tat_ms, $2::bigint) + $3::bigint \
+               WHERE GREATEST(r.tat_ms, $2::bigint) - $2::bigint <= $4::bigint \
              RETURNING tat_ms",
             &[&key, &now, &period, &tolerance],
         )
