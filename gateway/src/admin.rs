@@ -46,11 +46,13 @@ pub(crate) async fn serve(
     let controls_state = state.clone();
     let acme_routes = acme_routes(acme, store.clone(), Arc::clone(&checkpointer));
     let ready_certs = Arc::clone(&certs);
+    let ready_store = store.clone();
     let healthz = move || {
         let certs = Arc::clone(&ready_certs);
+        let store = ready_store.clone();
         async move {
             if certs.has_certificate() {
-                crate::api::healthz().await.into_response()
+                crate::api::ready(&store).await
             } else {
                 (http::StatusCode::SERVICE_UNAVAILABLE, "no TLS certificate yet\n").into_response()
             }

@@ -100,10 +100,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Retry-After` of a 503 while storage is unavailable: a failover takes seconds.
+const STORAGE_RETRY_SECS: u64 = 1;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => Self::new(ErrorCode::Unavailable, "shutting down"),
+            // The database is away (a failover, an outage) or a conflict outlasted the
+            // retries: nothing was stored, or (a commit in flight) the client's retry with
+            // the same client message id is answered from the first attempt.
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
+                metrics::counter!("relay_storage_unavailable_total").increment(1);
+                let mut e = Self::new(ErrorCode::Unavailable, "storage is unavailable; retry");
+                e.retry_after_secs = Some(STORAGE_RETRY_SECS);
+                e
+            }
             other => Self::internal(&other),
         }
     }

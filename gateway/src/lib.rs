@@ -48,6 +48,7 @@ mod keyfile;
 pub mod keys;
 pub mod keys_cli;
 pub mod mls;
+mod nodes;
 pub mod operators;
 pub mod provisioning_keys;
 pub mod push;

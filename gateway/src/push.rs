@@ -5,7 +5,9 @@
 //! event and counts it). One notifier task owns the [`Scheduler`] (coalescing window, urgent
 //! bypass, delayed push after a receiver disconnects) and learns which devices are live from
 //! the [`Presence`] events it receives; it looks up each device's push handle, mints a random
-//! pointer and posts batches to the push proxy's `/v1/notify` over mutual TLS. Handles the
+//! pointer and posts batches to the push proxy's `/v1/notify` over mutual TLS. Where several
+//! nodes share a database, a device with a live receiver on another node is live too
+//! ([`storage::Storage::live_elsewhere`]). Handles the
 //! proxy reports dead are dropped with compare-and-delete, so a handle re-registered
 //! meanwhile survives. Every notify is a task owned by the gateway's shutdown drain.
 
@@ -119,7 +121,9 @@ impl Notifier {
                         batch.push(e);
                     }
                     for Unwatched { key, urgent } in batch {
-                        if let Decision::Push(w) = sched.on_stored(key, live.contains(&key), urgent, now()) {
+                        // Live here, or (several nodes on one database) on another node.
+                        let live_now = live.contains(&key) || this.store.live_elsewhere(key).await;
+                        if let Decision::Push(w) = sched.on_stored(key, live_now, urgent, now()) {
                             due.push((key, w == Wake::Urgent));
                         } else {
                             metrics::counter!("relay_push_coalesced_total").increment(1);
@@ -129,7 +133,7 @@ impl Notifier {
                 () = async { tokio::time::sleep_until(next.unwrap_or(epoch).into()).await }, if next.is_some() => {
                     for key in sched.due(now()) {
                         // A delayed push only if the device is still away and has something waiting.
-                        if !live.contains(&key) && this.pending(key).await {
+                        if !live.contains(&key) && !this.store.live_elsewhere(key).await && this.pending(key).await {
                             due.push((key, false));
                         }
                     }

@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use storage::prelude::*;
-use storage::{SledConfig, Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -110,18 +109,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         handshake_timeout: settings.timeouts.tls_handshake,
         config: config.http3.clone(),
     };
-    let st = &config.storage;
-    let storage_config = StorageConfig::Sled(SledConfig {
-        cache_capacity: st.cache_capacity_mb << 20,
-        journal_segment_bytes: st.journal_segment_mb.max(1) << 20,
-        checkpoint_bytes: st.checkpoint_mb.max(1) << 20,
-        checkpoint_interval: Duration::from_secs(st.checkpoint_secs.max(1)),
-        ..SledConfig::in_dir(data_dir)
-    });
-    let store = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
-        .await
-        .context("opening storage")?
-        .context("opening storage")?;
+    let store = crate::nodes::open(&config.storage, data_dir, &keys).await?;
     let push_events = if config.push.proxy_url.is_some() {
         let (sink, events) = storage::watch::events(config.push.queue);
         store.watchers().attach(sink);

@@ -172,3 +172,9 @@ CREATE UNLOGGED TABLE rate_limits (
     key    bytea  PRIMARY KEY,
     tat_ms bigint NOT NULL
 );
+
+-- What every node on the database must agree on (e.g. a probe of the rid key per version).
+CREATE TABLE cluster (
+    name  text PRIMARY KEY,
+    value text NOT NULL
+);

@@ -48,9 +48,23 @@ impl Storage {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres(b) => Ok(b
-                .rate(key, period.as_millis() as u64, burst, relay_net_now())
+                .rate(key, (period.as_millis() as u64).max(1), burst, relay_net_now())
                 .await?
                 .map(Duration::from_millis)),
+        }
+    }
+
+    /// The value every node on the store must share under `name`: the first node's
+    /// `value` is kept, and returned to every later one (compare it with yours). A store of
+    /// one node returns `value`.
+    pub async fn agree(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        match &self.inner.backend {
+            Backend::Sled(_) => {
+                let _ = name;
+                Ok(value.to_owned())
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.agree(name, value).await,
         }
     }
 

@@ -122,6 +122,18 @@ impl Postgres {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
     }
 
+    /// The output of `psql -At -c sql` against database `postgres` (a test's direct look).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(format!("{BIN}/psql"))
+            .args(["-At", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Stops the server at once (no shutdown checkpoint: what a crash leaves).
     pub fn kill(&mut self) {
         if !self.stopped {

@@ -64,6 +64,15 @@ pub(super) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Err(ApiError::rate_limited("too many requests for this credential", wait));
     }
+    // Where several nodes share a database, the same limit across all of them.
+    let mut key = Vec::with_capacity(37);
+    key.push(b'c');
+    key.extend_from_slice(&device.rid.0);
+    key.extend_from_slice(&device.id.0.to_be_bytes());
+    let (period, burst) = state.inner.credential_rate;
+    if let Some(wait) = state.inner.store.shared_rate(&key, period, burst).await? {
+        return Err(ApiError::rate_limited("too many requests for this credential", wait));
+    }
     Ok(device)
 }
 

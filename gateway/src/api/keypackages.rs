@@ -98,6 +98,20 @@ pub(super) async fn claim(State(state): State<AppState>, req: Request) -> Result
             ));
         }
     }
+    // The same limits across the nodes sharing a database.
+    let (period, burst) = state.inner.claim_rate;
+    for t in &targets {
+        let mut key = Vec::with_capacity(65);
+        key.push(b'k');
+        key.extend_from_slice(&device.rid.0);
+        key.extend_from_slice(&t.rid.0);
+        if let Some(wait) = state.inner.store.shared_rate(&key, period, burst).await? {
+            return Err(ApiError::rate_limited(
+                "too many KeyPackage claims for this address",
+                wait,
+            ));
+        }
+    }
     // During a K_rid rotation the targets' records move to their new rids first.
     state.rekey(targets.iter().map(|t| t.address.clone()).collect()).await?;
     let (local, mut key_packages) = claim_remote(&state, device, &body.requester, targets).await?;

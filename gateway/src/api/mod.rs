@@ -96,6 +96,9 @@ struct Inner {
     timeouts: Timeouts,
     open_registration: bool,
     limiter: DefaultKeyedRateLimiter<(Rid, DeviceId)>,
+    /// The same limits as (period, burst), for the limiter the nodes on a database share.
+    credential_rate: (Duration, u32),
+    claim_rate: (Duration, u32),
     claim_limiter: DefaultKeyedRateLimiter<(Rid, Rid)>,
     abuse: Abuse,
     /// Credential lookups in storage (also `relay_credential_lookups_total`).
@@ -147,6 +150,11 @@ impl AppState {
                 timeouts: c.timeouts,
                 open_registration: c.open_registration,
                 limiter: RateLimiter::keyed(quota),
+                credential_rate: (
+                    Duration::from_micros(1_000_000 / u64::from(c.requests_per_second.get())),
+                    c.burst.get(),
+                ),
+                claim_rate: (Duration::from_secs(c.mls.claim_refill_secs.max(1)), c.mls.claim_burst.max(1)),
                 claim_limiter: RateLimiter::keyed(
                     Quota::with_period(Duration::from_secs(c.mls.claim_refill_secs.max(1)))
                         .expect("the period is at least one second")
@@ -312,8 +320,22 @@ pub fn api(state: AppState) -> Router {
         .with_state(state)
 }
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// Ready when storage answers (a database node whose database is away is not: a load
+/// balancer sends its clients elsewhere until it is back).
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    ready(state.store()).await
+}
+
+/// `200 ok`, or `503` while storage does not answer within two seconds.
+pub async fn ready(store: &Storage) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), store.ready()).await {
+        Ok(Ok(())) => "ok\n".into_response(),
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "not ready");
+            (http::StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+        }
+        Err(_) => (http::StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -124,6 +124,18 @@ impl Config {
                 "rate_limit.sender_queue_share_percent of limits.max_queue_bytes_per_device must hold at least one envelope",
             );
         }
+        match (self.storage.backend, &self.storage.postgres) {
+            (crate::config::BackendKind::Postgres, None) => {
+                return invalid("storage.backend = \"postgres\" needs [storage.postgres] with its url");
+            }
+            (crate::config::BackendKind::Sled, Some(_)) => {
+                return invalid("[storage.postgres] is set but storage.backend is \"sled\"");
+            }
+            (_, Some(pg)) if pg.pool_size == 0 || pg.statement_timeout_ms == 0 || pg.outbox_lease_secs == 0 => {
+                return invalid("storage.postgres.pool_size, statement_timeout_ms and outbox_lease_secs must be positive");
+            }
+            _ => {}
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
         }

@@ -36,6 +36,7 @@ mod interconnect_faults;
 mod interop;
 mod limits;
 mod mls;
+mod nodes;
 mod operators;
 mod power_loss;
 mod process;

@@ -103,6 +103,13 @@ impl PostgresStore {
         }
     }
 
+    /// The value stored under `name`, `value` if there was none.
+    pub(crate) async fn agree(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let c = self.client().await?;
+        x(&c, "INSERT INTO cluster (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &value]).await?;
+        Ok(super::q1(&c, "SELECT value FROM cluster WHERE name = $1", &[&name]).await?.get(0))
+    }
+
     /// Records that this node has (`true`) or no longer has a live receiver for `key`.
     pub(crate) async fn set_receiver(&self, key: DeviceKey, live: bool, now_ms: u64) -> Result<(), StoreError> {
         let c = self.client().await?;

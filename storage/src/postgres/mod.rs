@@ -54,11 +54,13 @@ mod embedded {
 const RETRIES: usize = 8;
 
 /// Configuration of the PostgreSQL backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresConfig {
     /// A libpq connection string or URL. Several hosts with
     /// `target_session_attrs=read-write` follow a failover to the new primary.
     pub url: String,
+    /// The password, if not in `url` (read from a file by the caller).
+    pub password: Option<String>,
     /// Connections per node.
     pub pool_size: usize,
     /// Longest a statement may run (and a request wait for a connection).
@@ -76,12 +78,23 @@ impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            password: None,
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             outbox_lease: Duration::from_secs(30),
             receiver_lease: Duration::from_secs(15),
         }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection string and the password are secrets: never printed.
+        f.debug_struct("PostgresConfig")
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,6 +130,9 @@ impl PostgresStore {
             timeout_ms * 2
         ));
         pg.connect_timeout(cfg.connect_timeout);
+        if let Some(p) = &cfg.password {
+            pg.password(p.trim_end_matches(['\r', '\n']));
+        }
         pg.application_name("rcs-relay");
         {
             let (mut client, connection) = pg.connect(NoTls).await.map_err(|e| unreachable(&e))?;
