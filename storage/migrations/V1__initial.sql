@@ -114,6 +114,7 @@ CREATE TABLE outbox (
     next_attempt_ms bigint  NOT NULL,
     record          bytea   NOT NULL,
     lease_until_ms  bigint  NOT NULL DEFAULT 0,
+    leased_by       text,
     PRIMARY KEY (peer, seq)
 );
 

@@ -185,3 +185,198 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
         other => panic!("the claim limit did not hold across the nodes: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let _keep = crate::process::KeepOnPanic(dir.path().to_path_buf());
+    // At start: a clear error and a non-zero exit, the password nowhere in it.
+    let down = test_support::process::free_port();
+    let config = dir.path().join("down.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"host=127.0.0.1 port={down} user=relay password=hunter2 dbname=relay\"\nconnect_timeout_ms = 1000\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("down"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opening the postgres storage backend") && stderr.contains("unavailable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the database password was printed: {stderr}");
+
+    // While running: 503 with Retry-After, not ready; then back by itself.
+    let mut pg = Postgres::start(&dir.path().join("pg"));
+    let data = dir.path().join("node");
+    let node = crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &postgres_toml(&pg, "")).await;
+    const ALICE: &str = "tel:+15550170301";
+    let alice = node
+        .client()
+        .with_credential(node.client().register(&test_support::provision_token(&data, ALICE, 3_600_000)).await.unwrap().credential);
+    let to = [Recipient::address(ALICE)];
+    alice.send(&to, test_support::framed_message(b"before"), None, false).await.unwrap();
+    tokio::task::block_in_place(|| pg.kill());
+    let started = Instant::now();
+    match alice.send(&to, test_support::framed_message(b"during"), None, false).await {
+        Err(ClientError::Api {
+            status: 503,
+            code,
+            retry_after: Some(1),
+            ..
+        }) => assert_eq!(code, "unavailable"),
+        other => panic!("expected 503 unavailable with Retry-After: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "the request hung: {:?}", started.elapsed());
+    assert!(node.client().healthz().await.is_err(), "ready without its database");
+    let admin = test_support::admin_request(([127, 0, 0, 1], node.admin).into(), "GET", "/healthz")
+        .await
+        .unwrap();
+    assert!(admin.starts_with("HTTP/1.1 503"), "{admin}");
+    tokio::task::block_in_place(|| pg.restart());
+    test_support::eventually("the node to be ready again", Duration::from_secs(30), async || {
+        node.client().healthz().await.is_ok()
+    })
+    .await;
+    alice.send(&to, test_support::framed_message(b"after"), None, false).await.unwrap();
+    let page = alice.receive(0, 10, 0).await.unwrap();
+    let got: Vec<_> = page.envelopes.iter().map(|e| e.message.clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            test_support::framed_message(b"before"),
+            test_support::framed_message(b"after")
+        ]
+    );
+}
+
+/// Carrier A runs as two nodes on one database, carrier C as one sled node. Both of A's
+/// nodes deliver from the shared outbox without ever handing C an envelope twice; with C
+/// away, sends are acknowledged and queued, node A1 is killed holding leases, C comes back,
+/// and A2 delivers everything (A1's entries once their leases expire): C's recipient gets
+/// every envelope exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_outbox_delivers_once_with_a_node_killed() {
+    use crate::interconnect_faults::{interconnect_toml, metric, peer_toml};
+    let dir = tempfile::tempdir().unwrap();
+    let _keep = crate::process::KeepOnPanic(dir.path().to_path_buf());
+    let ca = test_support::pki::RcgenCa::new(&dir.path().join("pki"), "carriers");
+    let (leaf_a, leaf_c) = (
+        ca.issue("a", "carrier-a.test", 1, None),
+        ca.issue("c", "carrier-c.test", 2, None),
+    );
+    let (a1_ic, a2_ic, c_ic) = (
+        test_support::process::free_port(),
+        test_support::process::free_port(),
+        test_support::process::free_port(),
+    );
+    let (peers_a, peers_c) = (dir.path().join("peers-a.toml"), dir.path().join("peers-c.toml"));
+    std::fs::write(&peers_a, peer_toml("c", "carrier-c.test", c_ic, &ca.cert, "+4477")).unwrap();
+    std::fs::write(&peers_c, peer_toml("a", "carrier-a.test", a1_ic, &ca.cert, "+1555")).unwrap();
+    let toml_c = interconnect_toml(c_ic, "carrier-c.test", &leaf_c, &peers_c, "+4477");
+    let (c_dir, c_log) = (dir.path().join("c"), dir.path().join("c.log"));
+    let c = crate::process::spawn_gateway_with(&c_dir, &c_log, &[], &toml_c).await;
+    const CAROL: &str = "tel:+447700900001";
+    let carol_cred = c
+        .client()
+        .register(&test_support::provision_token(&c_dir, CAROL, 3_600_000))
+        .await
+        .unwrap()
+        .credential;
+
+    let pg = Postgres::start(&dir.path().join("pg"));
+    let lease = "outbox_lease_secs = 2\n";
+    let a1_dir = node_dir(dir.path(), "a1", None);
+    let a1 = crate::process::spawn_gateway_with(
+        &a1_dir,
+        &dir.path().join("a1.log"),
+        &[],
+        &(postgres_toml(&pg, lease) + &interconnect_toml(a1_ic, "carrier-a.test", &leaf_a, &peers_a, "+1555")),
+    )
+    .await;
+    let a2_dir = node_dir(dir.path(), "a2", Some(&a1_dir));
+    let a2 = crate::process::spawn_gateway_with(
+        &a2_dir,
+        &dir.path().join("a2.log"),
+        &[],
+        &(postgres_toml(&pg, lease) + &interconnect_toml(a2_ic, "carrier-a.test", &leaf_a, &peers_a, "+1555")),
+    )
+    .await;
+    const ALICE: &str = "tel:+15550170401";
+    let alice_cred = a1
+        .client()
+        .register(&test_support::provision_token(&a1_dir, ALICE, 3_600_000))
+        .await
+        .unwrap()
+        .credential;
+    let (via_a1, via_a2) = (a1.client().with_credential(&alice_cred), a2.client().with_credential(&alice_cred));
+    let to = [Recipient::address(CAROL)];
+    let mut sent = Vec::new();
+    for n in 0..30u32 {
+        let via = if n % 2 == 0 { &via_a1 } else { &via_a2 };
+        let m = test_support::framed_message(format!("up-{n}").as_bytes());
+        via.send(&to, m.clone(), None, false).await.unwrap();
+        sent.push(m);
+    }
+    let carol = c.client().with_credential(&carol_cred);
+    let mut got = Vec::new();
+    test_support::eventually("C to receive the first 30", Duration::from_secs(30), async || {
+        let page = carol.receive(0, 100, 0).await.unwrap();
+        got = page.envelopes.iter().map(|e| e.message.clone()).collect();
+        got.len() >= 30
+    })
+    .await;
+    let duplicate = "interconnect_inbound_total{peer=\"a\",result=\"duplicate\"}";
+    assert_eq!(metric(c.admin, duplicate).await, 0.0, "both nodes delivered an entry");
+
+    // C goes away; A's nodes acknowledge and queue; A1 dies holding leases; C returns.
+    drop(carol);
+    assert!(c.terminate().success());
+    // Where C was, a listener that accepts and never answers: deliveries hang mid-way,
+    // each holding its entry's lease.
+    let black_hole = tokio::net::TcpListener::bind(("127.0.0.1", c_ic)).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            held.push(s);
+        }
+    });
+    for n in 30..50u32 {
+        let via = if n % 2 == 0 { &via_a1 } else { &via_a2 };
+        let m = test_support::framed_message(format!("down-{n}").as_bytes());
+        via.send(&to, m.clone(), None, false).await.unwrap();
+        sent.push(m);
+    }
+    test_support::eventually("both nodes to hold leases mid-delivery", Duration::from_secs(30), async || {
+        pg.psql(
+            "SELECT count(DISTINCT leased_by) FROM outbox WHERE lease_until_ms > (extract(epoch from now()) * 1000)::bigint",
+        ) == "2"
+    })
+    .await;
+    a1.kill9();
+    held.abort();
+    let _ = held.await;
+    let c = crate::process::spawn_gateway_with(&c_dir, &c_log, &[], &toml_c).await;
+    let carol = c.client().with_credential(&carol_cred);
+    test_support::eventually("C to receive all 50", Duration::from_secs(60), async || {
+        let page = carol.receive(0, 200, 0).await.unwrap();
+        got = page.envelopes.iter().map(|e| e.message.clone()).collect();
+        got.len() >= 50
+    })
+    .await;
+    let mut want = sent.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every acknowledged envelope, each once");
+    assert_eq!(metric(c.admin, duplicate).await, 0.0, "an entry was delivered twice");
+}

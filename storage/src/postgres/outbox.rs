@@ -45,12 +45,12 @@ impl Outbox for PostgresStore {
         let rows = q(
             &c,
             &format!(
-                "UPDATE outbox SET lease_until_ms = $4 WHERE (peer, seq) IN ( \
+                "UPDATE outbox SET lease_until_ms = $4, leased_by = $5 WHERE (peer, seq) IN ( \
                    SELECT peer, seq FROM outbox WHERE peer = $1 AND next_attempt_ms <= $2 AND lease_until_ms <= $2 \
                    ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING {COLUMNS}"
             ),
-            &[&peer, &now, &i64_of(limit as u64), &until],
+            &[&peer, &now, &i64_of(limit as u64), &until, &self.node],
         )
         .await?;
         let mut out = rows.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
