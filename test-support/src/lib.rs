@@ -10,6 +10,7 @@ pub mod h2flood;
 pub mod independent;
 pub mod mls;
 pub mod mlsrs;
+pub mod patroni;
 pub mod pebble;
 pub mod pki;
 pub mod postgres;

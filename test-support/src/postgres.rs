@@ -56,23 +56,7 @@ impl Postgres {
     pub fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         if is_root() {
-            // The server's user must reach its directory through the test's temporary one.
-            for d in dir
-                .ancestors()
-                .take_while(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = std::fs::metadata(d).unwrap().permissions().mode();
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
-            }
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["postgres:postgres"]).arg(dir);
-                    c
-                },
-                "chown",
-            );
+            open_to_postgres(dir);
         }
         let data = dir.join("data");
         let mut init = as_owner("initdb");
@@ -145,6 +129,26 @@ impl Postgres {
             self.stopped = true;
         }
     }
+}
+
+/// Makes `dir` the `postgres` user's, reachable through the test's temporary directories.
+pub fn open_to_postgres(dir: &Path) {
+    for d in dir
+        .ancestors()
+        .take_while(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+    }
+    run(
+        {
+            let mut c = Command::new("chown");
+            c.args(["postgres:postgres"]).arg(dir);
+            c
+        },
+        "chown",
+    );
 }
 
 fn free_port() -> u16 {

@@ -29,6 +29,7 @@ mod deploy;
 mod drill;
 mod early_errors;
 mod evidence;
+mod failover;
 mod floods;
 mod hsm;
 mod http3;
