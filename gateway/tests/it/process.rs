@@ -308,10 +308,23 @@ impl Drop for KeepOnPanic {
 /// published and fetched: those records are sealed at rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_no_identifiers_at_rest_or_in_logs() {
+    canary(false).await;
+}
+
+/// The same on PostgreSQL: nothing identifying in its data directory, WAL included, or in
+/// its server log, while the ciphertext is in the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_no_identifiers_in_postgres_or_its_wal() {
+    canary(true).await;
+}
+
+async fn canary(on_postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
-    let p = spawn_gateway(&data, &log, &[("RUST_LOG", "debug")]).await;
+    let pg = on_postgres.then(|| test_support::postgres::Postgres::start(&dir.path().join("pg")));
+    let toml = pg.as_ref().map(|pg| crate::nodes::postgres_toml(pg, "")).unwrap_or_default();
+    let p = spawn_gateway_with(&data, &log, &[("RUST_LOG", "debug")], &toml).await;
     let alice_addr = "tel:+15557654321";
     let bob_addr = "tel:+1 (555) 765-4322";
     let alice_token = test_support::provision_token(&data, alice_addr, 600_000);
@@ -375,9 +388,27 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
             bob_token.trim_start_matches("pt1.").as_bytes()[..40].to_vec(),
         ),
     ];
+    // Everything at rest: the data directory and, on PostgreSQL, its cluster directory
+    // (tables, WAL, notification queue, server log), stopped first so all is on disk.
+    let mut at_rest = vec![data.clone()];
+    if let Some(mut pg) = pg {
+        tokio::task::block_in_place(|| pg.kill());
+        at_rest.push(pg.dir.clone());
+        assert!(
+            !test_support::files_containing(&pg.dir.join("data/pg_wal"), marker).is_empty(),
+            "scan control: the ciphertext is in the WAL"
+        );
+    } else {
+        assert!(
+            !test_support::files_containing(&data.join("sled"), marker).is_empty(),
+            "scan control: ciphertext is stored"
+        );
+    }
     for (what, needle) in &canaries {
-        let hits = test_support::files_containing(&data, needle);
-        assert!(hits.is_empty(), "{what} found at rest in {hits:?}");
+        for place in &at_rest {
+            let hits = test_support::files_containing(place, needle);
+            assert!(hits.is_empty(), "{what} found at rest in {hits:?}");
+        }
         let logs = std::fs::read(&log).unwrap();
         assert!(!test_support::contains(&logs, needle), "{what} found in the logs");
         assert!(
@@ -386,17 +417,18 @@ async fn canary_no_identifiers_at_rest_or_in_logs() {
         );
     }
     assert!(metrics.contains("relay_key_packages_claimed_total"), "metrics control");
-    assert!(
-        !test_support::files_containing(&data.join("sled"), marker).is_empty(),
-        "scan control: ciphertext is stored"
-    );
     // Log controls: the scan read debug-level output from start to shutdown (the storage
     // index rebuild at start, the final checkpoint at shutdown), not just info lines.
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("gateway listening"), "logs were captured");
     let debug = |what: &str| logs.lines().any(|l| l.contains(" DEBUG ") && l.contains(what));
-    assert!(debug("mailbox index rebuilt"), "debug lines at start-up");
-    assert!(debug("checkpoint"), "debug lines until shutdown");
+    if on_postgres {
+        assert!(logs.contains("postgres schema current"), "start-up lines");
+        assert!(logs.lines().any(|l| l.contains(" DEBUG ")), "debug lines");
+    } else {
+        assert!(debug("mailbox index rebuilt"), "debug lines at start-up");
+        assert!(debug("checkpoint"), "debug lines until shutdown");
+    }
 }
 
 #[test]
