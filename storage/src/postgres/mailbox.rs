@@ -1,7 +1,7 @@
 //! Sends, receives and acknowledgements: one `blobs` row per send (the bytes, once), one
 //! `mailbox` row per recipient device, `gaps` rows for what the quota dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use rand::RngCore as _;
@@ -164,54 +164,46 @@ async fn send(tx: &Tx<'_>, req: &SendRequest) -> Result<Sent, SendError> {
         None => (None, None),
     };
     let targets = lock_targets(tx, req).await?;
-    // Taken only now, holding every recipient's row: see the module's notes on ordering.
-    let seq: i64 = q1(tx, "SELECT nextval('send_seq')", &[]).await?.get(0);
     let mut rand = [0u8; 8];
     rand::rng().fill_bytes(&mut rand);
-    let server_id = server_id(u64_of(seq), &rand)?;
     let expires_at = req.now_ms.saturating_add(req.ttl_ms);
     let size = req.message.len() as i64;
-    if !targets.is_empty() {
-        for (rid, device, queued) in &targets {
-            if queued + size > i64_of(req.max_queue_bytes) {
-                trim(tx, rid, *device, queued + size - i64_of(req.max_queue_bytes)).await?;
-            }
+    for (rid, device, queued) in &targets {
+        if queued + size > i64_of(req.max_queue_bytes) {
+            trim(tx, rid, *device, queued + size - i64_of(req.max_queue_bytes)).await?;
         }
+    }
+    // The seq is taken only now, holding every recipient's row (see the module's notes on
+    // ordering); the blob, the mailbox rows, the quotas and the wake-ups in one statement.
+    let seq: i64 = if targets.is_empty() {
+        q1(tx, "SELECT nextval('send_seq')", &[]).await?.get(0)
+    } else {
         let f = (if req.urgent { flags::URGENT } else { 0 }) | (if req.report { flags::REPORT } else { 0 });
-        x(
+        let rids: Vec<Vec<u8>> = targets.iter().map(|t| t.0.0.to_vec()).collect();
+        let devices: Vec<i32> = targets.iter().map(|t| dev(t.1)).collect();
+        let keys: Vec<(Rid, DeviceId)> = targets.iter().map(|(r, d, _)| (*r, *d)).collect();
+        let wakeups: Vec<String> = keys.chunks(NOTIFY_BATCH).map(super::live::mailbox_payload).collect();
+        q1(
             tx,
-            "INSERT INTO blobs (seq, rand, flags, received_at_ms, expires_at_ms, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH s AS (SELECT nextval('send_seq') AS seq),              b AS (INSERT INTO blobs (seq, rand, flags, received_at_ms, expires_at_ms, payload)                    SELECT seq, $1, $2, $3, $4, $5 FROM s),              m AS (INSERT INTO mailbox (rid, device, seq, size, urgent)                    SELECT t.r, t.d, s.seq, $6, $7 FROM s, unnest($8::bytea[], $9::int[]) AS t(r, d)),              u AS (UPDATE devices SET queued = queued + $10 FROM unnest($8::bytea[], $9::int[]) AS t(r, d)                    WHERE devices.rid = t.r AND devices.device = t.d),              n AS (SELECT pg_notify('relay_mailbox', p) FROM unnest($11::text[]) AS p)              SELECT seq, (SELECT count(*) FROM n) FROM s",
             &[
-                &seq,
                 &rand.to_vec(),
                 &(f as i32),
                 &i64_of(req.now_ms),
                 &i64_of(expires_at),
                 &req.message.as_bytes().as_ref(),
+                &(size as i32),
+                &req.urgent,
+                &rids,
+                &devices,
+                &size,
+                &wakeups,
             ],
         )
-        .await?;
-        let rids: Vec<Vec<u8>> = targets.iter().map(|t| t.0.0.to_vec()).collect();
-        let devices: Vec<i32> = targets.iter().map(|t| dev(t.1)).collect();
-        x(
-            tx,
-            "INSERT INTO mailbox (rid, device, seq, size, urgent) SELECT r, d, $3, $4, $5 FROM unnest($1::bytea[], $2::int[]) AS t(r, d)",
-            &[&rids, &devices, &seq, &(size as i32), &req.urgent],
-        )
-        .await?;
-        x(
-            tx,
-            "UPDATE devices SET queued = queued + $3 FROM unnest($1::bytea[], $2::int[]) AS t(r, d) \
-             WHERE devices.rid = t.r AND devices.device = t.d",
-            &[&rids, &devices, &size],
-        )
-        .await?;
-        let keys: Vec<(Rid, DeviceId)> = targets.iter().map(|(r, d, _)| (*r, *d)).collect();
-        for chunk in keys.chunks(NOTIFY_BATCH) {
-            let payload = super::live::mailbox_payload(chunk);
-            x(tx, "SELECT pg_notify('relay_mailbox', $1)", &[&payload]).await?;
-        }
-    }
+        .await?
+        .get(0)
+    };
+    let server_id = server_id(u64_of(seq), &rand)?;
     if let Some(cmid) = req.client_message_id {
         let inserted = x(
             tx,
@@ -322,51 +314,42 @@ async fn check_epoch(tx: &Tx<'_>, o: GroupOrdering) -> Result<(Option<([u8; 32],
 /// Every recipient device, resolved before anything is written (an unknown address or
 /// device fails the whole send), then their rows locked in order, with what they queue.
 async fn lock_targets(tx: &Tx<'_>, req: &SendRequest) -> Result<Vec<(Rid, DeviceId, i64)>, SendError> {
-    let mut targets: Vec<(Rid, DeviceId)> = Vec::new();
+    let rids: Vec<Vec<u8>> = req.recipients.iter().map(|r| r.rid.0.to_vec()).collect();
+    // Every recipient's devices, their rows locked in order; a device deleted meanwhile is
+    // simply not there (its ids are never reused).
+    let rows = q(
+        tx,
+        "SELECT rid, device, queued FROM devices WHERE rid = ANY($1) ORDER BY rid, device FOR NO KEY UPDATE",
+        &[&rids],
+    )
+    .await?;
+    let mut by_rid: HashMap<Rid, Vec<(DeviceId, i64)>> = HashMap::new();
+    for row in &rows {
+        by_rid
+            .entry(rid_of(row.get(0))?)
+            .or_default()
+            .push((device_of(row.get(1)), row.get(2)));
+    }
+    let mut targets = Vec::new();
     let mut seen = HashSet::new();
     for (index, r) in req.recipients.iter().enumerate() {
-        let active: Vec<DeviceId> = q(tx, "SELECT device FROM devices WHERE rid = $1 ORDER BY device", &[&r.rid.0.to_vec()])
-            .await?
-            .iter()
-            .map(|row| device_of(row.get(0)))
-            .collect();
+        let active = by_rid.get(&r.rid).map(Vec::as_slice).unwrap_or_default();
         if active.is_empty() {
             return Err(SendError::UnknownRecipient { index });
         }
-        let chosen: Vec<DeviceId> = match &r.devices {
-            None => active,
-            Some(wanted) => {
-                if wanted.iter().any(|w| !active.contains(w)) {
-                    return Err(SendError::UnknownDevice { index });
-                }
-                active.into_iter().filter(|d| wanted.contains(d)).collect()
-            }
-        };
-        for d in chosen {
-            if seen.insert((r.rid, d)) {
-                targets.push((r.rid, d));
+        if let Some(wanted) = &r.devices
+            && wanted.iter().any(|w| !active.iter().any(|(d, _)| d == w))
+        {
+            return Err(SendError::UnknownDevice { index });
+        }
+        for (d, queued) in active {
+            let chosen = r.devices.as_ref().is_none_or(|w| w.contains(d));
+            if chosen && seen.insert((r.rid, *d)) {
+                targets.push((r.rid, *d, *queued));
             }
         }
     }
-    let rids: Vec<Vec<u8>> = targets.iter().map(|t| t.0.0.to_vec()).collect();
-    let devices: Vec<i32> = targets.iter().map(|t| dev(t.1)).collect();
-    // A device deleted meanwhile is simply not a target any more (its ids are never reused).
-    let rows = q(
-        tx,
-        "SELECT d.rid, d.device, d.queued FROM devices d JOIN unnest($1::bytea[], $2::int[]) AS t(r, dv) \
-           ON d.rid = t.r AND d.device = t.dv ORDER BY d.rid, d.device FOR NO KEY UPDATE OF d",
-        &[&rids, &devices],
-    )
-    .await?;
-    let mut locked = Vec::with_capacity(rows.len());
-    for row in &rows {
-        locked.push((rid_of(row.get(0))?, device_of(row.get(1)), row.get::<_, i64>(2)));
-    }
-    // Recipients' order, as the caller listed them.
-    let order: std::collections::HashMap<(Rid, DeviceId), usize> =
-        targets.iter().enumerate().map(|(i, t)| (*t, i)).collect();
-    locked.sort_by_key(|(r, d, _)| order.get(&(*r, *d)).copied().unwrap_or(usize::MAX));
-    Ok(locked)
+    Ok(targets)
 }
 
 /// Drops the device's oldest slots until `excess` bytes are gone, replaced by one gap at

@@ -8,7 +8,7 @@
 mod contract;
 mod journal;
 mod migrate;
-#[allow(unreachable_pub)]
+#[allow(unreachable_pub, dead_code)]
 #[path = "../../../test-support/src/postgres.rs"]
 mod pg_server;
 mod nodes;
