@@ -22,8 +22,17 @@ pub(crate) fn storage_config(st: &config::StorageConfig, data_dir: &Path) -> any
                 ),
                 None => None,
             };
+            let tls = match &pg.ca {
+                Some(ca) => {
+                    let roots = relay_net::pem::load_certs(ca)
+                        .with_context(|| format!("reading storage.postgres.ca {}", ca.display()))?;
+                    Some(std::sync::Arc::new(relay_net::tls::client_config(&roots, None)?))
+                }
+                None => None,
+            };
             StorageConfig::Postgres(PostgresConfig {
                 password,
+                tls,
                 pool_size: pg.pool_size,
                 statement_timeout: Duration::from_millis(pg.statement_timeout_ms),
                 connect_timeout: Duration::from_millis(pg.connect_timeout_ms),

@@ -118,6 +118,50 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Runs the SQL file `path` with `psql -v name=value…` as the superuser.
+    pub fn psql_file(&self, path: &Path, vars: &[(&str, &str)]) -> String {
+        let mut c = Command::new(format!("{BIN}/psql"));
+        c.args(["-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+            .arg(self.port.to_string());
+        for (k, v) in vars {
+            c.args(["-v", &format!("{k}={v}")]);
+        }
+        let out = c.arg("-f").arg(path).output().expect("psql");
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Serves TLS with `cert` and `key` (PEM) and refuses every connection without it
+    /// (`hostssl` only), then restarts.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        let data = self.dir.join("data");
+        std::fs::copy(cert, data.join("server.crt")).unwrap();
+        std::fs::copy(key, data.join("server.key")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if is_root() {
+            for f in ["server.crt", "server.key"] {
+                let mut c = Command::new("chown");
+                c.args(["postgres:postgres"]).arg(data.join(f));
+                run(c, "chown");
+            }
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n").unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        self.kill();
+        self.restart();
+    }
+
     /// Stops the server at once (no shutdown checkpoint: what a crash leaves).
     pub fn kill(&mut self) {
         if !self.stopped {

@@ -334,6 +334,10 @@ pub struct PostgresSettings {
     /// A file holding the password (kept out of the configuration).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to the database: the CA (PEM) that verifies its certificate. With it, set
+    /// `sslmode=require` in `url` so a server without TLS is refused.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// Connections per node.
     #[serde(default = "d_pool")]
     pub pool_size: usize,

@@ -173,7 +173,18 @@ fn container_file_lints_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_manifests_validate_and_match_the_config() {
-    let path = root().join("deploy/k8s/gateway-single-node.yaml");
+    kubernetes_manifest("deploy/k8s/gateway-single-node.yaml", "StatefulSet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_deployment_validates_and_matches_its_config() {
+    kubernetes_manifest("deploy/k8s/gateway-postgres.yaml", "Deployment").await;
+}
+
+/// Checks the manifest at `path`, whose gateways run as a `workload` (a StatefulSet of one
+/// on sled, or a Deployment of stateless nodes on PostgreSQL).
+async fn kubernetes_manifest(path: &str, workload: &str) {
+    let path = root().join(path);
     run(
         "kubernetes-validate",
         &["--strict", "--kubernetes-version", "1.31.0", path.to_str().unwrap()],
@@ -195,7 +206,8 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
         .as_ref()
         .expect("the manifest configures the interconnect");
 
-    let set = one(&docs, "StatefulSet", "rcs-relay-gateway");
+    let set = one(&docs, workload, "rcs-relay-gateway");
+    let on_postgres = workload == "Deployment";
     let pod = &set["spec"]["template"];
     let labels = &pod["metadata"]["labels"];
     let selects_pod = |selector: &Value| {
@@ -203,7 +215,13 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
         !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v)
     };
     assert!(selects_pod(&set["spec"]["selector"]["matchLabels"]));
-    assert_eq!(set["spec"]["replicas"], 1, "sled is single-writer");
+    if on_postgres {
+        assert_eq!(config.storage.backend, gateway::config::BackendKind::Postgres);
+        assert!(set["spec"]["replicas"].as_u64().unwrap() >= 2, "several stateless nodes");
+    } else {
+        assert_eq!(config.storage.backend, gateway::config::BackendKind::Sled);
+        assert_eq!(set["spec"]["replicas"], 1, "sled is single-writer");
+    }
     let containers = pod["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
@@ -250,8 +268,13 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
     assert_eq!(pod["spec"]["securityContext"]["runAsUser"], image.uid);
     assert_eq!(image.volumes, [config.data_dir.to_str().unwrap()]);
 
-    // Probes ask the admin listener for /healthz.
+    // Probes ask the admin listener for /healthz (on PostgreSQL, liveness only checks the
+    // listener: a database failover must not restart every node).
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        if on_postgres && probe == "livenessProbe" {
+            assert_eq!(c[probe]["tcpSocket"]["port"], "admin", "{probe}");
+            continue;
+        }
         assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe}");
     }
@@ -279,13 +302,33 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
     };
     assert_eq!(mount_of(config_path)["subPath"], "gateway.toml");
     let data = mount_of(config.data_dir.to_str().unwrap());
-    let claims = set["spec"]["volumeClaimTemplates"].as_array().unwrap();
-    assert!(
-        claims.iter().any(|v| v["metadata"]["name"] == data["name"]),
-        "data_dir is on the persistent volume"
-    );
+    let mut files = vec![ic.cert.clone(), ic.key.clone(), ic.peers_file.clone()];
+    if on_postgres {
+        // Nothing acknowledged on the pod: its data directory is scratch, filled with the
+        // shared keys by an init container before the gateway starts.
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let volume = volumes.iter().find(|v| v["name"] == data["name"]).unwrap();
+        assert!(volume["emptyDir"].is_object(), "{volume}");
+        let init = &pod["spec"]["initContainers"].as_array().unwrap()[0];
+        assert!(
+            init["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == data["name"]),
+            "the keys are copied into data_dir"
+        );
+        assert!(init["command"].to_string().contains("/keys"), "{init}");
+        let pg = config.storage.postgres.as_ref().unwrap();
+        assert!(pg.url.contains("target_session_attrs=read-write"), "the nodes follow a failover");
+        assert!(pg.url.contains("sslmode=require"), "TLS to the database");
+        files.push(pg.password_file.clone().expect("the password is in a file"));
+        files.push(pg.ca.clone().expect("the database's CA"));
+    } else {
+        let claims = set["spec"]["volumeClaimTemplates"].as_array().unwrap();
+        assert!(
+            claims.iter().any(|v| v["metadata"]["name"] == data["name"]),
+            "data_dir is on the persistent volume"
+        );
+    }
     let tls = [&config.tls.cert, &config.tls.key].map(|f| f.clone().expect("the manifest names a certificate"));
-    for file in tls.iter().chain([&ic.cert, &ic.key, &ic.peers_file]) {
+    for file in tls.into_iter().chain(files) {
         let file = file.display().to_string();
         assert!(
             mounts
@@ -303,6 +346,10 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert!(c["resources"]["limits"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string());
     // SIGTERM drains for shutdown_grace_secs, then storage checkpoints: the pod waits longer.
+    if on_postgres {
+        let pdb = &one(&docs, "PodDisruptionBudget", "rcs-relay-gateway")["spec"];
+        assert!(pdb["maxUnavailable"].as_u64().unwrap() < set["spec"]["replicas"].as_u64().unwrap());
+    }
     assert!(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() > config.timeouts.shutdown_grace_secs + 10);
 
     // Services and the disruption budget select this pod; service ports name container ports
@@ -346,6 +393,61 @@ async fn kubernetes_manifests_validate_and_match_the_config() {
         admitted.get("interconnect"),
         Some(&false),
         "interconnect is for peers only"
+    );
+}
+
+/// The PostgreSQL example: Patroni validates its member configuration; the node
+/// configuration is valid and on PostgreSQL over TLS; the setup script, run on a real
+/// PostgreSQL 15, gives a role that can create and migrate the schema and serve a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_example_validates_and_its_setup_serves_a_node() {
+    let patroni = root().join("deploy/postgres/patroni.yml");
+    run(
+        "patroni",
+        &["--validate-config", patroni.to_str().unwrap()],
+        "apt-get install patroni",
+    );
+    let yml = yaml_documents(&patroni).remove(0);
+    let dcs = &yml["bootstrap"]["dcs"];
+    assert_eq!(dcs["synchronous_mode"], true, "failover only to a synchronous standby");
+    assert_eq!(dcs["maximum_lag_on_failover"], 0);
+    assert_eq!(dcs["postgresql"]["parameters"]["synchronous_commit"], "on");
+
+    let node = std::fs::read_to_string(root().join("deploy/postgres/gateway-node.toml")).unwrap();
+    let config = gateway::Config::from_toml(&node, Path::new("gateway-node.toml"))
+        .unwrap()
+        .validate()
+        .unwrap()
+        .config;
+    let pg_settings = config.storage.postgres.as_ref().expect("[storage.postgres]");
+    assert_eq!(config.storage.backend, gateway::config::BackendKind::Postgres);
+    assert!(pg_settings.url.contains("target_session_attrs=read-write") && pg_settings.url.contains("sslmode=require"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let pg = test_support::postgres::Postgres::start(&dir.path().join("pg"));
+    pg.psql_file(&root().join("deploy/postgres/setup.sql"), &[("password", "'s3cret-for-the-test'")]);
+    let url = format!("host=127.0.0.1 port={} user=rcs_relay dbname=rcs_relay", pg.port);
+    assert_eq!(pg.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'rcs_relay'"), "f");
+    let gw = test_support::TestGateway::start_with(|c| {
+        c.storage.backend = gateway::config::BackendKind::Postgres;
+        c.storage.postgres = Some(toml::from_str(&format!("url = \"{url}\"\n")).unwrap());
+    })
+    .await;
+    let (alice, _) = gw.device("tel:+15550190001").await;
+    alice
+        .send(
+            &[relay_client::Recipient::address("tel:+15550190001")],
+            test_support::framed_message(b"setup"),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    gw.stop().await;
+    // The node migrated the schema as that role, in its own database.
+    assert_eq!(
+        pg.psql("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = 'rcs_relay')"),
+        "rcs_relay"
     );
 }
 

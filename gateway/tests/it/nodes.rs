@@ -46,6 +46,23 @@ pub(crate) async fn two_nodes(dir: &Path, extra: &str) -> (Postgres, (Proc, Path
     (pg, (a, a_dir), (b, b_dir))
 }
 
+/// Runs a gateway on `toml` that must fail to start; its standard error.
+fn start_fails(dir: &Path, name: &str, toml: &str) -> String {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{name} started: {stderr}");
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_serve_one_set_of_mailboxes() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,24 +209,13 @@ async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
     let _keep = crate::process::KeepOnPanic(dir.path().to_path_buf());
     // At start: a clear error and a non-zero exit, the password nowhere in it.
     let down = test_support::process::free_port();
-    let config = dir.path().join("down.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let stderr = start_fails(
+        dir.path(),
+        "down",
+        &format!(
             "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"host=127.0.0.1 port={down} user=relay password=hunter2 dbname=relay\"\nconnect_timeout_ms = 1000\n"
         ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("down"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    );
     assert!(
         stderr.contains("opening the postgres storage backend") && stderr.contains("unavailable"),
         "{stderr}"
@@ -379,4 +385,53 @@ async fn the_shared_outbox_delivers_once_with_a_node_killed() {
     got.sort();
     assert_eq!(got, want, "every acknowledged envelope, each once");
     assert_eq!(metric(c.admin, duplicate).await, 0.0, "an entry was delivered twice");
+}
+
+/// With `storage.postgres.ca`, a node talks TLS to its database (verified against that CA);
+/// against a server that refuses plain connections, a node without it fails to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_its_database_over_verified_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let _keep = crate::process::KeepOnPanic(dir.path().to_path_buf());
+    let ca = test_support::pki::RcgenCa::new(&dir.path().join("pki"), "database");
+    let leaf = ca.issue("db", "db.test", 1, None);
+    let mut pg = Postgres::start(&dir.path().join("pg"));
+    tokio::task::block_in_place(|| pg.require_tls(&leaf.cert, &leaf.key));
+    let url = format!("host=localhost port={} user=postgres dbname=postgres sslmode=require", pg.port);
+
+    let plain = format!(
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"host=localhost port={} user=postgres dbname=postgres\"\n",
+        pg.port
+    );
+    let stderr = start_fails(dir.path(), "plain", &plain);
+    assert!(stderr.contains("opening the postgres storage backend"), "{stderr}");
+    // A certificate from another CA is not the database's.
+    let other = test_support::pki::RcgenCa::new(&dir.path().join("pki-other"), "other");
+    let stderr = start_fails(
+        dir.path(),
+        "other-ca",
+        &format!(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nca = \"{}\"\n",
+            other.cert.display()
+        ),
+    );
+    assert!(stderr.contains("opening the postgres storage backend"), "{stderr}");
+
+    let toml = format!(
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nca = \"{}\"\n",
+        ca.cert.display()
+    );
+    let data = dir.path().join("node");
+    let node = crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &toml).await;
+    const ALICE: &str = "tel:+15550170501";
+    let alice = node
+        .client()
+        .with_credential(node.client().register(&test_support::provision_token(&data, ALICE, 3_600_000)).await.unwrap().credential);
+    alice
+        .send(&[Recipient::address(ALICE)], test_support::framed_message(b"over tls"), None, false)
+        .await
+        .unwrap();
+    assert_eq!(alice.receive(0, 10, 0).await.unwrap().envelopes.len(), 1);
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(log.contains("tls=true") || log.contains("\"tls\":true"), "{log}");
 }

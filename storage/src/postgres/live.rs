@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use super::{PostgresStore, dev, i64_of, q01, u64_of, x};
 use crate::watch::DeviceKey;
@@ -50,50 +51,15 @@ impl PostgresStore {
     pub(crate) async fn listen(self, out: mpsc::UnboundedSender<Heard>) {
         let mut backoff = Duration::from_millis(100);
         while !out.is_closed() {
-            match self.pg.connect(NoTls).await {
-                Ok((client, mut conn)) => {
-                    let (tx, mut rx) = mpsc::unbounded_channel();
-                    let driver = tokio::spawn(async move {
-                        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                            match m {
-                                Ok(AsyncMessage::Notification(n)) => {
-                                    let heard = match n.channel() {
-                                        "relay_mailbox" => Heard::Mailbox(parse_mailbox(n.payload())),
-                                        "relay_outbox" => Heard::Outbox,
-                                        _ => Heard::Controls,
-                                    };
-                                    if tx.send(heard).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                    if client
-                        .batch_execute("LISTEN relay_mailbox; LISTEN relay_outbox; LISTEN relay_controls")
-                        .await
-                        .is_ok()
-                    {
-                        backoff = Duration::from_millis(100);
-                        let _ = out.send(Heard::Resync);
-                        loop {
-                            tokio::select! {
-                                heard = rx.recv() => match heard {
-                                    Some(h) => if out.send(h).is_err() { break },
-                                    None => break,
-                                },
-                                () = out.closed() => break,
-                            }
-                        }
-                    }
-                    driver.abort();
-                    if !out.is_closed() {
-                        tracing::warn!("lost the postgres notification connection; reconnecting");
-                    }
+            let heard = match &self.tls {
+                Some(t) => self.session(t.clone(), &out).await,
+                None => self.session(NoTls, &out).await,
+            };
+            if heard {
+                backoff = Duration::from_millis(100);
+                if !out.is_closed() {
+                    tracing::warn!("lost the postgres notification connection; reconnecting");
                 }
-                Err(e) => tracing::debug!(cause = %e, "postgres notification connection"),
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -101,6 +67,58 @@ impl PostgresStore {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// One listening connection, until it is lost; whether it was established.
+    async fn session<T>(&self, tls: T, out: &mpsc::UnboundedSender<Heard>) -> bool
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, mut conn) = match self.pg.connect(tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(cause = %e, "postgres notification connection");
+                return false;
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                match m {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        let heard = match n.channel() {
+                            "relay_mailbox" => Heard::Mailbox(parse_mailbox(n.payload())),
+                            "relay_outbox" => Heard::Outbox,
+                            _ => Heard::Controls,
+                        };
+                        if tx.send(heard).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let listening = client
+            .batch_execute("LISTEN relay_mailbox; LISTEN relay_outbox; LISTEN relay_controls")
+            .await
+            .is_ok();
+        if listening {
+            let _ = out.send(Heard::Resync);
+            loop {
+                tokio::select! {
+                    heard = rx.recv() => match heard {
+                        Some(h) => if out.send(h).is_err() { break },
+                        None => break,
+                    },
+                    () = out.closed() => break,
+                }
+            }
+        }
+        driver.abort();
+        listening
     }
 
     /// The value stored under `name`, `value` if there was none.

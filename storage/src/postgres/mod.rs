@@ -41,7 +41,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_postgres::error::SqlState;
 
 use crate::{DeviceId, Rid, StoreError};
@@ -61,6 +63,9 @@ pub struct PostgresConfig {
     pub url: String,
     /// The password, if not in `url` (read from a file by the caller).
     pub password: Option<String>,
+    /// TLS to the database (the roots that verify the server; `sslmode=require` in `url`
+    /// insists on it). `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Connections per node.
     pub pool_size: usize,
     /// Longest a statement may run (and a request wait for a connection).
@@ -79,6 +84,7 @@ impl PostgresConfig {
         Self {
             url: url.into(),
             password: None,
+            tls: None,
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
@@ -94,6 +100,7 @@ impl std::fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +111,7 @@ pub struct PostgresStore {
     pool: Pool,
     cfg: PostgresConfig,
     pg: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     /// This process's id in leases and live-receiver rows.
     node: String,
 }
@@ -134,9 +142,12 @@ impl PostgresStore {
             pg.password(p.trim_end_matches(['\r', '\n']));
         }
         pg.application_name("rcs-relay");
+        let tls = cfg.tls.as_ref().map(|c| MakeRustlsConnect::new((**c).clone()));
         {
-            let (mut client, connection) = pg.connect(NoTls).await.map_err(|e| unreachable(&e))?;
-            let conn = tokio::spawn(connection);
+            let (mut client, conn) = match &tls {
+                Some(t) => connect(&pg, t.clone()).await?,
+                None => connect(&pg, NoTls).await?,
+            };
             client
                 .execute("SELECT pg_advisory_lock(7420113)", &[])
                 .await
@@ -155,17 +166,17 @@ impl PostgresStore {
                 )
                 .await
                 .map_err(db)?;
-            tracing::info!(applied, schema_version = version, "postgres schema current");
+            tracing::info!(applied, schema_version = version, tls = tls.is_some(), "postgres schema current");
             drop(client);
             let _ = conn.await;
         }
-        let manager = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => Manager::from_config(pg.clone(), t.clone(), manager_config),
+            None => Manager::from_config(pg.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -180,6 +191,7 @@ impl PostgresStore {
             pool,
             cfg: cfg.clone(),
             pg,
+            tls,
             node: relay_core::hex::encode(&node),
         })
     }
@@ -207,6 +219,24 @@ impl PostgresStore {
 
 /// A transaction.
 pub(crate) type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// A connection of its own (not pooled), its driver spawned.
+async fn connect<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = pg.connect(tls).await.map_err(|e| unreachable(&e))?;
+    Ok((
+        client,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    ))
+}
 
 /// Applies the migrations not yet applied (none if the schema is current); returns how many
 /// it applied and the schema version now in force.
