@@ -88,6 +88,8 @@ struct Inner {
     /// The kill switches that are off and the suspended addresses, as stored (read at open,
     /// changed only through [`Controls`]), so every request can check them without I/O.
     controls: std::sync::RwLock<ControlState>,
+    /// Shared rate-limit tokens this node holds ([`Storage::shared_rate`]).
+    prepaid: nodes::Prepaid,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,7 @@ impl Storage {
                 backend,
                 watchers: Arc::default(),
                 outbox_written: Notify::new(),
+                prepaid: nodes::Prepaid::default(),
                 controls: std::sync::RwLock::new(ControlState {
                     switches_off: switches_off.into_iter().collect(),
                     suspended: suspended.into_iter().collect(),

@@ -40,6 +40,11 @@ impl Storage {
     /// A rate limit shared by the nodes: one per `period`, `burst` at once, for `key`.
     /// `Ok(None)`: allowed (and counted); else how long to wait. A single node (sled)
     /// allows everything here: its in-process limiters are the whole truth.
+    ///
+    /// On a database a node takes a tenth of the burst at a time and spends it locally, so
+    /// most requests cost no round trip; tokens are taken from the shared budget before they
+    /// are spent, so the nodes together never exceed it (one node's unspent tokens expire
+    /// unused).
     pub async fn shared_rate(&self, key: &[u8], period: Duration, burst: u32) -> Result<Option<Duration>, StoreError> {
         match &self.inner.backend {
             Backend::Sled(_) => {
@@ -47,10 +52,22 @@ impl Storage {
                 Ok(None)
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(b) => Ok(b
-                .rate(key, (period.as_millis() as u64).max(1), burst, relay_net_now())
-                .await?
-                .map(Duration::from_millis)),
+            Backend::Postgres(b) => {
+                let now = relay_net_now();
+                let period_ms = (period.as_millis() as u64).max(1);
+                if self.inner.prepaid.take(key, now) {
+                    return Ok(None);
+                }
+                let chunk = (burst / 10).max(1);
+                if b.rate(key, period_ms, burst, chunk, now).await?.is_none() {
+                    self.inner
+                        .prepaid
+                        .put(key, chunk - 1, now + period_ms.saturating_mul(u64::from(chunk)));
+                    return Ok(None);
+                }
+                // Fewer than a chunk left: one at a time.
+                Ok(b.rate(key, period_ms, burst, 1, now).await?.map(Duration::from_millis))
+            }
         }
     }
 
@@ -161,4 +178,35 @@ pub(crate) fn share(store: &Storage, pg: crate::PostgresStore) {
             }
         }
     });
+}
+
+/// Tokens of shared rate limits this node has taken and not spent yet, per key, until they
+/// expire. Bounded: past `LIMIT` keys it starts afresh (only stricter).
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct Prepaid(std::sync::Mutex<std::collections::HashMap<Vec<u8>, (u32, u64)>>);
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl Prepaid {
+    const LIMIT: usize = 100_000;
+
+    /// Spends one token of `key`, if there is one.
+    fn take(&self, key: &[u8], now_ms: u64) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match m.get_mut(key) {
+            Some((left, until)) if *left > 0 && *until > now_ms => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn put(&self, key: &[u8], tokens: u32, until_ms: u64) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= Self::LIMIT {
+            m.clear();
+        }
+        m.insert(key.to_vec(), (tokens, until_ms));
+    }
 }

@@ -36,6 +36,33 @@ struct Figures {
     per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU per acknowledged send: this process (gateway nodes and client), the database.
+    own_cpu_ms: f64,
+    db_cpu_ms: f64,
+}
+
+/// CPU seconds used so far by the processes whose command is `comm` (`None`: this one).
+fn cpu_secs(comm: Option<&str>) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let read = |pid: &str| -> Option<(String, f64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(") ")?;
+        let name = name.split_once(" (")?.1.to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (u, s) = (f.get(11)?.parse::<f64>().ok()?, f.get(12)?.parse::<f64>().ok()?);
+        Some((name, (u + s) / tick))
+    };
+    match comm {
+        None => read("self").map_or(0.0, |(_, t)| t),
+        Some(comm) => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| read(e.file_name().to_str()?))
+            .filter(|(name, _)| name == comm)
+            .map(|(_, t)| t)
+            .sum(),
+    }
 }
 
 fn message() -> Bytes {
@@ -87,6 +114,7 @@ async fn run(senders: &[(Client, String)], secs: u64) -> Figures {
     let warm = Instant::now() + Duration::from_secs(1);
     let end = warm + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut cpu_start = None;
     for (sender, to) in senders {
         let (sender, to, hist) = (sender.clone(), to.clone(), Arc::clone(&hist));
         tasks.spawn(async move {
@@ -101,25 +129,34 @@ async fn run(senders: &[(Client, String)], secs: u64) -> Figures {
             done
         });
     }
+    tokio::time::sleep_until(warm.into()).await;
+    cpu_start.get_or_insert((cpu_secs(None), cpu_secs(Some("postgres"))));
     let mut total = 0;
     while let Some(n) = tasks.join_next().await {
         total += n.unwrap_or(0);
     }
+    let (own0, db0) = cpu_start.unwrap_or_default();
+    let (own, db) = (cpu_secs(None) - own0, cpu_secs(Some("postgres")) - db0);
     let h = hist.lock().expect("lock");
+    let n = total.max(1) as f64;
     Figures {
         per_sec: total as f64 / secs as f64,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        own_cpu_ms: own * 1000.0 / n,
+        db_cpu_ms: db * 1000.0 / n,
     }
 }
 
 fn report(what: &str, f: &Figures, base: &Figures) {
     println!(
-        "{what:<38} {:>7.0} sends/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({:.2}x sled)",
+        "{what:<36} {:>6.0} sends/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({:.2}x sled)  CPU/send: gateway+client {:.2} ms, database {:.2} ms",
         f.per_sec,
         f.p50_ms,
         f.p99_ms,
-        f.per_sec / base.per_sec
+        f.per_sec / base.per_sec,
+        f.own_cpu_ms,
+        f.db_cpu_ms,
     );
 }
 

@@ -178,18 +178,29 @@ impl PostgresStore {
     }
 
     /// A shared rate limit (GCRA): one token per `period_ms`, up to `burst` at once, for
-    /// `key` across every node. `Ok(None)` if allowed (and counted), else the wait.
-    pub(crate) async fn rate(&self, key: &[u8], period_ms: u64, burst: u32, now_ms: u64) -> Result<Option<u64>, StoreError> {
+    /// `key` across every node. Takes `n` tokens at once if they are there; `Ok(None)` if
+    /// taken, else the wait for one.
+    pub(crate) async fn rate(
+        &self,
+        key: &[u8],
+        period_ms: u64,
+        burst: u32,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let c = self.client().await?;
         let (now, period) = (i64_of(now_ms), i64_of(period_ms));
         let tolerance = period.saturating_mul(i64::from(burst.max(1) - 1));
+        // n tokens fit when the theoretical arrival time after them is within the tolerance.
+        let slack = tolerance - period.saturating_mul(i64::from(n.max(1) - 1));
+        let cost = period.saturating_mul(i64::from(n.max(1)));
         let allowed = q01(
             &c,
             "INSERT INTO rate_limits AS r (key, tat_ms) VALUES ($1::bytea, $2::bigint + $3::bigint) \
              ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(r.tat_ms, $2::bigint) + $3::bigint \
                WHERE GREATEST(r.tat_ms, $2::bigint) - $2::bigint <= $4::bigint \
              RETURNING tat_ms",
-            &[&key, &now, &period, &tolerance],
+            &[&key, &now, &cost, &slack],
         )
         .await?;
         if allowed.is_some() {
