@@ -58,7 +58,10 @@ pub(crate) async fn open(st: &config::StorageConfig, data_dir: &Path, keys: &Pro
     let rid_keys = keys.rid_keys();
     let name = format!("rid-key-v{}", keys.rid_version());
     let mine = relay_core::hex::encode(&rid_keys.current.probe());
-    let agreed = store.agree(&name, &mine).await.context("checking the rid key with the other nodes")?;
+    let agreed = store
+        .agree(&name, &mine)
+        .await
+        .context("checking the rid key with the other nodes")?;
     anyhow::ensure!(
         agreed == mine,
         "this node's rid key (version {}) is not the one the other nodes on this database use: \

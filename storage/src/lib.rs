@@ -104,7 +104,7 @@ struct ControlState {
 enum Backend {
     Sled(SledStore),
     #[cfg(feature = "postgres")]
-    Postgres(PostgresStore),
+    Postgres(Box<PostgresStore>),
 }
 
 impl Storage {
@@ -121,7 +121,7 @@ impl Storage {
                 Backend::Sled(b)
             }
             #[cfg(feature = "postgres")]
-            StorageConfig::Postgres(c) => Backend::Postgres(PostgresStore::open(c).await?),
+            StorageConfig::Postgres(c) => Backend::Postgres(Box::new(PostgresStore::open(c).await?)),
         };
         let (switches_off, suspended, rekey_marked) = match &backend {
             Backend::Sled(b) => b.controls_now()?,
@@ -143,7 +143,7 @@ impl Storage {
         };
         #[cfg(feature = "postgres")]
         if let Backend::Postgres(b) = &store.inner.backend {
-            nodes::share(&store, b.clone());
+            nodes::share(&store, (**b).clone());
         }
         Ok(store)
     }

@@ -27,13 +27,10 @@ impl Storage {
                 false
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(b) => b
-                .live_elsewhere(key, relay_net_now())
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(cause = %e, "live receivers");
-                    false
-                }),
+            Backend::Postgres(b) => b.live_elsewhere(key, relay_net_now()).await.unwrap_or_else(|e| {
+                tracing::debug!(cause = %e, "live receivers");
+                false
+            }),
         }
     }
 

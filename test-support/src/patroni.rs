@@ -33,7 +33,11 @@ pub struct Cluster {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -42,7 +46,15 @@ fn is_root() -> bool {
 fn as_postgres(program: &str) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--", program]);
+        c.args([
+            "--reuid",
+            "postgres",
+            "--regid",
+            "postgres",
+            "--init-groups",
+            "--",
+            program,
+        ]);
         c
     } else {
         Command::new(program)
@@ -75,7 +87,12 @@ impl Cluster {
                     .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
                     .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
                     .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-token", "relay-test", "--initial-cluster-state", "new"])
+                    .args([
+                        "--initial-cluster-token",
+                        "relay-test",
+                        "--initial-cluster-state",
+                        "new",
+                    ])
                     .stdout(Stdio::null())
                     .stderr(log)
                     .spawn()
@@ -138,8 +155,12 @@ impl Cluster {
     /// `(name, role, state)` of every member, as Patroni reports them (from any node that answers).
     pub fn members(&self) -> Vec<(String, String, String)> {
         for n in &self.nodes {
-            let Some(body) = http_get(n.rest_port, "/cluster") else { continue };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            let Some(body) = http_get(n.rest_port, "/cluster") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
             return v["members"]
                 .as_array()
                 .into_iter()
@@ -167,11 +188,18 @@ impl Cluster {
         loop {
             let m = self.members();
             let leader = m.iter().filter(|(_, r, s)| r == "leader" && s == "running").count();
-            let streaming = m.iter().filter(|(_, r, s)| r != "leader" && (s == "streaming" || s == "running")).count();
+            let streaming = m
+                .iter()
+                .filter(|(_, r, s)| r != "leader" && (s == "streaming" || s == "running"))
+                .count();
             if leader == 1 && streaming == 2 && m.iter().any(|(_, r, _)| r == "sync_standby") {
                 return;
             }
-            assert!(Instant::now() < deadline, "the Patroni cluster did not become healthy: {m:?}; see {}", self.nodes[0].log.display());
+            assert!(
+                Instant::now() < deadline,
+                "the Patroni cluster did not become healthy: {m:?}; see {}",
+                self.nodes[0].log.display()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -198,11 +226,15 @@ impl Cluster {
 
 impl Node {
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         self.patroni = Some(
             as_postgres("patroni")
                 .arg(&self.config)
-                .env("HOME", self.config.parent().unwrap_or(Path::new("/tmp")))
+                .env("HOME", self.config.parent().unwrap_or_else(|| Path::new("/tmp")))
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()

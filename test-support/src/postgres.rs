@@ -121,8 +121,19 @@ impl Postgres {
     /// Runs the SQL file `path` with `psql -v name=value…` as the superuser.
     pub fn psql_file(&self, path: &Path, vars: &[(&str, &str)]) -> String {
         let mut c = Command::new(format!("{BIN}/psql"));
-        c.args(["-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-            .arg(self.port.to_string());
+        c.args([
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-p",
+        ])
+        .arg(self.port.to_string());
         for (k, v) in vars {
             c.args(["-v", &format!("{k}={v}")]);
         }
@@ -152,7 +163,11 @@ impl Postgres {
             .append(true)
             .open(data.join("postgresql.conf"))
             .unwrap();
-        std::io::Write::write_all(&mut f, b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n").unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",

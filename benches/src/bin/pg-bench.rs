@@ -66,7 +66,11 @@ fn cpu_secs(comm: Option<&str>) -> f64 {
 }
 
 fn message() -> Bytes {
-    Bytes::from(relay_core::envelope::frame_private_message(b"pg-bench", 1, &[7u8; 1024]))
+    Bytes::from(relay_core::envelope::frame_private_message(
+        b"pg-bench",
+        1,
+        &[7u8; 1024],
+    ))
 }
 
 /// A gateway node on `url` (or sled when `None`), in `data` (keys copied from `first`).
@@ -86,9 +90,8 @@ async fn node(data: &Path, url: Option<&str>, first: Option<&Path>) -> anyhow::R
         c.rate_limit.burst = 1_000_000;
         if let Some(url) = url {
             c.storage.backend = gateway::config::BackendKind::Postgres;
-            c.storage.postgres = Some(
-                toml::from_str(&format!("url = \"{url}\"\npool_size = 32\n")).expect("postgres settings"),
-            );
+            c.storage.postgres =
+                Some(toml::from_str(&format!("url = \"{url}\"\npool_size = 32\n")).expect("postgres settings"));
         }
     })
     .await)
@@ -114,14 +117,18 @@ async fn run(senders: &[(Client, String)], secs: u64) -> Figures {
     let warm = Instant::now() + Duration::from_secs(1);
     let end = warm + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut cpu_start = None;
     for (sender, to) in senders {
         let (sender, to, hist) = (sender.clone(), to.clone(), Arc::clone(&hist));
         tasks.spawn(async move {
             let mut done = 0u64;
             while Instant::now() < end {
                 let started = Instant::now();
-                if sender.send(&[Recipient::address(&to)], message(), None, false).await.is_ok() && started >= warm {
+                if sender
+                    .send(&[Recipient::address(&to)], message(), None, false)
+                    .await
+                    .is_ok()
+                    && started >= warm
+                {
                     let _ = hist.lock().expect("lock").record(started.elapsed().as_micros() as u64);
                     done += 1;
                 }
@@ -130,12 +137,11 @@ async fn run(senders: &[(Client, String)], secs: u64) -> Figures {
         });
     }
     tokio::time::sleep_until(warm.into()).await;
-    cpu_start.get_or_insert((cpu_secs(None), cpu_secs(Some("postgres"))));
+    let (own0, db0) = (cpu_secs(None), cpu_secs(Some("postgres")));
     let mut total = 0;
     while let Some(n) = tasks.join_next().await {
         total += n.unwrap_or(0);
     }
-    let (own0, db0) = cpu_start.unwrap_or_default();
     let (own, db) = (cpu_secs(None) - own0, cpu_secs(Some("postgres")) - db0);
     let h = hist.lock().expect("lock");
     let n = total.max(1) as f64;

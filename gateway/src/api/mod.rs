@@ -154,7 +154,10 @@ impl AppState {
                     Duration::from_micros(1_000_000 / u64::from(c.requests_per_second.get())),
                     c.burst.get(),
                 ),
-                claim_rate: (Duration::from_secs(c.mls.claim_refill_secs.max(1)), c.mls.claim_burst.max(1)),
+                claim_rate: (
+                    Duration::from_secs(c.mls.claim_refill_secs.max(1)),
+                    c.mls.claim_burst.max(1),
+                ),
                 claim_limiter: RateLimiter::keyed(
                     Quota::with_period(Duration::from_secs(c.mls.claim_refill_secs.max(1)))
                         .expect("the period is at least one second")

@@ -132,7 +132,9 @@ impl Config {
                 return invalid("[storage.postgres] is set but storage.backend is \"sled\"");
             }
             (_, Some(pg)) if pg.pool_size == 0 || pg.statement_timeout_ms == 0 || pg.outbox_lease_secs == 0 => {
-                return invalid("storage.postgres.pool_size, statement_timeout_ms and outbox_lease_secs must be positive");
+                return invalid(
+                    "storage.postgres.pool_size, statement_timeout_ms and outbox_lease_secs must be positive",
+                );
             }
             _ => {}
         }

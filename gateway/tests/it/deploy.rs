@@ -217,7 +217,10 @@ async fn kubernetes_manifest(path: &str, workload: &str) {
     assert!(selects_pod(&set["spec"]["selector"]["matchLabels"]));
     if on_postgres {
         assert_eq!(config.storage.backend, gateway::config::BackendKind::Postgres);
-        assert!(set["spec"]["replicas"].as_u64().unwrap() >= 2, "several stateless nodes");
+        assert!(
+            set["spec"]["replicas"].as_u64().unwrap() >= 2,
+            "several stateless nodes"
+        );
     } else {
         assert_eq!(config.storage.backend, gateway::config::BackendKind::Sled);
         assert_eq!(set["spec"]["replicas"], 1, "sled is single-writer");
@@ -311,12 +314,19 @@ async fn kubernetes_manifest(path: &str, workload: &str) {
         assert!(volume["emptyDir"].is_object(), "{volume}");
         let init = &pod["spec"]["initContainers"].as_array().unwrap()[0];
         assert!(
-            init["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == data["name"]),
+            init["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == data["name"]),
             "the keys are copied into data_dir"
         );
         assert!(init["command"].to_string().contains("/keys"), "{init}");
         let pg = config.storage.postgres.as_ref().unwrap();
-        assert!(pg.url.contains("target_session_attrs=read-write"), "the nodes follow a failover");
+        assert!(
+            pg.url.contains("target_session_attrs=read-write"),
+            "the nodes follow a failover"
+        );
         assert!(pg.url.contains("sslmode=require"), "TLS to the database");
         files.push(pg.password_file.clone().expect("the password is in a file"));
         files.push(pg.ca.clone().expect("the database's CA"));
@@ -425,9 +435,15 @@ async fn the_postgres_example_validates_and_its_setup_serves_a_node() {
 
     let dir = tempfile::tempdir().unwrap();
     let pg = test_support::postgres::Postgres::start(&dir.path().join("pg"));
-    pg.psql_file(&root().join("deploy/postgres/setup.sql"), &[("password", "'s3cret-for-the-test'")]);
+    pg.psql_file(
+        &root().join("deploy/postgres/setup.sql"),
+        &[("password", "'s3cret-for-the-test'")],
+    );
     let url = format!("host=127.0.0.1 port={} user=rcs_relay dbname=rcs_relay", pg.port);
-    assert_eq!(pg.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'rcs_relay'"), "f");
+    assert_eq!(
+        pg.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'rcs_relay'"),
+        "f"
+    );
     let gw = test_support::TestGateway::start_with(|c| {
         c.storage.backend = gateway::config::BackendKind::Postgres;
         c.storage.postgres = Some(toml::from_str(&format!("url = \"{url}\"\n")).unwrap());
@@ -446,7 +462,9 @@ async fn the_postgres_example_validates_and_its_setup_serves_a_node() {
     gw.stop().await;
     // The node migrated the schema as that role, in its own database.
     assert_eq!(
-        pg.psql("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = 'rcs_relay')"),
+        pg.psql(
+            "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = 'rcs_relay')"
+        ),
         "rcs_relay"
     );
 }

@@ -22,8 +22,10 @@ struct Acked {
 /// Waits until `more` sends beyond now were acknowledged.
 async fn acks_grow(acked: &Arc<Mutex<Acked>>, more: usize, what: &str) {
     let start = acked.lock().unwrap().ns.len();
-    test_support::eventually(what, Duration::from_secs(120), async || acked.lock().unwrap().ns.len() >= start + more)
-        .await;
+    test_support::eventually(what, Duration::from_secs(120), async || {
+        acked.lock().unwrap().ns.len() >= start + more
+    })
+    .await;
 }
 
 /// The longest time without an acknowledgement since `since`.
@@ -55,8 +57,13 @@ async fn failover_drill_loses_nothing_acknowledged() {
     const BOB: &str = "tel:+15550180002";
     let token = |address: &str| test_support::provision_token(&a_dir, address, 3_600_000);
     let alice_cred = a.client().register(&token(ALICE)).await.unwrap().credential;
-    let bob = a.client().with_credential(a.client().register(&token(BOB)).await.unwrap().credential);
-    let nodes: Vec<Client> = vec![a.client().with_credential(&alice_cred), b.client().with_credential(&alice_cred)];
+    let bob = a
+        .client()
+        .with_credential(a.client().register(&token(BOB)).await.unwrap().credential);
+    let nodes: Vec<Client> = vec![
+        a.client().with_credential(&alice_cred),
+        b.client().with_credential(&alice_cred),
+    ];
 
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -126,6 +133,12 @@ async fn failover_drill_loses_nothing_acknowledged() {
         .iter()
         .map(|n| test_support::framed_message(format!("m-{n}").as_bytes()))
         .collect();
-    assert_eq!(got.len(), want_messages.len(), "received {} of {} acknowledged", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want_messages.len(),
+        "received {} of {} acknowledged",
+        got.len(),
+        want.len()
+    );
     assert_eq!(got, want_messages, "every acknowledged send, once, in order");
 }

@@ -71,10 +71,15 @@ async fn two_nodes_serve_one_set_of_mailboxes() {
     const ALICE: &str = "tel:+15550170001";
     const BOB: &str = "tel:+15550170002";
     let token = |address: &str| test_support::provision_token(&a_dir, address, 3_600_000);
-    let alice = a.client().with_credential(a.client().register(&token(ALICE)).await.unwrap().credential);
+    let alice = a
+        .client()
+        .with_credential(a.client().register(&token(ALICE)).await.unwrap().credential);
     // Bob registers on B; his credential works on A too.
     let bob_cred = b.client().register(&token(BOB)).await.unwrap().credential;
-    let (bob_b, bob_a) = (b.client().with_credential(&bob_cred), a.client().with_credential(&bob_cred));
+    let (bob_b, bob_a) = (
+        b.client().with_credential(&bob_cred),
+        a.client().with_credential(&bob_cred),
+    );
 
     // A send on A wakes Bob's long-poll on B, long before the poll would end by itself.
     let waiting = {
@@ -91,12 +96,20 @@ async fn two_nodes_serve_one_set_of_mailboxes() {
     })
     .await;
     alice
-        .send(&[Recipient::address(BOB)], test_support::framed_message(b"cross-node"), None, false)
+        .send(
+            &[Recipient::address(BOB)],
+            test_support::framed_message(b"cross-node"),
+            None,
+            false,
+        )
         .await
         .unwrap();
     let (page, took) = waiting.await.unwrap();
     assert_eq!(page.envelopes.len(), 1, "B's long-poll returned without A's envelope");
-    assert!(took < Duration::from_secs(10), "woken by the poll's end, not by A's send: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the poll's end, not by A's send: {took:?}"
+    );
     // Acknowledged on B: gone on A.
     bob_b.ack(&[], Some(page.next_cursor)).await.unwrap();
     assert!(bob_a.receive(0, 10, 0).await.unwrap().envelopes.is_empty());
@@ -117,7 +130,10 @@ async fn two_nodes_serve_one_set_of_mailboxes() {
         let epoch = mls_alice.epoch();
         let (ca, cb) = (mls_alice.pending_update(), mls_bob.pending_update());
         let (to_bob, to_alice) = ([Recipient::address(BOB)], [Recipient::address(ALICE)]);
-        let (ra, rb) = tokio::join!(alice.send(&to_bob, ca, None, false), bob_b.send(&to_alice, cb, None, false));
+        let (ra, rb) = tokio::join!(
+            alice.send(&to_bob, ca, None, false),
+            bob_b.send(&to_alice, cb, None, false)
+        );
         let (loser_client, loser, winner_client, _winner) = match (ra, rb) {
             (Ok(w), Err(ClientError::Api { status: 409, .. })) => {
                 assert_eq!(w.accepted_epoch, Some(epoch));
@@ -149,7 +165,9 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
     let (_pg, (a, a_dir), (b, _)) = two_nodes(dir.path(), "").await;
     let token = |address: &str| test_support::provision_token(&a_dir, address, 3_600_000);
     const CAROL: &str = "tel:+15550170100";
-    let carol = b.client().with_credential(b.client().register(&token(CAROL)).await.unwrap().credential);
+    let carol = b
+        .client()
+        .with_credential(b.client().register(&token(CAROL)).await.unwrap().credential);
     let member = Member::new(CAROL);
     let one_time: Vec<_> = (0..5).map(|_| member.key_package_bytes()).collect();
     carol.upload_key_packages(&one_time).await.unwrap();
@@ -162,7 +180,11 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
     for n in 0..16 {
         let node = if n % 2 == 0 { &a } else { &b };
         let c = node.client();
-        let credential = c.register(&token(&format!("tel:+155501702{n:02}"))).await.unwrap().credential;
+        let credential = c
+            .register(&token(&format!("tel:+155501702{n:02}")))
+            .await
+            .unwrap()
+            .credential;
         claimers.push((c.with_credential(&credential), credential));
     }
     let mut claims = tokio::task::JoinSet::new();
@@ -177,7 +199,10 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
         if kp.last_resort {
             last_resort += 1;
         } else {
-            assert!(handed_out.insert(kp.key_package.clone()), "a one-time KeyPackage was handed out twice");
+            assert!(
+                handed_out.insert(kp.key_package.clone()),
+                "a one-time KeyPackage was handed out twice"
+            );
         }
     }
     assert_eq!((handed_out.len(), last_resort), (5, 11));
@@ -220,21 +245,35 @@ async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
         stderr.contains("opening the postgres storage backend") && stderr.contains("unavailable"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hunter2"), "the database password was printed: {stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the database password was printed: {stderr}"
+    );
 
     // While running: 503 with Retry-After, not ready; then back by itself.
     let mut pg = Postgres::start(&dir.path().join("pg"));
     let data = dir.path().join("node");
-    let node = crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &postgres_toml(&pg, "")).await;
+    let node =
+        crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &postgres_toml(&pg, "")).await;
     const ALICE: &str = "tel:+15550170301";
-    let alice = node
-        .client()
-        .with_credential(node.client().register(&test_support::provision_token(&data, ALICE, 3_600_000)).await.unwrap().credential);
+    let alice = node.client().with_credential(
+        node.client()
+            .register(&test_support::provision_token(&data, ALICE, 3_600_000))
+            .await
+            .unwrap()
+            .credential,
+    );
     let to = [Recipient::address(ALICE)];
-    alice.send(&to, test_support::framed_message(b"before"), None, false).await.unwrap();
+    alice
+        .send(&to, test_support::framed_message(b"before"), None, false)
+        .await
+        .unwrap();
     tokio::task::block_in_place(|| pg.kill());
     let started = Instant::now();
-    match alice.send(&to, test_support::framed_message(b"during"), None, false).await {
+    match alice
+        .send(&to, test_support::framed_message(b"during"), None, false)
+        .await
+    {
         Err(ClientError::Api {
             status: 503,
             code,
@@ -243,7 +282,11 @@ async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
         }) => assert_eq!(code, "unavailable"),
         other => panic!("expected 503 unavailable with Retry-After: {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "the request hung: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the request hung: {:?}",
+        started.elapsed()
+    );
     assert!(node.client().healthz().await.is_err(), "ready without its database");
     let admin = test_support::admin_request(([127, 0, 0, 1], node.admin).into(), "GET", "/healthz")
         .await
@@ -254,7 +297,10 @@ async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
         node.client().healthz().await.is_ok()
     })
     .await;
-    alice.send(&to, test_support::framed_message(b"after"), None, false).await.unwrap();
+    alice
+        .send(&to, test_support::framed_message(b"after"), None, false)
+        .await
+        .unwrap();
     let page = alice.receive(0, 10, 0).await.unwrap();
     let got: Vec<_> = page.envelopes.iter().map(|e| e.message.clone()).collect();
     assert_eq!(
@@ -325,7 +371,10 @@ async fn the_shared_outbox_delivers_once_with_a_node_killed() {
         .await
         .unwrap()
         .credential;
-    let (via_a1, via_a2) = (a1.client().with_credential(&alice_cred), a2.client().with_credential(&alice_cred));
+    let (via_a1, via_a2) = (
+        a1.client().with_credential(&alice_cred),
+        a2.client().with_credential(&alice_cred),
+    );
     let to = [Recipient::address(CAROL)];
     let mut sent = Vec::new();
     for n in 0..30u32 {
@@ -397,7 +446,10 @@ async fn a_node_reaches_its_database_over_verified_tls() {
     let leaf = ca.issue("db", "db.test", 1, None);
     let mut pg = Postgres::start(&dir.path().join("pg"));
     tokio::task::block_in_place(|| pg.require_tls(&leaf.cert, &leaf.key));
-    let url = format!("host=localhost port={} user=postgres dbname=postgres sslmode=require", pg.port);
+    let url = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=require",
+        pg.port
+    );
 
     let plain = format!(
         "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"host=localhost port={} user=postgres dbname=postgres\"\n",
@@ -424,11 +476,20 @@ async fn a_node_reaches_its_database_over_verified_tls() {
     let data = dir.path().join("node");
     let node = crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &toml).await;
     const ALICE: &str = "tel:+15550170501";
-    let alice = node
-        .client()
-        .with_credential(node.client().register(&test_support::provision_token(&data, ALICE, 3_600_000)).await.unwrap().credential);
+    let alice = node.client().with_credential(
+        node.client()
+            .register(&test_support::provision_token(&data, ALICE, 3_600_000))
+            .await
+            .unwrap()
+            .credential,
+    );
     alice
-        .send(&[Recipient::address(ALICE)], test_support::framed_message(b"over tls"), None, false)
+        .send(
+            &[Recipient::address(ALICE)],
+            test_support::framed_message(b"over tls"),
+            None,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(alice.receive(0, 10, 0).await.unwrap().envelopes.len(), 1);

@@ -323,7 +323,10 @@ async fn canary(on_postgres: bool) {
     let data = dir.path().join("data");
     let log = dir.path().join("gateway.log");
     let pg = on_postgres.then(|| test_support::postgres::Postgres::start(&dir.path().join("pg")));
-    let toml = pg.as_ref().map(|pg| crate::nodes::postgres_toml(pg, "")).unwrap_or_default();
+    let toml = pg
+        .as_ref()
+        .map(|pg| crate::nodes::postgres_toml(pg, ""))
+        .unwrap_or_default();
     let p = spawn_gateway_with(&data, &log, &[("RUST_LOG", "debug")], &toml).await;
     let alice_addr = "tel:+15557654321";
     let bob_addr = "tel:+1 (555) 765-4322";

@@ -1,21 +1,21 @@
 //! The audit log: a hash chain and its RFC 6962 Merkle frontier kept in the one
 //! `audit_head` row, which every append locks (so the chain has one order across nodes).
 
-use relay_core::auditlog::{CHAIN_START, Frontier, leaf_hash};
 use deadpool_postgres::GenericClient;
+use relay_core::auditlog::{CHAIN_START, Frontier, leaf_hash};
 
 use super::{PostgresStore, Tx, array, db, i64_of, q, q01, q1, retrying, u64_of, x};
 use crate::contract::Audit;
 use crate::{AuditBase, AuditHead, AuditRecord, StoreError};
 
 /// Appends a record in `tx` (locks the head row until the transaction ends).
-pub(crate) async fn audit_into(
-    tx: &Tx<'_>,
-    kind: &str,
-    detail: &str,
-    now_ms: u64,
-) -> Result<AuditRecord, StoreError> {
-    let row = q1(tx, "SELECT seq, hash, frontier FROM audit_head WHERE id = 1 FOR UPDATE", &[]).await?;
+pub(crate) async fn audit_into(tx: &Tx<'_>, kind: &str, detail: &str, now_ms: u64) -> Result<AuditRecord, StoreError> {
+    let row = q1(
+        tx,
+        "SELECT seq, hash, frontier FROM audit_head WHERE id = 1 FOR UPDATE",
+        &[],
+    )
+    .await?;
     let seq = u64_of(row.get(0)) + 1;
     let prev: [u8; 32] = array(row.get::<_, &[u8]>(1), "audit head")?;
     let mut frontier = Frontier::decode(row.get::<_, &[u8]>(2)).ok_or(StoreError::Corrupt("audit head"))?;
@@ -150,7 +150,9 @@ impl Audit for PostgresStore {
         retrying!(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(db)?;
-            let head: i64 = q1(&tx, "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE", &[]).await?.get(0);
+            let head: i64 = q1(&tx, "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+                .await?
+                .get(0);
             let old = Self::audit_base_in(&tx).await?;
             let from = old.as_ref().map_or(0, |b| b.size);
             if upto <= from || upto > u64_of(head) {
@@ -161,7 +163,11 @@ impl Audit for PostgresStore {
                 None => Frontier::default(),
             };
             let mut chain = old.as_ref().map_or(CHAIN_START, |b| b.chain);
-            for r in Self::audit_records(&tx).await?.into_iter().take_while(|r| r.seq <= upto) {
+            for r in Self::audit_records(&tx)
+                .await?
+                .into_iter()
+                .take_while(|r| r.seq <= upto)
+            {
                 frontier.push(leaf_hash(r.seq, r.at_ms, &r.kind, &r.detail));
                 chain = r.hash;
             }

@@ -42,7 +42,12 @@ impl Devices for PostgresStore {
 
     async fn devices(&self, rid: Rid) -> Result<Vec<DeviceId>, StoreError> {
         let c = self.client().await?;
-        let rows = q(&c, "SELECT device FROM devices WHERE rid = $1 ORDER BY device", &[&rid.0.to_vec()]).await?;
+        let rows = q(
+            &c,
+            "SELECT device FROM devices WHERE rid = $1 ORDER BY device",
+            &[&rid.0.to_vec()],
+        )
+        .await?;
         Ok(rows.iter().map(|r| device_of(r.get(0))).collect())
     }
 
@@ -56,7 +61,10 @@ async fn register(tx: &Tx<'_>, req: &NewDevice) -> Result<DeviceId, RegisterErro
     let fresh = x(
         tx,
         "INSERT INTO provisioning_nonces (nonce, expires_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&req.provisioning_nonce.to_vec(), &i64_of(req.provisioning_expires_at_ms)],
+        &[
+            &req.provisioning_nonce.to_vec(),
+            &i64_of(req.provisioning_expires_at_ms),
+        ],
     )
     .await?;
     if fresh == 0 {
@@ -72,12 +80,17 @@ async fn register(tx: &Tx<'_>, req: &NewDevice) -> Result<DeviceId, RegisterErro
     )
     .await?
     .get(0);
-    let active: i64 = q1(tx, "SELECT count(*) FROM devices WHERE rid = $1", &[&rid]).await?.get(0);
+    let active: i64 = q1(tx, "SELECT count(*) FROM devices WHERE rid = $1", &[&rid])
+        .await?
+        .get(0);
     if active as usize >= req.max_devices {
         return Err(RegisterError::TooManyDevices(active as usize));
     }
     let lookup = req.credential_lookup.to_vec();
-    if q01(tx, "SELECT 1 FROM devices WHERE lookup = $1", &[&lookup]).await?.is_some() {
+    if q01(tx, "SELECT 1 FROM devices WHERE lookup = $1", &[&lookup])
+        .await?
+        .is_some()
+    {
         return Err(RegisterError::LookupCollision);
     }
     let device = device_of(next);
@@ -95,7 +108,12 @@ async fn register(tx: &Tx<'_>, req: &NewDevice) -> Result<DeviceId, RegisterErro
         ],
     )
     .await?;
-    let detail = format!("{} device={} key={}", rid_detail(&req.rid), device.0, req.provisioning_key);
+    let detail = format!(
+        "{} device={} key={}",
+        rid_detail(&req.rid),
+        device.0,
+        req.provisioning_key
+    );
     audit_into(tx, "device.register", &detail, req.now_ms).await?;
     Ok(device)
 }

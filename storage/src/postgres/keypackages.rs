@@ -24,7 +24,12 @@ impl KeyPackages for PostgresStore {
             let tx = c.transaction().await.map_err(db)?;
             let (r, d) = (rid.0.to_vec(), dev(device));
             // One upload per device at a time: the count below stays true until commit.
-            q01(&tx, "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR NO KEY UPDATE", &[&r, &d]).await?;
+            q01(
+                &tx,
+                "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR NO KEY UPDATE",
+                &[&r, &d],
+            )
+            .await?;
             let mut seen = HashSet::new();
             for (index, p) in packages.iter().enumerate() {
                 if !seen.insert(&p.kp_ref)
@@ -35,9 +40,13 @@ impl KeyPackages for PostgresStore {
                     return Err(KeyPackageError::Duplicate { index });
                 }
             }
-            let held: i64 = q1(&tx, "SELECT count(*) FROM key_packages WHERE rid = $1 AND device = $2", &[&r, &d])
-                .await?
-                .get(0);
+            let held: i64 = q1(
+                &tx,
+                "SELECT count(*) FROM key_packages WHERE rid = $1 AND device = $2",
+                &[&r, &d],
+            )
+            .await?
+            .get(0);
             let replaced_last_resort = packages.iter().any(|p| p.last_resort)
                 && q01(
                     &tx,
@@ -62,7 +71,14 @@ impl KeyPackages for PostgresStore {
                     &tx,
                     "INSERT INTO key_packages (kp_ref, rid, device, last_resort, not_after_ms, sealed) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&p.kp_ref, &r, &d, &p.last_resort, &i64_of(p.not_after_ms), &p.bytes.as_ref()],
+                    &[
+                        &p.kp_ref,
+                        &r,
+                        &d,
+                        &p.last_resort,
+                        &i64_of(p.not_after_ms),
+                        &p.bytes.as_ref(),
+                    ],
                 )
                 .await?;
                 x(

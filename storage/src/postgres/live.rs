@@ -124,8 +124,15 @@ impl PostgresStore {
     /// The value stored under `name`, `value` if there was none.
     pub(crate) async fn agree(&self, name: &str, value: &str) -> Result<String, StoreError> {
         let c = self.client().await?;
-        x(&c, "INSERT INTO cluster (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &value]).await?;
-        Ok(super::q1(&c, "SELECT value FROM cluster WHERE name = $1", &[&name]).await?.get(0))
+        x(
+            &c,
+            "INSERT INTO cluster (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&name, &value],
+        )
+        .await?;
+        Ok(super::q1(&c, "SELECT value FROM cluster WHERE name = $1", &[&name])
+            .await?
+            .get(0))
     }
 
     /// Records that this node has (`true`) or no longer has a live receiver for `key`.
@@ -156,7 +163,12 @@ impl PostgresStore {
     pub(crate) async fn refresh_receivers(&self, now_ms: u64) -> Result<(), StoreError> {
         let c = self.client().await?;
         let until = i64_of(now_ms.saturating_add(self.cfg.receiver_lease.as_millis() as u64));
-        x(&c, "UPDATE receivers SET until_ms = $2 WHERE node = $1", &[&self.node, &until]).await?;
+        x(
+            &c,
+            "UPDATE receivers SET until_ms = $2 WHERE node = $1",
+            &[&self.node, &until],
+        )
+        .await?;
         Ok(())
     }
 

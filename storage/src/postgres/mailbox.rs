@@ -28,9 +28,9 @@ impl Mailboxes for PostgresStore {
                 }
                 Sent::Repeated => {
                     drop(tx); // rolled back: the earlier send stands
-                    earlier_send(&c, &req).await?.ok_or(SendError::Store(StoreError::Conflict(
-                        "idempotency record vanished".into(),
-                    )))
+                    earlier_send(&c, &req)
+                        .await?
+                        .ok_or_else(|| SendError::Store(StoreError::Conflict("idempotency record vanished".into())))
                 }
                 Sent::Earlier(outcome) => Ok(outcome),
             }
@@ -111,9 +111,13 @@ impl Mailboxes for PostgresStore {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(db)?;
             let (r, d) = (rid.0.to_vec(), dev(device));
-            if q01(&tx, "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR NO KEY UPDATE", &[&r, &d])
-                .await?
-                .is_none()
+            if q01(
+                &tx,
+                "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR NO KEY UPDATE",
+                &[&r, &d],
+            )
+            .await?
+            .is_none()
             {
                 return Ok::<_, StoreError>(0);
             }
@@ -126,7 +130,12 @@ impl Mailboxes for PostgresStore {
                 &[&r, &d, &up_to, &seqs, &rands],
             )
             .await?;
-            let gaps = x(&tx, "DELETE FROM gaps WHERE rid = $1 AND device = $2 AND seq <= $3", &[&r, &d, &up_to]).await?;
+            let gaps = x(
+                &tx,
+                "DELETE FROM gaps WHERE rid = $1 AND device = $2 AND seq <= $3",
+                &[&r, &d, &up_to],
+            )
+            .await?;
             if gone.is_empty() && gaps == 0 {
                 return Ok(0);
             }
@@ -237,7 +246,12 @@ async fn send(tx: &Tx<'_>, req: &SendRequest) -> Result<Sent, SendError> {
             tx,
             "INSERT INTO outbox (peer, seq, envelope_id, created_at_ms, attempts, next_attempt_ms, record) \
              VALUES ($1, nextval('send_seq'), $2, $3, 0, $3, $4)",
-            &[&item.peer, &server_id.0.to_vec(), &i64_of(req.now_ms), &item.record.as_ref()],
+            &[
+                &item.peer,
+                &server_id.0.to_vec(),
+                &i64_of(req.now_ms),
+                &item.record.as_ref(),
+            ],
         )
         .await?;
     }
@@ -254,7 +268,10 @@ async fn send(tx: &Tx<'_>, req: &SendRequest) -> Result<Sent, SendError> {
 }
 
 /// The outcome of an earlier send with the same client message id, if there was one.
-async fn earlier_send(c: &impl deadpool_postgres::GenericClient, req: &SendRequest) -> Result<Option<SendOutcome>, SendError> {
+async fn earlier_send(
+    c: &impl deadpool_postgres::GenericClient,
+    req: &SendRequest,
+) -> Result<Option<SendOutcome>, SendError> {
     let Some(cmid) = req.client_message_id else {
         return Ok(None);
     };
@@ -283,7 +300,12 @@ async fn earlier_send(c: &impl deadpool_postgres::GenericClient, req: &SendReque
 async fn check_epoch(tx: &Tx<'_>, o: GroupOrdering) -> Result<(Option<([u8; 32], u64)>, Option<u64>), SendError> {
     let key = o.group_key.to_vec();
     let current: Option<i64> = if o.kind == OrderingKind::Commit {
-        x(tx, "INSERT INTO groups (group_key) VALUES ($1) ON CONFLICT DO NOTHING", &[&key]).await?;
+        x(
+            tx,
+            "INSERT INTO groups (group_key) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&key],
+        )
+        .await?;
         q1(tx, "SELECT epoch FROM groups WHERE group_key = $1 FOR UPDATE", &[&key])
             .await?
             .get(0)
@@ -396,15 +418,30 @@ async fn trim(tx: &Tx<'_>, rid: &Rid, device: DeviceId, excess: i64) -> Result<(
     let Some((seq, received, expires)) = last else {
         return Ok(());
     };
-    x(tx, "DELETE FROM gaps WHERE rid = $1 AND device = $2 AND seq = ANY($3)", &[&r, &d, &gaps]).await?;
-    x(tx, "DELETE FROM mailbox WHERE rid = $1 AND device = $2 AND seq = ANY($3)", &[&r, &d, &entries]).await?;
+    x(
+        tx,
+        "DELETE FROM gaps WHERE rid = $1 AND device = $2 AND seq = ANY($3)",
+        &[&r, &d, &gaps],
+    )
+    .await?;
+    x(
+        tx,
+        "DELETE FROM mailbox WHERE rid = $1 AND device = $2 AND seq = ANY($3)",
+        &[&r, &d, &entries],
+    )
+    .await?;
     x(
         tx,
         "INSERT INTO gaps (rid, device, seq, dropped, received_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         &[&r, &d, &seq, &dropped, &received, &expires],
     )
     .await?;
-    x(tx, "UPDATE devices SET queued = queued - $3 WHERE rid = $1 AND device = $2", &[&r, &d, &freed]).await?;
+    x(
+        tx,
+        "UPDATE devices SET queued = queued - $3 WHERE rid = $1 AND device = $2",
+        &[&r, &d, &freed],
+    )
+    .await?;
     release_blobs(tx, &entries).await?;
     metrics::counter!("relay_mailbox_ops_total", "op" => "trim").increment(u64_of(dropped));
     Ok(())
@@ -417,7 +454,12 @@ pub(crate) async fn release_blobs(tx: &Tx<'_>, seqs: &[i64]) -> Result<(), Store
         return Ok(());
     }
     let seqs = seqs.to_vec();
-    q(tx, "SELECT seq FROM blobs WHERE seq = ANY($1) ORDER BY seq FOR UPDATE", &[&seqs]).await?;
+    q(
+        tx,
+        "SELECT seq FROM blobs WHERE seq = ANY($1) ORDER BY seq FOR UPDATE",
+        &[&seqs],
+    )
+    .await?;
     x(
         tx,
         "DELETE FROM blobs b WHERE b.seq = ANY($1) AND NOT EXISTS (SELECT 1 FROM mailbox m WHERE m.seq = b.seq)",

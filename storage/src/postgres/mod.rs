@@ -41,10 +41,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tokio_postgres::error::SqlState;
 
 use crate::{DeviceId, Rid, StoreError};
 
@@ -119,7 +119,9 @@ pub struct PostgresStore {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The connection string may hold a password: never printed.
-        f.debug_struct("PostgresStore").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("PostgresStore")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,7 +168,12 @@ impl PostgresStore {
                 )
                 .await
                 .map_err(db)?;
-            tracing::info!(applied, schema_version = version, tls = tls.is_some(), "postgres schema current");
+            tracing::info!(
+                applied,
+                schema_version = version,
+                tls = tls.is_some(),
+                "postgres schema current"
+            );
             drop(client);
             let _ = conn.await;
         }
@@ -257,6 +264,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(usize, u32)
 
 /// A database error as the contract's: conflicts are retried, an unreachable or read-only
 /// server is unavailable (503 upstream), the rest is a backend error.
+#[allow(clippy::needless_pass_by_value, reason = "used as `.map_err(db)`")]
 pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
         if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {

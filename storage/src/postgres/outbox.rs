@@ -60,7 +60,12 @@ impl Outbox for PostgresStore {
 
     async fn outbox_depth(&self, peer: &str) -> Result<(u64, Option<u64>), StoreError> {
         let c = self.client().await?;
-        let row = q1(&c, "SELECT count(*), min(created_at_ms) FROM outbox WHERE peer = $1", &[&peer]).await?;
+        let row = q1(
+            &c,
+            "SELECT count(*), min(created_at_ms) FROM outbox WHERE peer = $1",
+            &[&peer],
+        )
+        .await?;
         Ok((u64_of(row.get(0)), row.get::<_, Option<i64>>(1).map(u64_of)))
     }
 
@@ -69,7 +74,12 @@ impl Outbox for PostgresStore {
         x(
             &c,
             "UPDATE outbox SET attempts = $3, next_attempt_ms = $4, lease_until_ms = 0 WHERE peer = $1 AND seq = $2",
-            &[&peer, &i64_of(seq), &(state.attempts as i32), &i64_of(state.next_attempt_ms)],
+            &[
+                &peer,
+                &i64_of(seq),
+                &(state.attempts as i32),
+                &i64_of(state.next_attempt_ms),
+            ],
         )
         .await?;
         Ok(())
@@ -77,7 +87,12 @@ impl Outbox for PostgresStore {
 
     async fn outbox_delete(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
         let c = self.client().await?;
-        x(&c, "DELETE FROM outbox WHERE peer = $1 AND seq = $2", &[&peer, &i64_of(seq)]).await?;
+        x(
+            &c,
+            "DELETE FROM outbox WHERE peer = $1 AND seq = $2",
+            &[&peer, &i64_of(seq)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -85,7 +100,12 @@ impl Outbox for PostgresStore {
         retrying!(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(db)?;
-            x(&tx, "DELETE FROM outbox WHERE peer = $1 AND seq = $2", &[&peer, &i64_of(seq)]).await?;
+            x(
+                &tx,
+                "DELETE FROM outbox WHERE peer = $1 AND seq = $2",
+                &[&peer, &i64_of(seq)],
+            )
+            .await?;
             audit_into(&tx, "interconnect.dead_letter", &detail, now_ms).await?;
             tx.commit().await.map_err(db)?;
             Ok::<_, StoreError>(())

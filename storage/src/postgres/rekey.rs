@@ -64,7 +64,11 @@ impl Rekey for PostgresStore {
             if x(&tx, "DELETE FROM rekey_marks WHERE rid = $1", &[&o]).await? == 0 {
                 return Ok::<_, StoreError>(false);
             }
-            if q(&tx, "SELECT 1 FROM device_counters WHERE rid = $1", &[&n]).await?.len() == 1 {
+            if q(&tx, "SELECT 1 FROM device_counters WHERE rid = $1", &[&n])
+                .await?
+                .len()
+                == 1
+            {
                 return Err(StoreError::Refused(
                     "the address registered under the new key before its records were moved".into(),
                 ));
@@ -72,7 +76,13 @@ impl Rekey for PostgresStore {
             for table in BY_RID {
                 x(&tx, &format!("UPDATE {table} SET rid = $2 WHERE rid = $1"), &[&o, &n]).await?;
             }
-            for row in q(&tx, "SELECT kp_ref, sealed FROM key_packages WHERE rid = $1 FOR UPDATE", &[&o]).await? {
+            for row in q(
+                &tx,
+                "SELECT kp_ref, sealed FROM key_packages WHERE rid = $1 FOR UPDATE",
+                &[&o],
+            )
+            .await?
+            {
                 let kp_ref: Vec<u8> = row.get(0);
                 let resealed = reseal(row.get::<_, &[u8]>(1))
                     .ok_or(StoreError::Corrupt("a KeyPackage does not open under its rid"))?;

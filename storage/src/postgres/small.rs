@@ -10,10 +10,14 @@ use crate::{DeviceId, Rid, StoreError};
 impl Groups for PostgresStore {
     async fn group_epoch(&self, group_key: [u8; 32]) -> Result<Option<u64>, StoreError> {
         let c = self.client().await?;
-        Ok(q01(&c, "SELECT epoch FROM groups WHERE group_key = $1", &[&group_key.to_vec()])
-            .await?
-            .and_then(|r| r.get::<_, Option<i64>>(0))
-            .map(u64_of))
+        Ok(q01(
+            &c,
+            "SELECT epoch FROM groups WHERE group_key = $1",
+            &[&group_key.to_vec()],
+        )
+        .await?
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(u64_of))
     }
 
     async fn set_group_epoch(&self, group_key: [u8; 32], epoch: u64) -> Result<(), StoreError> {
@@ -41,10 +45,14 @@ impl Groups for PostgresStore {
 
     async fn group_info(&self, group_key: [u8; 32]) -> Result<Option<Bytes>, StoreError> {
         let c = self.client().await?;
-        Ok(q01(&c, "SELECT group_info FROM groups WHERE group_key = $1", &[&group_key.to_vec()])
-            .await?
-            .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
-            .map(Bytes::from))
+        Ok(q01(
+            &c,
+            "SELECT group_info FROM groups WHERE group_key = $1",
+            &[&group_key.to_vec()],
+        )
+        .await?
+        .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+        .map(Bytes::from))
     }
 }
 
@@ -54,21 +62,34 @@ impl PushHandles for PostgresStore {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(db)?;
             let (r, d) = (rid.0.to_vec(), dev(device));
-            if q01(&tx, "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR KEY SHARE", &[&r, &d])
-                .await?
-                .is_none()
+            if q01(
+                &tx,
+                "SELECT 1 FROM devices WHERE rid = $1 AND device = $2 FOR KEY SHARE",
+                &[&r, &d],
+            )
+            .await?
+            .is_none()
             {
                 return Ok::<_, StoreError>(false);
             }
             match &handle {
-                Some(h) => x(
-                    &tx,
-                    "INSERT INTO push_handles (rid, device, handle) VALUES ($1, $2, $3) \
+                Some(h) => {
+                    x(
+                        &tx,
+                        "INSERT INTO push_handles (rid, device, handle) VALUES ($1, $2, $3) \
                      ON CONFLICT (rid, device) DO UPDATE SET handle = EXCLUDED.handle",
-                    &[&r, &d, h],
-                )
-                .await?,
-                None => x(&tx, "DELETE FROM push_handles WHERE rid = $1 AND device = $2", &[&r, &d]).await?,
+                        &[&r, &d, h],
+                    )
+                    .await?
+                }
+                None => {
+                    x(
+                        &tx,
+                        "DELETE FROM push_handles WHERE rid = $1 AND device = $2",
+                        &[&r, &d],
+                    )
+                    .await?
+                }
             };
             tx.commit().await.map_err(db)?;
             Ok(true)
@@ -144,7 +165,11 @@ impl Controls for PostgresStore {
             } else {
                 x(&tx, "DELETE FROM suspended WHERE rid = $1", &[&r]).await?;
             }
-            let kind = if suspended { "address.suspend" } else { "address.unsuspend" };
+            let kind = if suspended {
+                "address.suspend"
+            } else {
+                "address.unsuspend"
+            };
             audit_into(&tx, kind, &rid_detail(&rid), now_ms).await?;
             x(&tx, "SELECT pg_notify('relay_controls', '')", &[]).await?;
             tx.commit().await.map_err(db)?;
@@ -170,6 +195,10 @@ impl PostgresStore {
     /// The switches that are off, the suspended rids and the rids marked for re-keying.
     pub(crate) async fn controls_now(&self) -> Result<(Vec<String>, Vec<Rid>, Vec<Rid>), StoreError> {
         use crate::contract::Rekey as _;
-        Ok((self.switches_off().await?, self.suspended().await?, self.rekey_marked().await?))
+        Ok((
+            self.switches_off().await?,
+            self.suspended().await?,
+            self.rekey_marked().await?,
+        ))
     }
 }

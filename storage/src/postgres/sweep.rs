@@ -52,7 +52,12 @@ impl Maintenance for PostgresStore {
                 if seqs.is_empty() {
                     return Ok::<_, StoreError>((0, 0));
                 }
-                let gone = q(&tx, "DELETE FROM mailbox WHERE seq = ANY($1) RETURNING rid, device, size", &[&seqs]).await?;
+                let gone = q(
+                    &tx,
+                    "DELETE FROM mailbox WHERE seq = ANY($1) RETURNING rid, device, size",
+                    &[&seqs],
+                )
+                .await?;
                 let mut per_device: HashMap<(Vec<u8>, i32), i64> = HashMap::new();
                 for row in &gone {
                     *per_device.entry((row.get(0), row.get(1))).or_default() += i64::from(row.get::<_, i32>(2));
@@ -143,7 +148,10 @@ impl Maintenance for PostgresStore {
             )
             .await?;
             let md5: String = row.get(0);
-            h.update(table.as_bytes()).update(b"\0").update(md5.as_bytes()).update(b"\0");
+            h.update(table.as_bytes())
+                .update(b"\0")
+                .update(md5.as_bytes())
+                .update(b"\0");
         }
         Ok(*h.finalize().as_bytes())
     }

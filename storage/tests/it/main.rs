@@ -8,10 +8,10 @@
 mod contract;
 mod journal;
 mod migrate;
+mod nodes;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../../../test-support/src/postgres.rs"]
 mod pg_server;
-mod nodes;
 mod rekey;
 
 use std::future::Future;

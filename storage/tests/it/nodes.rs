@@ -79,9 +79,15 @@ async fn live_receivers_controls_and_rate_limits_are_shared() {
 
     // A kill switch set on A holds on B.
     a.set_switch(switch::REGISTRATION, true, NOW).await.unwrap();
-    eventually("the switch to reach B", async || b.is_switched_off(switch::REGISTRATION)).await;
+    eventually("the switch to reach B", async || {
+        b.is_switched_off(switch::REGISTRATION)
+    })
+    .await;
     a.set_switch(switch::REGISTRATION, false, NOW).await.unwrap();
-    eventually("the switch to come back on at B", async || !b.is_switched_off(switch::REGISTRATION)).await;
+    eventually("the switch to come back on at B", async || {
+        !b.is_switched_off(switch::REGISTRATION)
+    })
+    .await;
 
     // Three at once per minute, counted across both nodes.
     let period = Duration::from_secs(60);
@@ -94,7 +100,10 @@ async fn live_receivers_controls_and_rate_limits_are_shared() {
     assert_eq!(allowed, 3);
     let wait = b.shared_rate(b"claims:x", period, 3).await.unwrap().unwrap();
     assert!(wait > Duration::from_secs(50) && wait <= period, "{wait:?}");
-    assert!(a.shared_rate(b"claims:y", period, 3).await.unwrap().is_none(), "keys are separate");
+    assert!(
+        a.shared_rate(b"claims:y", period, 3).await.unwrap().is_none(),
+        "keys are separate"
+    );
     // A larger burst is taken in chunks and spent locally: across both nodes the budget is
     // never exceeded, and at most one unspent chunk per node is lost to it.
     let mut allowed = 0;
@@ -120,7 +129,11 @@ async fn an_outage_is_unavailable_not_a_hang_and_passes() {
         "{err:?}"
     );
     assert!(h.store().ready().await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(20), "it hung: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it hung: {:?}",
+        started.elapsed()
+    );
     // A new node cannot start without its database: a clear error.
     let open = Storage::open(&h.config()).await.unwrap_err();
     assert!(matches!(open, StoreError::Unavailable(_)), "{open:?}");
@@ -130,5 +143,9 @@ async fn an_outage_is_unavailable_not_a_hang_and_passes() {
     eventually("the store to recover", async || h.store().ready().await.is_ok()).await;
     h.store().send(send_req(&[r], msg("back"))).await.unwrap();
     let page = h.store().receive(r, d, 0, 10, NOW).await.unwrap();
-    assert_eq!(page.envelopes.len(), 1, "what was acknowledged before is there, and the new one");
+    assert_eq!(
+        page.envelopes.len(),
+        1,
+        "what was acknowledged before is there, and the new one"
+    );
 }
