@@ -1,4 +1,4 @@
-//! The PostgreSQL backend's schema (issue 13, in progress), against a real PostgreSQL 15
+//! The PostgreSQL backend's schema, against a real PostgreSQL 15
 //! started here: the migrations apply once and then are a no-op, and no column can hold an
 //! address, a credential or a push token in the clear.
 
@@ -47,7 +47,8 @@ async fn migrations_apply_once_and_store_nothing_identifying() {
         }
     }
     // Only the push proxy's sealed handle, audit text (rids, never addresses: the storage
-    // contract's audit tests check that) and operator-chosen names are text.
+    // contract's audit tests check that), operator-chosen names (switches, peer carriers),
+    // node ids (random) and the nodes' agreement values (probes, hex) are text.
     let mut text: Vec<String> = columns
         .iter()
         .filter(|c| c.2 == "text")
@@ -60,9 +61,12 @@ async fn migrations_apply_once_and_store_nothing_identifying() {
             "audit.detail",
             "audit.kind",
             "audit_checkpoints.note",
+            "cluster.name",
+            "cluster.value",
             "outbox.leased_by",
-            "outbox_dead_letters.reason",
+            "outbox.peer",
             "push_handles.handle",
+            "receivers.node",
             "switches_off.name",
         ],
         "no unexpected text column"
