@@ -15,11 +15,11 @@ use storage::prelude::*;
 use test_support::push_sinks::{PushSink, SinkKind};
 use test_support::{TestGateway, framed_message};
 
-struct ProxyProcess {
+pub(crate) struct ProxyProcess {
     child: Child,
     dir: tempfile::TempDir,
     listen: String,
-    notify_listen: String,
+    pub(crate) notify_listen: String,
 }
 
 impl Drop for ProxyProcess {
@@ -34,7 +34,7 @@ impl ProxyProcess {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
-    fn tls(&self) -> PathBuf {
+    pub(crate) fn tls(&self) -> PathBuf {
         self.dir.path().join("data/tls")
     }
 }
@@ -45,7 +45,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Starts the binary with `extra` TOML appended; waits for its "ready" line.
-fn start_proxy(
+pub(crate) fn start_proxy(
     apns: &PushSink,
     apns_key: &p256::ecdsa::SigningKey,
     web: &PushSink,
@@ -178,7 +178,7 @@ async fn register_token(proxy: &ProxyProcess, body: serde_json::Value) -> String
 
 /// A device of `address` whose push handle, from registering `registration` with the proxy,
 /// is stored at the gateway: (client, device id, handle).
-async fn pushable(
+pub(crate) async fn pushable(
     gw: &TestGateway,
     proxy: &ProxyProcess,
     address: &str,
@@ -197,7 +197,7 @@ async fn send_to(from: &Client, address: &str, tag: &[u8], urgent: bool) {
         .expect("send");
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -205,7 +205,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn pushes_to(sink: &PushSink, suffix: &str) -> Vec<test_support::push_sinks::Recorded> {
+pub(crate) fn pushes_to(sink: &PushSink, suffix: &str) -> Vec<test_support::push_sinks::Recorded> {
     sink.pushes().into_iter().filter(|p| p.path.ends_with(suffix)).collect()
 }
 

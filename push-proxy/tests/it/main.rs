@@ -1,6 +1,7 @@
 //! The sender against local APNs and Web Push sinks that check what the real services check.
 
 mod e2e;
+mod nodes;
 
 use std::time::Duration;
 
