@@ -6,14 +6,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use storage::{PostgresConfig, SledConfig, Storage, StorageConfig};
+#[cfg(feature = "postgres")]
+use storage::PostgresConfig;
+#[cfg(feature = "sled")]
+use storage::SledConfig;
+use storage::{Storage, StorageConfig};
 
 use crate::config::{self, BackendKind};
 use crate::keys::{KeyProvider as _, ProviderKeys};
 
 /// The backend's configuration (reads the database password file, if any).
+#[cfg_attr(not(feature = "sled"), allow(unused_variables))]
 pub(crate) fn storage_config(st: &config::StorageConfig, data_dir: &Path) -> anyhow::Result<StorageConfig> {
     Ok(match (st.backend, &st.postgres) {
+        #[cfg(feature = "postgres")]
         (BackendKind::Postgres, Some(pg)) => {
             let password = match &pg.password_file {
                 Some(p) => Some(
@@ -40,13 +46,17 @@ pub(crate) fn storage_config(st: &config::StorageConfig, data_dir: &Path) -> any
                 ..PostgresConfig::new(pg.url.clone())
             })
         }
-        _ => StorageConfig::Sled(SledConfig {
+        #[cfg(feature = "sled")]
+        (BackendKind::Sled, _) => StorageConfig::Sled(SledConfig {
             cache_capacity: st.cache_capacity_mb << 20,
             journal_segment_bytes: st.journal_segment_mb.max(1) << 20,
             checkpoint_bytes: st.checkpoint_mb.max(1) << 20,
             checkpoint_interval: Duration::from_secs(st.checkpoint_secs.max(1)),
             ..SledConfig::in_dir(data_dir)
         }),
+        (backend, _) => {
+            anyhow::bail!("storage.backend = {backend:?} is not in this build (cargo features `sled`, `postgres`)")
+        }
     })
 }
 

@@ -42,8 +42,12 @@ pub mod model;
 mod nodes;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sled")]
 mod sled;
 pub mod watch;
+
+#[cfg(not(any(feature = "sled", feature = "postgres")))]
+compile_error!("storage needs a backend: enable the `sled` or the `postgres` feature (both are on by default)");
 
 pub use contract::{
     Audit, Controls, Devices, Groups, KeyPackages, Mailboxes, Maintenance, Outbox, PushHandles, Rekey, Reseal, Store,
@@ -52,6 +56,7 @@ pub use journal::Recovery;
 pub use model::*;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
+#[cfg(feature = "sled")]
 pub use sled::{SledConfig, SledStore};
 
 /// The contract's traits, for `use storage::prelude::*;`.
@@ -66,6 +71,7 @@ pub mod prelude {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     /// The embedded default.
+    #[cfg(feature = "sled")]
     Sled(SledConfig),
     /// Several gateway nodes on one PostgreSQL database.
     #[cfg(feature = "postgres")]
@@ -89,6 +95,7 @@ struct Inner {
     /// changed only through [`Controls`]), so every request can check them without I/O.
     controls: std::sync::RwLock<ControlState>,
     /// Shared rate-limit tokens this node holds ([`Storage::shared_rate`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     prepaid: nodes::Prepaid,
 }
 
@@ -102,6 +109,7 @@ struct ControlState {
 
 #[derive(Debug)]
 enum Backend {
+    #[cfg(feature = "sled")]
     Sled(SledStore),
     #[cfg(feature = "postgres")]
     Postgres(Box<PostgresStore>),
@@ -113,6 +121,7 @@ impl Storage {
     /// listens for the other nodes' notifications from now on.
     pub async fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         let backend = match config {
+            #[cfg(feature = "sled")]
             StorageConfig::Sled(c) => {
                 let c = c.clone();
                 let b = tokio::task::spawn_blocking(move || SledStore::open(&c))
@@ -124,6 +133,7 @@ impl Storage {
             StorageConfig::Postgres(c) => Backend::Postgres(Box::new(PostgresStore::open(c).await?)),
         };
         let (switches_off, suspended, rekey_marked) = match &backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(b) => b.controls_now()?,
             #[cfg(feature = "postgres")]
             Backend::Postgres(b) => b.controls_now().await?,
@@ -142,6 +152,7 @@ impl Storage {
             }),
         };
         #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns, reason = "without sled, PostgreSQL is the only backend")]
         if let Backend::Postgres(b) = &store.inner.backend {
             nodes::share(&store, (**b).clone());
         }
@@ -175,6 +186,7 @@ impl Storage {
     /// The backend's name, for logs.
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(_) => "sled",
             #[cfg(feature = "postgres")]
             Backend::Postgres(_) => "postgres",
@@ -197,6 +209,7 @@ impl Storage {
 macro_rules! on_backend {
     ($self:ident, $b:ident => $e:expr) => {
         match &$self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled($b) => $e,
             #[cfg(feature = "postgres")]
             Backend::Postgres($b) => $e,

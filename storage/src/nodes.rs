@@ -13,6 +13,7 @@ impl Storage {
     /// Whether the store can serve requests now (the database answers).
     pub async fn ready(&self) -> Result<(), StoreError> {
         match &self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(_) => Ok(()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(b) => b.ping().await,
@@ -22,6 +23,7 @@ impl Storage {
     /// Whether another node has a live receiver for `key` (a push would be redundant).
     pub async fn live_elsewhere(&self, key: DeviceKey) -> bool {
         match &self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(_) => {
                 let _ = key;
                 false
@@ -44,6 +46,7 @@ impl Storage {
     /// unused).
     pub async fn shared_rate(&self, key: &[u8], period: Duration, burst: u32) -> Result<Option<Duration>, StoreError> {
         match &self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(_) => {
                 let _ = (key, period, burst);
                 Ok(None)
@@ -73,6 +76,7 @@ impl Storage {
     /// one node returns `value`.
     pub async fn agree(&self, name: &str, value: &str) -> Result<String, StoreError> {
         match &self.inner.backend {
+            #[cfg(feature = "sled")]
             Backend::Sled(_) => {
                 let _ = name;
                 Ok(value.to_owned())
@@ -85,6 +89,7 @@ impl Storage {
     /// Re-reads the operator controls (another node changed them).
     #[cfg(feature = "postgres")]
     async fn reload_controls(&self) {
+        #[allow(irrefutable_let_patterns, reason = "without sled, PostgreSQL is the only backend")]
         let Backend::Postgres(b) = &self.inner.backend else {
             return;
         };
@@ -100,6 +105,7 @@ impl Storage {
     }
 }
 
+#[cfg(feature = "postgres")]
 fn relay_net_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

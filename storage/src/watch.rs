@@ -95,6 +95,7 @@ impl Watchers {
     }
 
     /// Also sends presence changes to `tx` (once; the store that shares them with other nodes).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn share_presence(&self, tx: mpsc::UnboundedSender<Presence>) -> bool {
         self.shared.set(tx).is_ok()
     }
