@@ -194,7 +194,15 @@ async fn send(tx: &Tx<'_>, req: &SendRequest) -> Result<Sent, SendError> {
         let wakeups: Vec<String> = keys.chunks(NOTIFY_BATCH).map(super::live::mailbox_payload).collect();
         q1(
             tx,
-            "WITH s AS (SELECT nextval('send_seq') AS seq),              b AS (INSERT INTO blobs (seq, rand, flags, received_at_ms, expires_at_ms, payload)                    SELECT seq, $1, $2, $3, $4, $5 FROM s),              m AS (INSERT INTO mailbox (rid, device, seq, size, urgent)                    SELECT t.r, t.d, s.seq, $6, $7 FROM s, unnest($8::bytea[], $9::int[]) AS t(r, d)),              u AS (UPDATE devices SET queued = queued + $10 FROM unnest($8::bytea[], $9::int[]) AS t(r, d)                    WHERE devices.rid = t.r AND devices.device = t.d),              n AS (SELECT pg_notify('relay_mailbox', p) FROM unnest($11::text[]) AS p)              SELECT seq, (SELECT count(*) FROM n) FROM s",
+            "WITH s AS (SELECT nextval('send_seq') AS seq), \
+             b AS (INSERT INTO blobs (seq, rand, flags, received_at_ms, expires_at_ms, payload) \
+             SELECT seq, $1, $2, $3, $4, $5 FROM s), \
+             m AS (INSERT INTO mailbox (rid, device, seq, size, urgent) \
+             SELECT t.r, t.d, s.seq, $6, $7 FROM s, unnest($8::bytea[], $9::int[]) AS t(r, d)), \
+             u AS (UPDATE devices SET queued = queued + $10 FROM unnest($8::bytea[], $9::int[]) AS t(r, d) \
+             WHERE devices.rid = t.r AND devices.device = t.d), \
+             n AS (SELECT pg_notify('relay_mailbox', p) FROM unnest($11::text[]) AS p) \
+             SELECT seq, (SELECT count(*) FROM n) FROM s",
             &[
                 &rand.to_vec(),
                 &(f as i32),

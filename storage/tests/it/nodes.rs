@@ -197,6 +197,10 @@ async fn a_receiver_paging_by_cursor_never_skips_a_late_commit() {
         }
     }
     let left = a.receive(r, d, 0, 500, NOW).await.unwrap();
-    assert!(left.envelopes.is_empty(), "{} envelopes left behind the cursor", left.envelopes.len());
+    assert!(
+        left.envelopes.is_empty(),
+        "{} envelopes left behind the cursor",
+        left.envelopes.len()
+    );
     assert_eq!(seen.len(), 200);
 }
