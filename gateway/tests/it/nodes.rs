@@ -496,3 +496,40 @@ async fn a_node_reaches_its_database_over_verified_tls() {
     let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
     assert!(log.contains("tls=true") || log.contains("\"tls\":true"), "{log}");
 }
+
+/// The per-credential limit (burst 10, then 1 a second) holds across nodes: a device
+/// alternating between two nodes gets the burst once, not once per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_limit_holds_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&dir.path().join("pg"));
+    let url = pg.url();
+    let tweak = |c: &mut gateway::Config| {
+        c.storage.backend = gateway::config::BackendKind::Postgres;
+        c.storage.postgres = Some(toml::from_str(&format!("url = \"{url}\"\n")).unwrap());
+        c.rate_limit.requests_per_second = 1;
+        c.rate_limit.burst = 10;
+    };
+    let a = test_support::TestGateway::start_in(&dir.path().join("a"), tweak).await;
+    let b_dir = node_dir(dir.path(), "b", Some(&dir.path().join("a")));
+    let b = test_support::TestGateway::start_in(&b_dir, tweak).await;
+    let registered = a.client().register(&a.provision("tel:+15550170601")).await.unwrap();
+    let on_a = a.client().with_credential(&registered.credential);
+    let on_b = b.client().with_credential(&registered.credential);
+    let mut allowed = 0;
+    for n in 0..20 {
+        let via = if n % 2 == 0 { &on_a } else { &on_b };
+        match via.receive(0, 1, 0).await {
+            Ok(_) => allowed += 1,
+            Err(ClientError::Api { status: 429, .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // The burst, plus at most the token or two that refilled meanwhile.
+    assert!(
+        (10..=12).contains(&allowed),
+        "{allowed} of 20 allowed: the limit is per node"
+    );
+    a.stop().await;
+    b.stop().await;
+}
