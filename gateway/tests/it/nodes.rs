@@ -517,6 +517,7 @@ async fn the_credential_limit_holds_across_nodes() {
     let on_a = a.client().with_credential(&registered.credential);
     let on_b = b.client().with_credential(&registered.credential);
     let mut allowed = 0;
+    let started = Instant::now();
     for n in 0..20 {
         let via = if n % 2 == 0 { &on_a } else { &on_b };
         match via.receive(0, 1, 0).await {
@@ -525,10 +526,12 @@ async fn the_credential_limit_holds_across_nodes() {
             Err(e) => panic!("{e:?}"),
         }
     }
-    // The burst, plus at most the token or two that refilled meanwhile.
+    // The burst, plus the tokens that refilled meanwhile (one a second).
+    let refilled = started.elapsed().as_secs() + 1;
     assert!(
-        (10..=12).contains(&allowed),
-        "{allowed} of 20 allowed: the limit is per node"
+        allowed >= 10 && allowed <= 10 + refilled,
+        "{allowed} of 20 allowed in {:?}: the limit is per node",
+        started.elapsed()
     );
     a.stop().await;
     b.stop().await;
