@@ -150,6 +150,18 @@ impl PostgresStore {
                 Some(t) => connect(&pg, t.clone()).await?,
                 None => connect(&pg, NoTls).await?,
             };
+            let read_only: String = client
+                .query_one("SHOW transaction_read_only", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            if read_only == "on" {
+                return Err(StoreError::Unavailable(
+                    "the database server is read-only (a standby): list every cluster member in \
+                     storage.postgres.url with target_session_attrs=read-write"
+                        .into(),
+                ));
+            }
             client
                 .execute("SELECT pg_advisory_lock(7420113)", &[])
                 .await

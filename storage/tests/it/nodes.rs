@@ -204,3 +204,18 @@ async fn a_receiver_paging_by_cursor_never_skips_a_late_commit() {
     );
     assert_eq!(seen.len(), 200);
 }
+
+/// A standby (read-only) server is refused at open, saying how to reach the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::pg_server::Postgres::start(&dir.path().join("pg"));
+    server.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+    server.psql("SELECT pg_reload_conf()");
+    let config = storage::StorageConfig::Postgres(storage::PostgresConfig::new(server.url()));
+    let err = Storage::open(&config).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("read-only") && m.contains("target_session_attrs")),
+        "{err}"
+    );
+}
