@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod process;
 pub mod push_sinks;
 pub mod softhsm;
+mod wait;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,19 +201,7 @@ impl TestGateway {
     }
 }
 
-/// Waits until `condition` holds (checked again after each short pause) for at most
-/// `limit`; panics naming `what` otherwise. The one place tests poll a condition they cannot
-/// be notified of (a metric, a child process, another carrier).
-pub async fn eventually(what: &str, limit: std::time::Duration, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+pub use wait::eventually;
 
 /// One plain HTTP/1.1 request to a gateway's admin listener: the raw response, or `None` if
 /// the gateway is not answering.

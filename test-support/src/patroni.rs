@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::postgres::is_root;
 use crate::process::free_port;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -28,17 +29,6 @@ struct Node {
 pub struct Cluster {
     etcd: Vec<Child>,
     nodes: Vec<Node>,
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// A command run as the `postgres` user when we are root (`setpriv` execs: the child's pid

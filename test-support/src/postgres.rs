@@ -27,7 +27,8 @@ fn as_owner(program: &str) -> Command {
     }
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (servers then run as `postgres`).
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -36,6 +36,16 @@ pub(crate) fn node_dir(dir: &Path, name: &str, first: Option<&Path>) -> PathBuf 
     data
 }
 
+/// The credential of a device of `address` registered through `node`, with a token signed
+/// by the keys in `keys` (a node's data directory: every node of a cluster has them).
+async fn credential(node: &Proc, keys: &Path, address: &str) -> String {
+    node.client()
+        .register(&test_support::provision_token(keys, address, 3_600_000))
+        .await
+        .unwrap()
+        .credential
+}
+
 /// Two gateway nodes on a fresh database.
 pub(crate) async fn two_nodes(dir: &Path, extra: &str) -> (Postgres, (Proc, PathBuf), (Proc, PathBuf)) {
     let pg = Postgres::start(&dir.join("pg"));
@@ -70,12 +80,9 @@ async fn two_nodes_serve_one_set_of_mailboxes() {
     let (pg, (a, a_dir), (b, _)) = two_nodes(dir.path(), "").await;
     const ALICE: &str = "tel:+15550170001";
     const BOB: &str = "tel:+15550170002";
-    let token = |address: &str| test_support::provision_token(&a_dir, address, 3_600_000);
-    let alice = a
-        .client()
-        .with_credential(a.client().register(&token(ALICE)).await.unwrap().credential);
+    let alice = a.client().with_credential(credential(&a, &a_dir, ALICE).await);
     // Bob registers on B; his credential works on A too.
-    let bob_cred = b.client().register(&token(BOB)).await.unwrap().credential;
+    let bob_cred = credential(&b, &a_dir, BOB).await;
     let (bob_b, bob_a) = (
         b.client().with_credential(&bob_cred),
         a.client().with_credential(&bob_cred),
@@ -163,11 +170,8 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let _keep = crate::process::KeepOnPanic(dir.path().to_path_buf());
     let (_pg, (a, a_dir), (b, _)) = two_nodes(dir.path(), "").await;
-    let token = |address: &str| test_support::provision_token(&a_dir, address, 3_600_000);
     const CAROL: &str = "tel:+15550170100";
-    let carol = b
-        .client()
-        .with_credential(b.client().register(&token(CAROL)).await.unwrap().credential);
+    let carol = b.client().with_credential(credential(&b, &a_dir, CAROL).await);
     let member = Member::new(CAROL);
     let one_time: Vec<_> = (0..5).map(|_| member.key_package_bytes()).collect();
     carol.upload_key_packages(&one_time).await.unwrap();
@@ -179,13 +183,8 @@ async fn one_time_key_packages_and_claim_limits_hold_across_nodes() {
     let mut claimers = Vec::new();
     for n in 0..16 {
         let node = if n % 2 == 0 { &a } else { &b };
-        let c = node.client();
-        let credential = c
-            .register(&token(&format!("tel:+155501702{n:02}")))
-            .await
-            .unwrap()
-            .credential;
-        claimers.push((c.with_credential(&credential), credential));
+        let credential = credential(node, &a_dir, &format!("tel:+155501702{n:02}")).await;
+        claimers.push((node.client().with_credential(&credential), credential));
     }
     let mut claims = tokio::task::JoinSet::new();
     for (c, _) in &claimers {
@@ -256,13 +255,7 @@ async fn without_its_database_a_node_says_so_and_recovers_by_itself() {
     let node =
         crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &postgres_toml(&pg, "")).await;
     const ALICE: &str = "tel:+15550170301";
-    let alice = node.client().with_credential(
-        node.client()
-            .register(&test_support::provision_token(&data, ALICE, 3_600_000))
-            .await
-            .unwrap()
-            .credential,
-    );
+    let alice = node.client().with_credential(credential(&node, &data, ALICE).await);
     let to = [Recipient::address(ALICE)];
     alice
         .send(&to, test_support::framed_message(b"before"), None, false)
@@ -339,12 +332,7 @@ async fn the_shared_outbox_delivers_once_with_a_node_killed() {
     let (c_dir, c_log) = (dir.path().join("c"), dir.path().join("c.log"));
     let c = crate::process::spawn_gateway_with(&c_dir, &c_log, &[], &toml_c).await;
     const CAROL: &str = "tel:+447700900001";
-    let carol_cred = c
-        .client()
-        .register(&test_support::provision_token(&c_dir, CAROL, 3_600_000))
-        .await
-        .unwrap()
-        .credential;
+    let carol_cred = credential(&c, &c_dir, CAROL).await;
 
     let pg = Postgres::start(&dir.path().join("pg"));
     let lease = "outbox_lease_secs = 2\n";
@@ -365,12 +353,7 @@ async fn the_shared_outbox_delivers_once_with_a_node_killed() {
     )
     .await;
     const ALICE: &str = "tel:+15550170401";
-    let alice_cred = a1
-        .client()
-        .register(&test_support::provision_token(&a1_dir, ALICE, 3_600_000))
-        .await
-        .unwrap()
-        .credential;
+    let alice_cred = credential(&a1, &a1_dir, ALICE).await;
     let (via_a1, via_a2) = (
         a1.client().with_credential(&alice_cred),
         a2.client().with_credential(&alice_cred),
@@ -476,13 +459,7 @@ async fn a_node_reaches_its_database_over_verified_tls() {
     let data = dir.path().join("node");
     let node = crate::process::spawn_gateway_with(&data, &dir.path().join("node.log"), &[], &toml).await;
     const ALICE: &str = "tel:+15550170501";
-    let alice = node.client().with_credential(
-        node.client()
-            .register(&test_support::provision_token(&data, ALICE, 3_600_000))
-            .await
-            .unwrap()
-            .credential,
-    );
+    let alice = node.client().with_credential(credential(&node, &data, ALICE).await);
     alice
         .send(
             &[Recipient::address(ALICE)],

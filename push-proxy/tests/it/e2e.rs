@@ -19,7 +19,7 @@ pub(crate) struct ProxyProcess {
     child: Child,
     dir: tempfile::TempDir,
     listen: String,
-    pub(crate) notify_listen: String,
+    notify_listen: String,
 }
 
 impl Drop for ProxyProcess {
@@ -216,8 +216,18 @@ const DAVE_TOKEN: &str = "da7eda7eda7eda7eda7eda7eda7eda7e";
 const FCM_TOKEN: &str = "fcm:APA91bGinaGinaGina";
 const HANK_TOKEN: &str = "4a4b4a4b4a4b4a4b4a4b4a4b4a4b4a4b";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pointer_pushes_through_gateway_proxy_and_providers() {
+/// Loopback APNs, Web Push and FCM endpoints, and the push proxy in front of them.
+pub(crate) struct Providers {
+    pub(crate) apns: PushSink,
+    pub(crate) web: PushSink,
+    pub(crate) fcm: PushSink,
+    /// The Web Push user agent's key.
+    pub(crate) ua: p256::SecretKey,
+    pub(crate) proxy: ProxyProcess,
+    _keys: tempfile::TempDir,
+}
+
+pub(crate) async fn providers() -> Providers {
     let apns_key = p256::ecdsa::SigningKey::from(webpush::random_secret());
     let apns = PushSink::start_apns(&apns_key).await;
     let ua = webpush::random_secret();
@@ -226,8 +236,8 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
         auth: [9; 16],
     })
     .await;
-    let key_dir = tempfile::tempdir().expect("temp dir");
-    let (fcm_key, fcm_public) = test_support::push_sinks::rsa_key(key_dir.path());
+    let keys = tempfile::tempdir().expect("temp dir");
+    let (fcm_key, fcm_public) = test_support::push_sinks::rsa_key(keys.path());
     let fcm = PushSink::start(SinkKind::Fcm {
         rsa_public_der: fcm_public,
         client_email: "relay@proj.iam.gserviceaccount.com".into(),
@@ -235,20 +245,54 @@ async fn pointer_pushes_through_gateway_proxy_and_providers() {
     })
     .await;
     let proxy = start_proxy(&apns, &apns_key, &web, &fcm, &fcm_key);
-    let tls = proxy.tls();
-    let notify_port = proxy.notify_listen.rsplit(':').next().expect("port").to_owned();
-    let gw = TestGateway::start_with(|c| {
-        c.push.proxy_url = Some(format!("https://localhost:{notify_port}"));
+    Providers {
+        apns,
+        web,
+        fcm,
+        ua,
+        proxy,
+        _keys: keys,
+    }
+}
+
+impl ProxyProcess {
+    /// The notify listener, by the name its certificate carries.
+    fn notify_url(&self) -> String {
+        format!(
+            "https://localhost:{}",
+            self.notify_listen.rsplit(':').next().expect("port")
+        )
+    }
+
+    /// Points a gateway's `[push]` at this proxy's notify listener, with its client certificate.
+    pub(crate) fn configure(&self, c: &mut gateway::Config) {
+        let tls = self.tls();
+        c.push.proxy_url = Some(self.notify_url());
         c.push.ca = Some(tls.join("dev-ca.pem"));
         c.push.client_cert = Some(tls.join("gateway-client.pem"));
         c.push.client_key = Some(tls.join("gateway-client-key.pem"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointer_pushes_through_gateway_proxy_and_providers() {
+    let Providers {
+        apns,
+        web,
+        fcm,
+        ua,
+        proxy,
+        ..
+    } = providers().await;
+    let gw = TestGateway::start_with(|c| {
+        proxy.configure(c);
         c.push.disconnect_delay_secs = 1;
     })
     .await;
 
     // The notify listener refuses clients without a gateway certificate.
     let anonymous = Client::connect(
-        &format!("https://localhost:{notify_port}"),
+        &proxy.notify_url(),
         Trust::CaFile(proxy.tls().join("dev-ca.pem")),
         Protocol::Http2,
     )

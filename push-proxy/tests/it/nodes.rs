@@ -4,36 +4,18 @@
 
 use std::time::Duration;
 
-use push_proxy::webpush;
 use relay_client::Recipient;
-use test_support::push_sinks::{PushSink, SinkKind};
 use test_support::{TestGateway, framed_message};
 
-use crate::e2e::{pushable, pushes_to, start_proxy, wait_for};
+use crate::e2e::{Providers, providers, pushable, pushes_to, wait_for};
 
 const DAVE: &str = "tel:+15550160004";
 const DAVE_TOKEN: &str = "da7eda7eda7eda7eda7eda7eda7e0004";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_push_to_a_device_live_on_another_node() {
-    let apns_key = p256::ecdsa::SigningKey::from(webpush::random_secret());
-    let apns = PushSink::start_apns(&apns_key).await;
-    let web = PushSink::start(SinkKind::WebPush {
-        ua_secret: webpush::random_secret(),
-        auth: [9; 16],
-    })
-    .await;
+    let Providers { apns, proxy, .. } = providers().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (fcm_key, fcm_public) = test_support::push_sinks::rsa_key(dir.path());
-    let fcm = PushSink::start(SinkKind::Fcm {
-        rsa_public_der: fcm_public,
-        client_email: "relay@proj.iam.gserviceaccount.com".into(),
-        project_id: "proj".into(),
-    })
-    .await;
-    let proxy = start_proxy(&apns, &apns_key, &web, &fcm, &fcm_key);
-    let tls = proxy.tls();
-    let notify_port = proxy.notify_listen.rsplit(':').next().expect("port").to_owned();
 
     let pg = test_support::postgres::Postgres::start(&dir.path().join("pg"));
     let url = pg.url();
@@ -43,10 +25,7 @@ async fn no_push_to_a_device_live_on_another_node() {
     };
     let a = TestGateway::start_in(&dir.path().join("a"), |c| {
         on_postgres(c);
-        c.push.proxy_url = Some(format!("https://localhost:{notify_port}"));
-        c.push.ca = Some(tls.join("dev-ca.pem"));
-        c.push.client_cert = Some(tls.join("gateway-client.pem"));
-        c.push.client_key = Some(tls.join("gateway-client-key.pem"));
+        proxy.configure(c);
     })
     .await;
     std::fs::create_dir_all(dir.path().join("b")).expect("dir");

@@ -92,13 +92,7 @@ impl Audit for PostgresStore {
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         let mut c = self.client().await?;
         // One snapshot for the records and the head.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db)?;
+        let tx = super::snapshot(&mut c).await?;
         let out = Self::audit_records(&tx).await?;
         let head: i64 = tx
             .query_one("SELECT seq FROM audit_head WHERE id = 1", &[])

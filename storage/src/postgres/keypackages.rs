@@ -165,14 +165,24 @@ impl KeyPackages for PostgresStore {
         refs: Vec<Vec<u8>>,
     ) -> Result<Result<Vec<(Rid, DeviceId)>, usize>, StoreError> {
         let c = self.client().await?;
+        // One round trip for every ref, then the answer in the refs' order.
+        let rows = q(
+            &c,
+            "SELECT kp_ref, rid, device FROM key_package_routes WHERE kp_ref = ANY($1)",
+            &[&refs],
+        )
+        .await?;
+        let mut routes = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            routes.insert(row.get::<_, Vec<u8>>(0), (rid_of(row.get(1))?, device_of(row.get(2))));
+        }
         let mut out: Vec<(Rid, DeviceId)> = Vec::with_capacity(refs.len());
         for (index, r) in refs.iter().enumerate() {
-            let Some(row) = q01(&c, "SELECT rid, device FROM key_package_routes WHERE kp_ref = $1", &[r]).await? else {
+            let Some(target) = routes.get(r) else {
                 return Ok(Err(index));
             };
-            let target = (rid_of(row.get(0))?, device_of(row.get(1)));
-            if !out.contains(&target) {
-                out.push(target);
+            if !out.contains(target) {
+                out.push(*target);
             }
         }
         Ok(Ok(out))

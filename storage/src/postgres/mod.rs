@@ -239,6 +239,16 @@ impl PostgresStore {
 /// A transaction.
 pub(crate) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
+/// A read-only transaction that sees one snapshot throughout (REPEATABLE READ).
+pub(crate) async fn snapshot(c: &mut deadpool_postgres::Object) -> Result<Tx<'_>, StoreError> {
+    c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db)
+}
+
 /// A connection of its own (not pooled), its driver spawned.
 async fn connect<T>(
     pg: &tokio_postgres::Config,

@@ -132,13 +132,7 @@ impl Maintenance for PostgresStore {
 
     async fn digest(&self) -> Result<[u8; 32], StoreError> {
         let mut c = self.client().await?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db)?;
+        let tx = super::snapshot(&mut c).await?;
         let mut h = blake3::Hasher::new();
         for table in TABLES {
             let row = q1(

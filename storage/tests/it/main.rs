@@ -13,6 +13,9 @@ mod nodes;
 #[path = "../../../test-support/src/postgres.rs"]
 mod pg_server;
 mod rekey;
+#[allow(unreachable_pub)]
+#[path = "../../../test-support/src/wait.rs"]
+mod wait;
 
 use std::future::Future;
 

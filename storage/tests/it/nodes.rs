@@ -14,13 +14,9 @@ async fn second(h: &Postgres) -> Storage {
     Storage::open(&h.config()).await.unwrap()
 }
 
-/// Polls `cond` every 10 ms for up to 10 s.
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, cond: impl AsyncFnMut() -> bool) {
+    crate::wait::eventually(what, Duration::from_secs(10), cond).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
